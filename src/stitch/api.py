@@ -1,0 +1,110 @@
+"""The Python API the CLI is a thin layer on: load, split, train, evaluate, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stitch.data import PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
+from stitch.outputs import submission
+from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
+from stitch.training import TrainConfig, TrainResult, load_config, load_model
+from stitch.training import train as _train
+from stitch.training.device import resolve_device
+from stitch.translators import StitchModel
+
+
+def load(
+    path: str | Path | None = None,
+    captions: str | Path | None = None,
+    images: str | Path | None = None,
+    index: str | Path | None = None,
+    **kwargs,
+) -> PairedEmbeddings:
+    """A paired dataset from one file (npz/pt, layout detected) or three ``.npy`` files."""
+    if path is not None:
+        return load_pairs(path, **kwargs)
+    if captions is None or images is None or index is None:
+        raise ValueError("give a data file, or all three of captions, images and index .npy files")
+    return read_npy_triplet(captions, images, index, **kwargs)
+
+
+def train(
+    data: PairedEmbeddings,
+    config: TrainConfig | str | Path | None = None,
+    out: str | Path | None = None,
+    overrides: list[str] | dict | None = None,
+    **kwargs,
+) -> TrainResult:
+    """Train a translator; ``config`` is a TrainConfig, a YAML path, or None for the default recipe."""
+    if not isinstance(config, TrainConfig):
+        config = load_config(config, overrides)
+    return _train(data, config, run_dir=out, **kwargs)
+
+
+def _model(run: str | Path | StitchModel | TrainResult, device: torch.device) -> StitchModel:
+    if isinstance(run, TrainResult):
+        return run.model.to(device).eval()
+    if isinstance(run, StitchModel):
+        return run.to(device).eval()
+    return load_model(run, device)[0]
+
+
+@torch.no_grad()
+def _apply(fn, rows: np.ndarray, device: torch.device, chunk: int = 8192) -> np.ndarray:
+    parts = [fn(torch.as_tensor(rows[i : i + chunk], device=device)).float().cpu() for i in range(0, len(rows), chunk)]
+    return torch.cat(parts).numpy()
+
+
+def _check_dims(model: StitchModel, text_dim: int, image_dim: int | None = None) -> None:
+    if text_dim != model.text_dim:
+        raise ValueError(f"the run translates {model.text_dim}-d captions, but the data has {text_dim}-d captions")
+    if image_dim is not None and image_dim != model.image_dim:
+        raise ValueError(f"the run predicts {model.image_dim}-d images, but the data has {image_dim}-d images")
+
+
+def evaluate(
+    run: str | Path | StitchModel | TrainResult,
+    data: PairedEmbeddings,
+    split: str | None = None,
+    protocol: str = "full",
+    device: str = "auto",
+    chunk: int = 1024,
+    seed: int = 0,
+) -> list[DirectionReport]:
+    """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images."""
+    dev = resolve_device(device)
+    model = _model(run, dev)
+    if split is not None:
+        data = data.split(split)
+    _check_dims(model, data.text_dim, data.image_dim)
+    queries = _apply(model.embed_queries, data.captions, dev)
+    gallery = _apply(model.embed_gallery, data.images, dev)
+    return evaluate_embeddings(queries, gallery, data.caption_image, protocol=protocol, chunk=chunk, seed=seed, device=dev)
+
+
+def predict(run: str | Path | StitchModel | TrainResult, queries: Queries | np.ndarray, device: str = "auto") -> np.ndarray:
+    """Predicted image features (raw image space) for each query row."""
+    dev = resolve_device(device)
+    model = _model(run, dev)
+    rows = queries.embeddings if isinstance(queries, Queries) else Queries(np.asarray(queries)).embeddings
+    _check_dims(model, rows.shape[1])
+    return _apply(model.to_image_space, rows, dev)
+
+
+def write_submission(
+    run: str | Path | StitchModel | TrainResult,
+    queries_path: str | Path,
+    out: str | Path,
+    fmt: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Translate a queries file and write the submission in the competition's layout."""
+    fmt = submission.format_for(out, fmt)
+    submission.ensure_writable(out, force)  # fail before any work if the output exists
+    queries = load_queries(queries_path)
+    predictions = predict(run, queries)
+    writer = submission.write_csv if fmt == "csv" else submission.write_pt
+    return writer(out, queries, predictions, force=force)

@@ -1,0 +1,136 @@
+"""The ``stitch`` command: a thin layer over :mod:`stitch.api`. Heavy imports happen inside handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", help="paired file: .npz (Flickr8k or AML layout) or .pt dict")
+    parser.add_argument("--captions", help="captions .npy (with --images and --index instead of --data)")
+    parser.add_argument("--images", help="images .npy")
+    parser.add_argument("--index", help="caption->image index .npy (int)")
+
+
+def _load_data(args):
+    from stitch import api
+
+    if args.data is None and args.captions is None:
+        raise SystemExit("error: give --data FILE, or --captions X.npy --images Y.npy --index Z.npy")
+    return api.load(args.data, captions=args.captions, images=args.images, index=args.index)
+
+
+def cmd_train(args) -> int:
+    from stitch import api
+
+    data = _load_data(args)
+    out = args.out or _default_run_dir()
+    result = api.train(data, args.config, out=out, overrides=args.overrides, resume=args.resume, force=args.force,
+                       progress=not args.quiet, data_source=str(args.data or args.captions))
+    m = result.dev_metrics
+    print(f"run: {out}")
+    print(f"split: {result.split}; best epoch {result.best_epoch}")
+    print(f"dev text->image, full dev gallery: R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  "
+          f"R@10 {m['recall@10']:.4f}  MRR {m['mrr']:.4f}")
+    return 0
+
+
+def _default_run_dir() -> str:
+    import time
+
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def cmd_evaluate(args) -> int:
+    from stitch import api
+    from stitch.retrieval.evaluate import format_reports, summary_json
+
+    data = _load_data(args)
+    reports = api.evaluate(args.run, data, split=args.split, protocol=args.protocol, chunk=args.chunk, seed=args.seed)
+    if args.json:
+        print(json.dumps(summary_json(reports)))
+    else:
+        where = f"split {args.split!r} of {args.data}" if args.split else str(args.data or args.captions)
+        print(f"evaluating {args.run} on {where}")
+        print(format_reports(reports))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from stitch import api
+
+    path = api.write_submission(args.run, args.data, args.out, fmt=args.format, force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from stitch.demo import run_demo
+
+    run_demo(out=args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stitch", description="Learn translators between embedding spaces and search across them.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train a translator (default recipe unless --config)")
+    _add_data_args(p)
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--out", help="run folder (default runs/<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--force", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.name=mlp")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics of a run on a data file")
+    p.add_argument("--run", required=True, help="run folder")
+    _add_data_args(p)
+    p.add_argument("--split", help="evaluate only on this split of the file (e.g. dev)")
+    p.add_argument("--protocol", choices=("full", "kaggle100"), default="full")
+    p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory ~ chunk x gallery)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kaggle100 candidates")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="translate a queries file into a submission")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True, help="queries file (.npz with captions/embeddings, .pt, .npy)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=("csv", "pt"), help="default: from --out's suffix")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
+    p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")
+    p.add_argument("--quick", action="store_true", help="a smaller dataset, seconds instead of minutes")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from stitch import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

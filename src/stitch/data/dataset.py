@@ -1,0 +1,187 @@
+"""The one dataset type of stitch: paired caption and image embeddings.
+
+Captions point at images through ``caption_image`` (many captions per image). Everything that
+splits, trains or evaluates works on this type, so every reader ends by building one and
+calling :meth:`PairedEmbeddings.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Input data is unusable; the message says what was found and what to fix."""
+
+
+def _describe_rows(rows: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
+    return f"{len(rows)} row(s): {shown}{more}"
+
+
+def check_finite(name: str, matrix: np.ndarray) -> None:
+    """Fail on NaN/Inf rows, naming how many and which."""
+    bad = np.where(~np.isfinite(matrix).all(axis=1))[0]
+    if len(bad):
+        raise DataError(f"{name} has NaN/Inf values in {_describe_rows(bad)}; clean or drop them")
+
+
+def check_matrix(name: str, matrix: np.ndarray) -> np.ndarray:
+    """Return ``matrix`` as a non-empty 2-D float32 array with finite values."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise DataError(f"{name} must be 2-D (rows x dims), got shape {matrix.shape}")
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise DataError(f"{name} is empty (shape {matrix.shape})")
+    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+        raise DataError(f"{name} must be real numbers, got dtype {matrix.dtype}")
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    check_finite(name, matrix)
+    return matrix
+
+
+def _check_labels(name: str, values: np.ndarray | None, length: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    values = np.asarray(values).astype(str)
+    if values.shape != (length,):
+        raise DataError(f"{name} has shape {values.shape}, expected ({length},) to match the rows")
+    return values
+
+
+@dataclass(frozen=True)
+class Queries:
+    """Caption-side embeddings to translate, with optional ids and texts (a test file)."""
+
+    embeddings: np.ndarray
+    ids: np.ndarray | None = None
+    texts: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        emb = check_matrix("caption embeddings", self.embeddings)
+        object.__setattr__(self, "embeddings", emb)
+        object.__setattr__(self, "ids", _check_labels("caption ids", self.ids, len(emb)))
+        object.__setattr__(self, "texts", _check_labels("caption texts", self.texts, len(emb)))
+        if self.ids is not None and len(np.unique(self.ids)) != len(self.ids):
+            raise DataError("caption ids are not unique; a submission needs one row per id")
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        """Ids for output rows: the file's ids, else the row numbers."""
+        return self.ids if self.ids is not None else np.arange(len(self)).astype(str)
+
+
+@dataclass(frozen=True)
+class PairedEmbeddings:
+    """Caption embeddings, image embeddings and which image each caption describes."""
+
+    captions: np.ndarray
+    images: np.ndarray
+    caption_image: np.ndarray
+    caption_ids: np.ndarray | None = None
+    caption_texts: np.ndarray | None = None
+    image_names: np.ndarray | None = None
+    image_split: np.ndarray | None = None
+    encoders: dict = field(default_factory=dict)
+    allow_images_without_captions: bool = False
+
+    def __post_init__(self) -> None:
+        captions = check_matrix("caption embeddings", self.captions)
+        images = check_matrix("image embeddings", self.images)
+        index = np.asarray(self.caption_image)
+        if index.ndim != 1 or len(index) != len(captions):
+            raise DataError(
+                f"caption->image index has shape {index.shape}, expected ({len(captions)},): "
+                "one image row per caption"
+            )
+        if not np.issubdtype(index.dtype, np.integer):
+            if np.issubdtype(index.dtype, np.floating) and np.all(np.mod(index, 1) == 0):
+                index = index.astype(np.int64)
+            else:
+                raise DataError(f"caption->image index must be integers, got dtype {index.dtype}")
+        index = index.astype(np.int64)
+        out = np.where((index < 0) | (index >= len(images)))[0]
+        if len(out):
+            raise DataError(
+                f"caption->image index out of range [0, {len(images)}) in {_describe_rows(out)}"
+            )
+        if not self.allow_images_without_captions:
+            orphans = np.setdiff1d(np.arange(len(images)), index)
+            if len(orphans):
+                raise DataError(
+                    f"images without captions: {_describe_rows(orphans)}; remove them or pass "
+                    "allow_images_without_captions=True to keep them as distractors"
+                )
+        set_ = object.__setattr__
+        set_(self, "captions", captions)
+        set_(self, "images", images)
+        set_(self, "caption_image", index)
+        set_(self, "caption_ids", _check_labels("caption ids", self.caption_ids, len(captions)))
+        set_(self, "caption_texts", _check_labels("caption texts", self.caption_texts, len(captions)))
+        set_(self, "image_names", _check_labels("image names", self.image_names, len(images)))
+        set_(self, "image_split", _check_labels("image split", self.image_split, len(images)))
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.captions)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def text_dim(self) -> int:
+        return self.captions.shape[1]
+
+    @property
+    def image_dim(self) -> int:
+        return self.images.shape[1]
+
+    def split_names(self) -> list[str]:
+        """Names of the file's own image splits (empty when it has none)."""
+        return [] if self.image_split is None else sorted(set(self.image_split.tolist()))
+
+    def subset_images(self, image_rows: np.ndarray) -> PairedEmbeddings:
+        """Keep these images and every caption of theirs; indices are renumbered."""
+        image_rows = np.asarray(image_rows, dtype=np.int64)
+        if len(image_rows) == 0:
+            raise DataError("cannot take an empty set of images")
+        if len(np.unique(image_rows)) != len(image_rows):
+            raise DataError("image subset has repeated rows")
+        remap = np.full(self.n_images, -1, dtype=np.int64)
+        remap[image_rows] = np.arange(len(image_rows))
+        keep = remap[self.caption_image] >= 0
+        if not keep.any():
+            raise DataError("the selected images have no captions")
+
+        def pick(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        return replace(
+            self,
+            captions=self.captions[keep],
+            images=self.images[image_rows],
+            caption_image=remap[self.caption_image[keep]],
+            caption_ids=pick(self.caption_ids, keep),
+            caption_texts=pick(self.caption_texts, keep),
+            image_names=pick(self.image_names, image_rows),
+            image_split=pick(self.image_split, image_rows),
+        )
+
+    def split(self, name: str) -> PairedEmbeddings:
+        """The images of the file's own split ``name`` with their captions."""
+        if self.image_split is None:
+            raise DataError(f"this data has no split column, so split {name!r} does not exist")
+        rows = np.where(self.image_split == name)[0]
+        if len(rows) == 0:
+            raise DataError(f"split {name!r} not found; the data has {self.split_names()}")
+        return self.subset_images(rows)
+
+    def as_queries(self) -> Queries:
+        return Queries(self.captions, ids=self.caption_ids, texts=self.caption_texts)

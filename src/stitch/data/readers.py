@@ -1,0 +1,239 @@
+"""Readers for the layouts people bring: Flickr8k-style npz, AML-2025 npz, torch ``.pt`` dicts, ``.npy``.
+
+Every reader returns a validated :class:`PairedEmbeddings` (train files) or :class:`Queries`
+(query-only files). Nothing is unpickled: npz files load with ``allow_pickle=False`` and ``.pt``
+files with ``torch.load(weights_only=True)`` allowing numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from stitch.data.dataset import DataError, PairedEmbeddings, Queries
+
+FLICKR_KEYS = ("captions/embeddings", "images/embeddings", "captions/image_index")
+AML_KEYS = ("captions/embeddings", "images/embeddings", "captions/label")
+PT_KEYS = ("caption_embd", "img_embd", "caption2img_idx")
+LABEL_CHUNK_ROWS = 4096
+
+
+def _missing(path: Path, found: list[str], wanted: tuple[str, ...]) -> DataError:
+    lacking = [k for k in wanted if k not in found]
+    return DataError(f"{path}: missing key(s) {lacking}; keys found: {sorted(found)}")
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable npz file (truncated or corrupt?): {err}") from err
+
+
+def _member(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    try:
+        return npz[key]
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as err:
+        raise DataError(f"{path}: array {key!r} cannot be read (truncated or corrupt?): {err}") from err
+
+
+def _optional(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray | None:
+    return _member(npz, path, key) if key in npz.files else None
+
+
+def labels_to_index(path: Path, key: str = "captions/label", chunk_rows: int = LABEL_CHUNK_ROWS) -> np.ndarray:
+    """Caption->image index from a dense one-hot bool matrix stored in an npz, read in row chunks.
+
+    The competition matrix is 125k x 25k bools (3.1 GB); streaming it row-chunk by row-chunk from the
+    zip member keeps memory at ``chunk_rows x n_images`` instead of a full copy.
+    """
+    with zipfile.ZipFile(path) as archive:
+        name = key + ".npy"
+        if name not in archive.namelist():
+            raise DataError(f"{path}: no array {key!r}")
+        with archive.open(name) as stream:
+            try:
+                version = np.lib.format.read_magic(stream)
+                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = reader(stream)
+            except ValueError as err:
+                raise DataError(f"{path}: {key!r} has a corrupt header: {err}") from err
+            if len(shape) != 2:
+                raise DataError(f"{path}: {key!r} must be a 2-D captions x images matrix, got {shape}")
+            if dtype.hasobject:
+                raise DataError(f"{path}: {key!r} holds Python objects; refusing to unpickle")
+            rows, cols = shape
+            if fortran:  # column-major: rows are not contiguous, so read it whole
+                matrix = _read_exact(stream, rows * cols * dtype.itemsize, path, key)
+                matrix = np.frombuffer(matrix, dtype=dtype).reshape(shape, order="F")
+                return _one_hot_rows(matrix, 0, path)
+            index = np.empty(rows, dtype=np.int64)
+            for start in range(0, rows, chunk_rows):
+                n = min(chunk_rows, rows - start)
+                raw = _read_exact(stream, n * cols * dtype.itemsize, path, key)
+                index[start : start + n] = _one_hot_rows(np.frombuffer(raw, dtype=dtype).reshape(n, cols), start, path)
+            return index
+
+
+def _read_exact(stream, size: int, path: Path, key: str) -> bytes:
+    try:
+        raw = stream.read(size)
+    except (EOFError, zipfile.BadZipFile, OSError, zlib.error) as err:
+        raise DataError(f"{path}: {key!r} is truncated or corrupt: {err}") from err
+    if len(raw) != size:
+        raise DataError(f"{path}: {key!r} is truncated ({len(raw)} of {size} bytes)")
+    return raw
+
+
+def _one_hot_rows(block: np.ndarray, offset: int, path: Path) -> np.ndarray:
+    hot = block != 0
+    counts = hot.sum(axis=1)
+    bad = np.where(counts != 1)[0]
+    if len(bad):
+        row = offset + int(bad[0])
+        raise DataError(
+            f"{path}: captions/label row {row} has {int(counts[bad[0]])} images marked; each caption "
+            f"must mark exactly one image ({len(bad)} bad row(s) in this chunk)"
+        )
+    return hot.argmax(axis=1).astype(np.int64)
+
+
+def read_flickr_npz(path: Path, **kwargs) -> PairedEmbeddings:
+    npz = _open_npz(path)
+    if not all(k in npz.files for k in FLICKR_KEYS):
+        raise _missing(path, npz.files, FLICKR_KEYS)
+    return PairedEmbeddings(
+        captions=_member(npz, path, "captions/embeddings"),
+        images=_member(npz, path, "images/embeddings"),
+        caption_image=_member(npz, path, "captions/image_index"),
+        caption_ids=_optional(npz, path, "captions/ids"),
+        caption_texts=_optional(npz, path, "captions/text"),
+        image_names=_optional(npz, path, "images/names"),
+        image_split=_optional(npz, path, "images/split"),
+        encoders=_encoders(npz, path),
+        **kwargs,
+    )
+
+
+def _encoders(npz: np.lib.npyio.NpzFile, path: Path) -> dict:
+    found = {}
+    for side in ("text", "image"):
+        key = f"meta/{side}_encoder"
+        if key in npz.files:
+            found[side] = str(_member(npz, path, key))
+    return found
+
+
+def read_aml_npz(path: Path, **kwargs) -> PairedEmbeddings:
+    npz = _open_npz(path)
+    if not all(k in npz.files for k in AML_KEYS):
+        raise _missing(path, npz.files, AML_KEYS)
+    captions = _member(npz, path, "captions/embeddings")
+    images = _member(npz, path, "images/embeddings")
+    index = labels_to_index(path)
+    return PairedEmbeddings(
+        captions=captions,
+        images=images,
+        caption_image=index,
+        caption_texts=_optional(npz, path, "captions/text"),
+        image_names=_optional(npz, path, "images/names"),
+        image_split=_optional(npz, path, "images/split"),
+        **kwargs,
+    )
+
+
+def _load_pt(path: Path) -> dict:
+    import torch
+
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    allowed = [np._core.multiarray._reconstruct, np.ndarray, np.dtype]
+    allowed += [type(np.dtype(code)) for code in ("f4", "f8", "i8", "i4", "U1", "b1")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or unsafe files
+        raise DataError(f"{path}: cannot be loaded safely as a tensor dict (truncated or not weights-only?): {err}") from err
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def _as_numpy(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def read_pt(path: Path, **kwargs) -> PairedEmbeddings:
+    obj = _load_pt(path)
+    if not all(k in obj for k in PT_KEYS):
+        raise _missing(path, list(obj), PT_KEYS)
+    optional = {k: _as_numpy(obj[k]) if k in obj else None for k in ("captions_text", "img_file")}
+    return PairedEmbeddings(
+        captions=_as_numpy(obj["caption_embd"]),
+        images=_as_numpy(obj["img_embd"]),
+        caption_image=_as_numpy(obj["caption2img_idx"]),
+        caption_texts=optional["captions_text"],
+        image_names=optional["img_file"],
+        **kwargs,
+    )
+
+
+def read_npy(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array (truncated, corrupt or pickled?): {err}") from err
+
+
+def read_npy_triplet(captions: Path, images: Path, index: Path, **kwargs) -> PairedEmbeddings:
+    return PairedEmbeddings(
+        captions=read_npy(Path(captions)), images=read_npy(Path(images)), caption_image=read_npy(Path(index)), **kwargs
+    )
+
+
+def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings:
+    """Read a paired (train-style) file, recognising its layout from its keys."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        return read_pt(path, **kwargs)
+    if path.suffix != ".npz":
+        raise DataError(f"{path}: unknown format; expected .npz or .pt (or pass three .npy files)")
+    keys = _open_npz(path).files
+    if all(k in keys for k in FLICKR_KEYS):
+        return read_flickr_npz(path, **kwargs)
+    if "captions/label" in keys:
+        return read_aml_npz(path, **kwargs)
+    raise DataError(
+        f"{path}: not a paired file; need {list(FLICKR_KEYS)} or {list(AML_KEYS)}; keys found: {sorted(keys)}"
+    )
+
+
+def load_queries(path: str | Path) -> Queries:
+    """Read the caption side of any supported file (a test file or a paired file)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return Queries(read_npy(path))
+    if path.suffix == ".pt":
+        obj = _load_pt(path)
+        if "caption_embd" not in obj:
+            raise _missing(path, list(obj), ("caption_embd",))
+        texts = _as_numpy(obj["captions_text"]) if "captions_text" in obj else None
+        ids = _as_numpy(obj["caption_ids"]) if "caption_ids" in obj else None
+        return Queries(_as_numpy(obj["caption_embd"]), ids=ids, texts=texts)
+    if path.suffix != ".npz":
+        raise DataError(f"{path}: unknown format; expected .npz, .pt or .npy")
+    npz = _open_npz(path)
+    if "captions/embeddings" not in npz.files:
+        raise _missing(path, npz.files, ("captions/embeddings",))
+    return Queries(
+        _member(npz, path, "captions/embeddings"),
+        ids=_optional(npz, path, "captions/ids"),
+        texts=_optional(npz, path, "captions/text"),
+    )

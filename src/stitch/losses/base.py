@@ -1,0 +1,31 @@
+"""The common shape of a stitch loss, after pytorch-metric-learning's calling convention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PairLoss(nn.Module):
+    """``loss(embeddings, labels, indices_tuple, ref_emb, ref_labels) -> scalar``.
+
+    ``embeddings`` are translated queries; ``ref_emb`` the embeddings they are compared with. Row
+    ``i`` of ``embeddings`` matches every row ``j`` of ``ref_emb`` with ``labels[i] == ref_labels[j]``;
+    regression losses, which need aligned targets, require ``ref_emb`` row-aligned with ``embeddings``.
+    """
+
+    needs_aligned_targets = False
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        indices_tuple: tuple | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, float]:
+        """Scalars worth logging per epoch (e.g. a learnt temperature)."""
+        return {}

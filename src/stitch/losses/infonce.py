@@ -1,0 +1,62 @@
+"""Symmetric multi-positive InfoNCE with a learnable temperature.
+
+Several captions describe one image, so a batch can hold more than one positive per row: all of
+them go in the numerator (log of summed probabilities), and captions of the same image are never
+treated as each other's negatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stitch.losses.base import PairLoss
+
+
+def multi_positive_nll(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-log sum_{j positive} softmax(logits)_ij``; rows without positives skipped."""
+    has_pos = positive.any(dim=1)
+    if not has_pos.any():
+        raise ValueError("no row has a positive; check that labels and ref_labels share values")
+    log_norm = torch.logsumexp(logits, dim=1)
+    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    return (log_norm - log_pos)[has_pos].mean()
+
+
+class InfoNCELoss(PairLoss):
+    """CLIP-style symmetric InfoNCE on cosine similarities.
+
+    ``embeddings`` (queries) and ``ref_emb`` (gallery items) are L2-normalised here; the logit scale
+    ``1/temperature`` is learnt in log space and clamped at 100, as CLIP does.
+    """
+
+    def __init__(self, temperature: float = 0.05, learnable: bool = True, symmetric: bool = True) -> None:
+        super().__init__()
+        log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
+        self.log_scale = nn.Parameter(log_scale, requires_grad=learnable)
+        self.symmetric = symmetric
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.log_scale.detach().exp().clamp(max=100))
+
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        if labels is None:
+            labels = torch.arange(len(embeddings), device=embeddings.device)
+        if ref_emb is None:
+            ref_emb, ref_labels = embeddings, labels
+        if ref_labels is None:
+            raise ValueError("ref_labels are required with ref_emb")
+        scale = self.log_scale.exp().clamp(max=100)
+        logits = scale * F.normalize(embeddings, dim=1) @ F.normalize(ref_emb, dim=1).T
+        positive = labels[:, None] == ref_labels[None, :]
+        loss = multi_positive_nll(logits.float(), positive)
+        if self.symmetric:
+            loss = (loss + multi_positive_nll(logits.T.float(), positive.T)) / 2
+        return loss
+
+    def extra_state(self) -> dict[str, float]:
+        return {"temperature": self.temperature}

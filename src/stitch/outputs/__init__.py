@@ -1,0 +1,1 @@
+"""Outputs: submissions and atomic, non-clobbering file writes."""

@@ -1,0 +1,127 @@
+"""Exact ranks of the true match, computed in chunks so memory is O(chunk x gallery).
+
+Ties count against the query (pessimistic ranks): a gallery item scoring exactly the same as the
+true match is ranked above it. A constant predictor therefore gets the worst rank, never the best.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK = 1024
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    tensor = torch.as_tensor(x)
+    return tensor.to(device=device or tensor.device, dtype=torch.float32)
+
+
+def cosine_ready(x: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """L2-normalised float32 rows, so a dot product is a cosine."""
+    return F.normalize(_as_tensor(x, device), dim=1)
+
+
+def text_to_image_ranks(
+    queries: torch.Tensor, gallery: torch.Tensor, positives: np.ndarray | torch.Tensor, chunk: int = DEFAULT_CHUNK,
+    scorer=None,
+) -> np.ndarray:
+    """1-based rank of each query's true gallery item (ties pessimistic).
+
+    ``scorer(start, scores)`` may rewrite a chunk of scores (hubness-aware scoring); by default the
+    score is the dot product.
+    """
+    positives = torch.as_tensor(positives, dtype=torch.long, device=queries.device)
+    if len(positives) != len(queries):
+        raise ValueError(f"{len(queries)} queries but {len(positives)} positives")
+    if len(positives) and (positives.min() < 0 or positives.max() >= len(gallery)):
+        raise ValueError(f"positive index out of range [0, {len(gallery)})")
+    ranks = torch.empty(len(queries), dtype=torch.long)
+    for start in range(0, len(queries), chunk):
+        scores = queries[start : start + chunk] @ gallery.T
+        if scorer is not None:
+            scores = scorer(start, scores)
+        rows = torch.arange(len(scores), device=scores.device)
+        true = scores[rows, positives[start : start + chunk]]
+        at_least = (scores >= true[:, None]).sum(dim=1)  # includes the true item itself
+        ranks[start : start + chunk] = at_least.cpu()
+    return ranks.numpy()
+
+
+def image_to_text_ranks(
+    images: torch.Tensor, captions: torch.Tensor, caption_image: np.ndarray | torch.Tensor, chunk: int = DEFAULT_CHUNK
+) -> np.ndarray:
+    """1-based rank of each image's best-ranked caption among all captions (ties pessimistic)."""
+    owner = torch.as_tensor(caption_image, dtype=torch.long, device=captions.device)
+    ranks = torch.empty(len(images), dtype=torch.long)
+    for start in range(0, len(images), chunk):
+        scores = images[start : start + chunk] @ captions.T
+        rows = torch.arange(start, start + len(scores), device=scores.device)
+        is_pos = owner[None, :] == rows[:, None]
+        best_pos = scores.masked_fill(~is_pos, float("-inf")).max(dim=1).values
+        negatives_above = ((scores >= best_pos[:, None]) & ~is_pos).sum(dim=1)
+        ranks[start : start + chunk] = (negatives_above + 1).cpu()
+    return ranks.numpy()
+
+
+def image_to_text_ndcg(
+    images: torch.Tensor, captions: torch.Tensor, caption_image: np.ndarray | torch.Tensor, k: int = 10,
+    chunk: int = DEFAULT_CHUNK,
+) -> float:
+    """Mean NDCG@k for image->text, where every caption of the image is relevant (ties pessimistic)."""
+    owner = torch.as_tensor(caption_image, dtype=torch.long, device=captions.device)
+    n_rel = torch.bincount(owner, minlength=len(images))
+    width = int(n_rel.max())
+    # relevant caption rows of each image, padded with -1
+    order = torch.argsort(owner, stable=True)
+    slot = torch.arange(len(owner), device=owner.device) - torch.cumsum(n_rel, 0)[owner[order]] + n_rel[owner[order]]
+    relevant = torch.full((len(images), width), -1, dtype=torch.long, device=owner.device)
+    relevant[owner[order], slot] = order
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=owner.device))
+    ideal = torch.cumsum(discounts, 0)
+    total = 0.0
+    for start in range(0, len(images), chunk):
+        scores = images[start : start + chunk] @ captions.T
+        rows = torch.arange(start, start + len(scores), device=scores.device)
+        is_pos = owner[None, :] == rows[:, None]
+        rel = relevant[start : start + len(scores)]
+        valid = rel >= 0
+        rel_scores = scores.gather(1, rel.clamp(min=0))
+        gain = torch.zeros(len(scores), dtype=torch.float64, device=scores.device)
+        for r in range(width):
+            s = rel_scores[:, r : r + 1]
+            above = (scores > s).sum(1) + ((scores == s) & ~is_pos).sum(1)
+            tied_before = ((rel_scores[:, :r] == s) & valid[:, :r]).sum(1)
+            position = above + tied_before  # 0-based
+            hit = valid[:, r] & (position < k)
+            gain += torch.where(hit, discounts[position.clamp(max=k - 1)], torch.zeros_like(gain))
+        best = ideal[(n_rel[start : start + len(scores)].clamp(max=k) - 1)]
+        total += float((gain / best).sum())
+    return total / len(images)
+
+
+def sampled_candidate_ranks(
+    queries: torch.Tensor, gallery: torch.Tensor, positives: np.ndarray, n_candidates: int = 100, seed: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+) -> np.ndarray:
+    """Rank of the true item among itself plus ``n_candidates - 1`` seeded random other items.
+
+    This is the Kaggle protocol of the AML competition (100 candidates per query).
+    """
+    n_gallery = len(gallery)
+    if n_gallery < n_candidates:
+        raise ValueError(f"the gallery has {n_gallery} items, fewer than the {n_candidates} candidates asked for")
+    rng = np.random.default_rng(seed)
+    positives = np.asarray(positives, dtype=np.int64)
+    # draw from the gallery without the true item: sample in [0, n-1) and shift past it
+    others = np.stack([rng.choice(n_gallery - 1, size=n_candidates - 1, replace=False) for _ in positives]) \
+        if len(positives) else np.zeros((0, n_candidates - 1), dtype=np.int64)
+    others = others + (others >= positives[:, None])
+    candidates = torch.as_tensor(np.concatenate([positives[:, None], others], axis=1), device=queries.device)
+    ranks = torch.empty(len(queries), dtype=torch.long)
+    for start in range(0, len(queries), chunk):
+        rows = gallery[candidates[start : start + chunk]]  # (c, n_candidates, d)
+        scores = torch.einsum("cd,cnd->cn", queries[start : start + chunk], rows)
+        ranks[start : start + chunk] = (scores >= scores[:, :1]).sum(dim=1).cpu()
+    return ranks.numpy()

@@ -1,0 +1,83 @@
+"""Translators from caption space to image space, and the model a run saves.
+
+A :class:`StitchModel` has two sides: ``embed_queries`` (captions -> scoring space) and
+``embed_gallery`` (images -> scoring space). Retrieval is a cosine in the scoring space;
+``to_image_space`` gives submissions in the raw image-feature space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from stitch.translators.closed_form import LinearMap, fit_procrustes, fit_ridge, procrustes_solution, ridge_solution
+from stitch.translators.mlp import MLP, ResidualMLP
+from stitch.translators.space import Standardizer
+
+CLOSED_FORM = ("ridge", "procrustes")
+
+
+class StitchModel(nn.Module):
+    """A translator plus the image space it predicts into."""
+
+    def __init__(self, translator: nn.Module, space: Standardizer, text_dim: int, image_dim: int) -> None:
+        super().__init__()
+        self.translator = translator
+        self.space = space
+        self.text_dim = text_dim
+        self.image_dim = image_dim
+
+    def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
+        return self.translator(captions)
+
+    def embed_gallery(self, images: torch.Tensor) -> torch.Tensor:
+        return self.space(images)
+
+    def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
+        """Predicted raw image features (what a competition submission holds)."""
+        return self.space.inverse(self.translator(captions))
+
+
+def build_translator(model_cfg, text_dim: int, image_dim: int) -> nn.Module:
+    """An untrained translator of the configured kind (closed-form ones hold zeros until fitted)."""
+    name = model_cfg.name
+    if name in CLOSED_FORM:
+        return LinearMap(text_dim, image_dim)
+    if name == "mlp":
+        return MLP(text_dim, image_dim, model_cfg.hidden, model_cfg.depth, model_cfg.dropout, model_cfg.activation)
+    if name == "resmlp":
+        return ResidualMLP(text_dim, image_dim, model_cfg.hidden, model_cfg.depth, model_cfg.dropout, model_cfg.activation)
+    raise ValueError(f"unknown translator {name!r}")
+
+
+def build_model(model_cfg, text_dim: int, image_dim: int) -> StitchModel:
+    return StitchModel(build_translator(model_cfg, text_dim, image_dim), Standardizer(image_dim), text_dim, image_dim)
+
+
+def initialise(model: StitchModel, model_cfg, captions: np.ndarray, targets: np.ndarray) -> None:
+    """Fit what is closed-form: the whole translator, or the linear start of a residual MLP.
+
+    ``targets`` are the caption-aligned image features already in the model's space.
+    """
+    translator = model.translator
+    if model_cfg.name == "ridge":
+        translator.set(*ridge_solution(captions, targets, model_cfg.ridge_alpha))
+    elif model_cfg.name == "procrustes":
+        translator.set(*procrustes_solution(captions, targets))
+    elif model_cfg.name == "resmlp":
+        translator.init_linear(*(torch.as_tensor(a) for a in ridge_solution(captions, targets, model_cfg.ridge_alpha)))
+
+
+__all__ = [
+    "MLP",
+    "LinearMap",
+    "ResidualMLP",
+    "Standardizer",
+    "StitchModel",
+    "build_model",
+    "build_translator",
+    "fit_procrustes",
+    "fit_ridge",
+    "initialise",
+]
