@@ -82,10 +82,14 @@ def evaluate(
     _check_dims(model, data.text_dim, data.image_dim)
     queries = _apply(model.embed_queries, data.captions, dev)
     gallery = _apply(model.embed_gallery, data.images, dev)
-    return evaluate_embeddings(queries, gallery, data.caption_image, protocol=protocol, chunk=chunk, seed=seed, device=dev)
+    return evaluate_embeddings(
+        queries, gallery, data.caption_image, protocol=protocol, chunk=chunk, seed=seed, device=dev
+    )
 
 
-def predict(run: str | Path | StitchModel | TrainResult, queries: Queries | np.ndarray, device: str = "auto") -> np.ndarray:
+def predict(
+    run: str | Path | StitchModel | TrainResult, queries: Queries | np.ndarray, device: str = "auto"
+) -> np.ndarray:
     """Predicted image features (raw image space) for each query row."""
     dev = resolve_device(device)
     model = _model(run, dev)

@@ -28,13 +28,23 @@ def cmd_train(args) -> int:
 
     data = _load_data(args)
     out = args.out or _default_run_dir()
-    result = api.train(data, args.config, out=out, overrides=args.overrides, resume=args.resume, force=args.force,
-                       progress=not args.quiet, data_source=str(args.data or args.captions))
+    result = api.train(
+        data,
+        args.config,
+        out=out,
+        overrides=args.overrides,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
+        data_source=str(args.data or args.captions),
+    )
     m = result.dev_metrics
     print(f"run: {out}")
     print(f"split: {result.split}; best epoch {result.best_epoch}")
-    print(f"dev text->image, full dev gallery: R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  "
-          f"R@10 {m['recall@10']:.4f}  MRR {m['mrr']:.4f}")
+    print(
+        f"dev text->image, full dev gallery: R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  "
+        f"R@10 {m['recall@10']:.4f}  MRR {m['mrr']:.4f}"
+    )
     return 0
 
 
@@ -75,7 +85,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stitch", description="Learn translators between embedding spaces and search across them.")
+    parser = argparse.ArgumentParser(
+        prog="stitch", description="Learn translators between embedding spaces and search across them."
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 

@@ -16,9 +16,11 @@ from stitch.retrieval.evaluate import format_reports
 
 def run_demo(out: str | Path | None = None, quick: bool = False) -> dict[str, dict]:
     data = make_synthetic(n_images=800 if quick else 4000, seed=0)
-    print(f"SYNTHETIC data (seeded, made in memory): {data.n_captions} captions ({data.text_dim}-d) -> "
-          f"{data.n_images} images ({data.image_dim}-d), split by image: "
-          f"{(data.image_split == 'train').sum()} train / {(data.image_split == 'dev').sum()} dev images")
+    print(
+        f"SYNTHETIC data (seeded, made in memory): {data.n_captions} captions ({data.text_dim}-d) -> "
+        f"{data.n_images} images ({data.image_dim}-d), split by image: "
+        f"{(data.image_split == 'train').sum()} train / {(data.image_split == 'dev').sum()} dev images"
+    )
     recipes = {"ridge": ["model.name=ridge"], "default (resmlp + InfoNCE)": []}
     if quick:
         recipes["default (resmlp + InfoNCE)"] = ["optim.epochs=3"]

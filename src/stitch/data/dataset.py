@@ -97,8 +97,7 @@ class PairedEmbeddings:
         index = np.asarray(self.caption_image)
         if index.ndim != 1 or len(index) != len(captions):
             raise DataError(
-                f"caption->image index has shape {index.shape}, expected ({len(captions)},): "
-                "one image row per caption"
+                f"caption->image index has shape {index.shape}, expected ({len(captions)},): one image row per caption"
             )
         if not np.issubdtype(index.dtype, np.integer):
             if np.issubdtype(index.dtype, np.floating) and np.all(np.mod(index, 1) == 0):
@@ -108,9 +107,7 @@ class PairedEmbeddings:
         index = index.astype(np.int64)
         out = np.where((index < 0) | (index >= len(images)))[0]
         if len(out):
-            raise DataError(
-                f"caption->image index out of range [0, {len(images)}) in {_describe_rows(out)}"
-            )
+            raise DataError(f"caption->image index out of range [0, {len(images)}) in {_describe_rows(out)}")
         if not self.allow_images_without_captions:
             orphans = np.setdiff1d(np.arange(len(images)), index)
             if len(orphans):

@@ -59,7 +59,9 @@ def labels_to_index(path: Path, key: str = "captions/label", chunk_rows: int = L
         with archive.open(name) as stream:
             try:
                 version = np.lib.format.read_magic(stream)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                reader = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, fortran, dtype = reader(stream)
             except ValueError as err:
                 raise DataError(f"{path}: {key!r} has a corrupt header: {err}") from err
@@ -158,7 +160,9 @@ def _load_pt(path: Path) -> dict:
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or unsafe files
-        raise DataError(f"{path}: cannot be loaded safely as a tensor dict (truncated or not weights-only?): {err}") from err
+        raise DataError(
+            f"{path}: cannot be loaded safely as a tensor dict (truncated or not weights-only?): {err}"
+        ) from err
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj

@@ -9,9 +9,7 @@ import numpy as np
 from stitch.data.dataset import DataError, PairedEmbeddings
 
 
-def random_image_split(
-    n_images: int, fractions: dict[str, float], seed: int = 0
-) -> dict[str, np.ndarray]:
+def random_image_split(n_images: int, fractions: dict[str, float], seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded partition of image rows into named parts; ``train`` takes what the others leave."""
     if n_images < 2:
         raise DataError(f"need at least 2 images to split, got {n_images}")

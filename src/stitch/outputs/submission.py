@@ -51,7 +51,10 @@ def write_pt(path: str | Path, queries: Queries, predictions: np.ndarray, force:
 
     path = ensure_writable(path, force)
     _check(queries, predictions)
-    body = {"caption_embd": torch.as_tensor(queries.embeddings), "img_embd": torch.as_tensor(predictions, dtype=torch.float32)}
+    body = {
+        "caption_embd": torch.as_tensor(queries.embeddings),
+        "img_embd": torch.as_tensor(predictions, dtype=torch.float32),
+    }
     if queries.texts is not None:
         body["captions_text"] = [str(t) for t in queries.texts]
     if queries.ids is not None:

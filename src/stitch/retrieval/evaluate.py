@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from stitch.retrieval.metrics import rank_metrics, random_baseline
+from stitch.retrieval.metrics import random_baseline, rank_metrics
 from stitch.retrieval.ranks import (
     DEFAULT_CHUNK,
     cosine_ready,
@@ -74,7 +74,9 @@ def evaluate_embeddings(
         i2t_ranks = image_to_text_ranks(g, q, caption_image, chunk=chunk)
         i2t = rank_metrics(i2t_ranks)
         i2t["ndcg@10"] = image_to_text_ndcg(g, q, caption_image, k=10, chunk=chunk)
-        reports.append(DirectionReport(protocol, "image->text", len(q), len(g), i2t, _i2t_random(caption_image, len(q))))
+        reports.append(
+            DirectionReport(protocol, "image->text", len(q), len(g), i2t, _i2t_random(caption_image, len(q)))
+        )
     return reports
 
 
@@ -117,9 +119,13 @@ def format_reports(reports: list[DirectionReport]) -> str:
 def summary_json(reports: list[DirectionReport]) -> dict:
     """One flat object for the first (text->image) report, the others nested under their label."""
     head = reports[0]
-    out = {**head.metrics, "gallery": head.gallery, "queries": head.queries,
-           "protocol": f"{head.direction}, {describe_protocol(head.protocol, head.gallery)}",
-           "random": head.random}
+    out = {
+        **head.metrics,
+        "gallery": head.gallery,
+        "queries": head.queries,
+        "protocol": f"{head.direction}, {describe_protocol(head.protocol, head.gallery)}",
+        "random": head.random,
+    }
     for extra in reports[1:]:
         out[extra.direction] = {**extra.metrics, "gallery": extra.gallery, "queries": extra.queries}
     return out

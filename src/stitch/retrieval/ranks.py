@@ -24,7 +24,10 @@ def cosine_ready(x: np.ndarray | torch.Tensor, device: torch.device | str | None
 
 
 def text_to_image_ranks(
-    queries: torch.Tensor, gallery: torch.Tensor, positives: np.ndarray | torch.Tensor, chunk: int = DEFAULT_CHUNK,
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    positives: np.ndarray | torch.Tensor,
+    chunk: int = DEFAULT_CHUNK,
     scorer=None,
 ) -> np.ndarray:
     """1-based rank of each query's true gallery item (ties pessimistic).
@@ -66,7 +69,10 @@ def image_to_text_ranks(
 
 
 def image_to_text_ndcg(
-    images: torch.Tensor, captions: torch.Tensor, caption_image: np.ndarray | torch.Tensor, k: int = 10,
+    images: torch.Tensor,
+    captions: torch.Tensor,
+    caption_image: np.ndarray | torch.Tensor,
+    k: int = 10,
     chunk: int = DEFAULT_CHUNK,
 ) -> float:
     """Mean NDCG@k for image->text, where every caption of the image is relevant (ties pessimistic)."""
@@ -102,7 +108,11 @@ def image_to_text_ndcg(
 
 
 def sampled_candidate_ranks(
-    queries: torch.Tensor, gallery: torch.Tensor, positives: np.ndarray, n_candidates: int = 100, seed: int = 0,
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    positives: np.ndarray,
+    n_candidates: int = 100,
+    seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
 ) -> np.ndarray:
     """Rank of the true item among itself plus ``n_candidates - 1`` seeded random other items.
@@ -115,8 +125,11 @@ def sampled_candidate_ranks(
     rng = np.random.default_rng(seed)
     positives = np.asarray(positives, dtype=np.int64)
     # draw from the gallery without the true item: sample in [0, n-1) and shift past it
-    others = np.stack([rng.choice(n_gallery - 1, size=n_candidates - 1, replace=False) for _ in positives]) \
-        if len(positives) else np.zeros((0, n_candidates - 1), dtype=np.int64)
+    others = (
+        np.stack([rng.choice(n_gallery - 1, size=n_candidates - 1, replace=False) for _ in positives])
+        if len(positives)
+        else np.zeros((0, n_candidates - 1), dtype=np.int64)
+    )
     others = others + (others >= positives[:, None])
     candidates = torch.as_tensor(np.concatenate([positives[:, None], others], axis=1), device=queries.device)
     ranks = torch.empty(len(queries), dtype=torch.long)

@@ -41,7 +41,7 @@ class LossConfig:
 class OptimConfig:
     lr: float = 5e-4
     weight_decay: float = 0.01
-    epochs: int = 14
+    epochs: int = 30
     batch_size: int = 1024
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
@@ -55,7 +55,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    patience: int = 4  # epochs without dev MRR gain before stopping
+    patience: int = 5  # epochs without dev MRR gain before stopping
     dev_fraction: float = 0.1  # used only when the data has no train/dev split column
     eval_chunk: int = 1024
 

@@ -48,7 +48,9 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
 
 
 @torch.no_grad()
-def dev_retrieval(model: StitchModel, dev: PairedEmbeddings, device: torch.device, chunk: int = 1024) -> dict[str, float]:
+def dev_retrieval(
+    model: StitchModel, dev: PairedEmbeddings, device: torch.device, chunk: int = 1024
+) -> dict[str, float]:
     """Text->image metrics over the dev gallery (used for early stopping)."""
     model.eval()
     queries = cosine_ready(_embed(model.embed_queries, dev.captions, device), device)
@@ -105,11 +107,20 @@ def train(
     initialise(model, config.model, train_set.captions, train_gallery[train_set.caption_image])
     model.to(device)
 
-    info = runfiles.RunInfo(config, data.text_dim, data.image_dim, {
-        "split": how, "train_images": train_set.n_images, "train_captions": train_set.n_captions,
-        "dev_images": dev_set.n_images, "dev_captions": dev_set.n_captions, "data": data_source,
-        "encoders": data.encoders,
-    })
+    info = runfiles.RunInfo(
+        config,
+        data.text_dim,
+        data.image_dim,
+        {
+            "split": how,
+            "train_images": train_set.n_images,
+            "train_captions": train_set.n_captions,
+            "dev_images": dev_set.n_images,
+            "dev_captions": dev_set.n_captions,
+            "data": data_source,
+            "encoders": data.encoders,
+        },
+    )
     if run_dir is not None:
         runfiles.save_info(info, run_dir)
 
@@ -129,7 +140,12 @@ def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resu
     optim_cfg = config.optim
     loss_fn = build_loss(config.loss.name, config.loss.temperature, config.loss.learnable_temperature).to(device)
     batches = CaptionBatches(
-        train_set.captions, train_set.caption_image, train_gallery, optim_cfg.batch_size, device, seed=config.seed,
+        train_set.captions,
+        train_set.caption_image,
+        train_gallery,
+        optim_cfg.batch_size,
+        device,
+        seed=config.seed,
         aligned_targets=loss_fn.needs_aligned_targets,
     )
     params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
@@ -152,7 +168,12 @@ def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resu
         scheduler.load_state_dict(ckpt["scheduler"])
         batches.set_state(ckpt["sampler"])
         torch.set_rng_state(ckpt["torch_rng"])
-        start_epoch, best, best_epoch, stale = int(ckpt["epoch"]) + 1, float(ckpt["best"]), int(ckpt["best_epoch"]), int(ckpt["stale"])
+        start_epoch, best, best_epoch, stale = (
+            int(ckpt["epoch"]) + 1,
+            float(ckpt["best"]),
+            int(ckpt["best_epoch"]),
+            int(ckpt["stale"]),
+        )
         best_state = ckpt["best_model"]
         history = runfiles.read_metrics(run_dir)
 
@@ -175,9 +196,15 @@ def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resu
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}", dev_mrr=f"{max(best, 0):.4f}")
         metrics = dev_retrieval(model, dev_set, device, config.eval_chunk)
-        row = {"epoch": epoch, "train_loss": running / count, "dev_mrr": metrics["mrr"],
-               "dev_recall@1": metrics["recall@1"], "lr": scheduler.get_last_lr()[0],
-               "seconds": round(time.time() - started, 2), **loss_fn.extra_state()}
+        row = {
+            "epoch": epoch,
+            "train_loss": running / count,
+            "dev_mrr": metrics["mrr"],
+            "dev_recall@1": metrics["recall@1"],
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.time() - started, 2),
+            **loss_fn.extra_state(),
+        }
         history.append(row)
         if metrics["mrr"] > best:
             best, best_epoch, stale = metrics["mrr"], epoch, 0
@@ -188,11 +215,22 @@ def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resu
             stale += 1
         if run_dir is not None:
             runfiles.append_metrics(run_dir, row)
-            runfiles.save_checkpoint(run_dir, {
-                "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "sampler": batches.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale, "best_model": best_state,
-            })
+            runfiles.save_checkpoint(
+                run_dir,
+                {
+                    "model": model.state_dict(),
+                    "loss": loss_fn.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": batches.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "best_model": best_state,
+                },
+            )
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -205,9 +243,12 @@ def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resu
 
 def _write_summary(run_dir: Path, best_epoch: int, metrics: dict, how: str) -> None:
 
-
-    body = {"best_epoch": best_epoch, "dev": metrics, "split": how,
-            "protocol": "text->image, full dev gallery, ranks pessimistic on ties"}
+    body = {
+        "best_epoch": best_epoch,
+        "dev": metrics,
+        "split": how,
+        "protocol": "text->image, full dev gallery, ranks pessimistic on ties",
+    }
     atomic_write_text(run_dir / runfiles.SUMMARY, json.dumps(body, indent=2))
 
 

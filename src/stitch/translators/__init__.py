@@ -47,7 +47,9 @@ def build_translator(model_cfg, text_dim: int, image_dim: int) -> nn.Module:
     if name == "mlp":
         return MLP(text_dim, image_dim, model_cfg.hidden, model_cfg.depth, model_cfg.dropout, model_cfg.activation)
     if name == "resmlp":
-        return ResidualMLP(text_dim, image_dim, model_cfg.hidden, model_cfg.depth, model_cfg.dropout, model_cfg.activation)
+        return ResidualMLP(
+            text_dim, image_dim, model_cfg.hidden, model_cfg.depth, model_cfg.dropout, model_cfg.activation
+        )
     raise ValueError(f"unknown translator {name!r}")
 
 

@@ -18,8 +18,14 @@ class MLP(nn.Module):
     """``depth`` hidden layers of ``hidden`` units, then a linear output layer."""
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden: int = 2048, depth: int = 1, dropout: float = 0.0,
-        act: str = "gelu", layer_norm: bool = False,
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int = 2048,
+        depth: int = 1,
+        dropout: float = 0.0,
+        act: str = "gelu",
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -49,7 +55,13 @@ class ResidualMLP(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden: int = 2048, depth: int = 1, dropout: float = 0.0, act: str = "gelu",
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int = 2048,
+        depth: int = 1,
+        dropout: float = 0.0,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)

@@ -1,0 +1,49 @@
+"""Config: YAML + overrides, typed, and loud about typos."""
+
+from __future__ import annotations
+
+import pytest
+
+from stitch.training.config import ConfigError, TrainConfig, config_from_dict, load_config, parse_overrides
+
+
+def test_defaults_yaml_and_overrides_compose(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: mlp\n  hidden: 512\noptim:\n  lr: 0.001\n")
+    cfg = load_config(path, ["optim.lr=3e-4", "model.depth=2", "loss.learnable_temperature=false"])
+    assert cfg.model.name == "mlp" and cfg.model.hidden == 512 and cfg.model.depth == 2
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.loss.learnable_temperature is False
+    assert cfg.optim.epochs == TrainConfig().optim.epochs
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrate'.*'optim.lr'"):
+        load_config(None, ["optim.lrate=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.epochs=2.5", "whole number"),
+        ("optim.lr=fast", "must be a number"),
+        ("model.name=transformer", "model.name must be one of"),
+        ("optim.batch_size=0", "must be positive"),
+        ("model.dropout=1.5", "dropout"),
+        ("amp=maybe", "true or false"),
+        ("device=tpu", "device must be"),
+        ("noequals", "key=value"),
+    ],
+)
+def test_bad_values_are_rejected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_round_trip_through_dict():
+    cfg = load_config(None, ["model.name=procrustes", "seed=7"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_override_parsing_is_nested():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}

@@ -1,0 +1,109 @@
+"""The training loop: it learns, stops early, writes a complete run folder, and resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stitch import api
+from stitch.training import RunError, load_config, load_model, train
+from stitch.training.run import read_metrics
+from stitch.training.trainer import warmup_cosine
+
+FAST = ["model.hidden=64", "optim.batch_size=128", "optim.lr=2e-3"]
+
+
+def test_trained_resmlp_beats_its_ridge_start(small_data):
+    ridge = api.train(small_data, None, overrides=["model.name=ridge"], progress=False)
+    res = api.train(small_data, None, overrides=[*FAST, "optim.epochs=12", "patience=12"], progress=False)
+    assert res.dev_metrics["mrr"] > ridge.dev_metrics["mrr"] + 0.01
+    losses = [row["train_loss"] for row in res.history]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", ["mlp", "procrustes"])
+@pytest.mark.parametrize("loss", ["mse", "cosine"])
+def test_other_recipes_beat_chance(small_data, name, loss):
+    if name == "procrustes" and loss == "cosine":
+        pytest.skip("closed-form: the loss does not apply")
+    overrides = [*FAST, f"model.name={name}", f"loss.name={loss}", "optim.epochs=10", "optim.batch_size=64"]
+    result = api.train(small_data, None, overrides=overrides, progress=False)
+    n_dev = int((small_data.image_split == "dev").sum())
+    assert result.dev_metrics["mrr"] > 4 * (np.log(n_dev) + 0.58) / n_dev  # well above the random MRR
+
+
+def test_run_folder_is_complete_and_reloads_to_the_same_predictions(tmp_path, small_data):
+    run = tmp_path / "run"
+    result = api.train(small_data, None, out=run, overrides=[*FAST, "optim.epochs=3"], progress=False)
+    for name in ("model.safetensors", "config.json", "metrics.csv", "checkpoint.pt", "summary.json"):
+        assert (run / name).exists(), name
+    model, info = load_model(run)
+    assert info.config.model.hidden == 64 and info.meta["split"] == "the file's split column"
+    x = torch.tensor(small_data.captions[:20])
+    with torch.no_grad():
+        assert torch.allclose(model.embed_queries(x), result.model.embed_queries(x), atol=1e-6)
+    assert len(read_metrics(run)) == 3
+
+
+def test_refuses_to_overwrite_a_run_unless_forced(tmp_path, small_data):
+    run = tmp_path / "run"
+    api.train(small_data, None, out=run, overrides=["model.name=ridge"], progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        api.train(small_data, None, out=run, overrides=["model.name=ridge"], progress=False)
+    api.train(small_data, None, out=run, overrides=["model.name=ridge"], progress=False, force=True)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, small_data):
+    full = api.train(
+        small_data, None, out=tmp_path / "full", overrides=[*FAST, "optim.epochs=4", "patience=9"], progress=False
+    )
+    part = tmp_path / "part"
+    # same recipe, stopped after 2 epochs by patience=0-like cut: train 4-epoch schedule but stop early
+    cfg = load_config(None, [*FAST, "optim.epochs=4", "patience=9"])
+    stopped = _train_epochs(small_data, cfg, part, epochs=2)
+    assert len(read_metrics(part)) == 2 and stopped
+    resumed = train(small_data, cfg, run_dir=part, resume=True, progress=False)
+    a = [float(r["dev_mrr"]) for r in read_metrics(tmp_path / "full")]
+    b = [float(r["dev_mrr"]) for r in read_metrics(part)]
+    assert np.allclose(a, b, atol=1e-6)
+    assert resumed.dev_metrics["mrr"] == pytest.approx(full.dev_metrics["mrr"], abs=1e-6)
+
+
+def _train_epochs(data, cfg, run_dir, epochs):
+    """Interrupt training after ``epochs`` epochs, as a crash would."""
+    import stitch.training.trainer as trainer
+
+    calls = {"n": 0}
+    original = trainer.dev_retrieval
+
+    def crashing(*args, **kwargs):
+        if calls["n"] == epochs:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    trainer.dev_retrieval = crashing
+    try:
+        train(data, cfg, run_dir=run_dir, progress=False)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        trainer.dev_retrieval = original
+    return False
+
+
+def test_early_stopping_keeps_the_best_epoch(small_data):
+    result = api.train(
+        small_data, None, overrides=[*FAST, "optim.lr=0.05", "optim.epochs=10", "patience=2"], progress=False
+    )
+    mrrs = [row["dev_mrr"] for row in result.history]
+    assert result.best_epoch == int(np.argmax(mrrs))
+    assert result.dev_metrics["mrr"] == pytest.approx(max(mrrs), abs=1e-6)
+    assert len(mrrs) <= result.best_epoch + 3
+
+
+def test_warmup_then_cosine_schedule():
+    f = warmup_cosine(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5, abs=0.02) and f(100) == pytest.approx(0.0, abs=1e-9)
