@@ -10,6 +10,7 @@ import torch
 from stitch.data import PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
+from stitch.retrieval.hubness import build_rescorer
 from stitch.training import TrainConfig, TrainResult, load_config, load_model
 from stitch.training import train as _train
 from stitch.training.device import resolve_device
@@ -73,18 +74,40 @@ def evaluate(
     device: str = "auto",
     chunk: int = 1024,
     seed: int = 0,
+    rerank: str | None = None,
+    rerank_params: dict | None = None,
+    bank: PairedEmbeddings | None = None,
 ) -> list[DirectionReport]:
-    """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images."""
+    """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
+
+    ``rerank`` names a hubness-aware scoring method (``stitch.retrieval.hubness``); its query bank is
+    ``bank``'s captions, by default the data's ``train`` split (never the evaluated queries).
+    """
     dev = resolve_device(device)
     model = _model(run, dev)
+    full = data
     if split is not None:
         data = data.split(split)
     _check_dims(model, data.text_dim, data.image_dim)
     queries = _apply(model.embed_queries, data.captions, dev)
     gallery = _apply(model.embed_gallery, data.images, dev)
+    rescorer, query_bank, gallery_bank = None, None, None
+    if rerank and rerank != "none":
+        rescorer = build_rescorer(rerank, **(rerank_params or {}))
+        bank = bank if bank is not None else _default_bank(full, split)
+        query_bank = _apply(model.embed_queries, bank.captions, dev)
+        gallery_bank = _apply(model.embed_gallery, bank.images, dev)
     return evaluate_embeddings(
-        queries, gallery, data.caption_image, protocol=protocol, chunk=chunk, seed=seed, device=dev
+        queries, gallery, data.caption_image, protocol=protocol, chunk=chunk, seed=seed, device=dev,
+        rescorer=rescorer, query_bank=query_bank, gallery_bank=gallery_bank,
     )
+
+
+def _default_bank(data: PairedEmbeddings, split: str | None) -> PairedEmbeddings:
+    if split == "train" or "train" not in data.split_names():
+        raise ValueError("hubness-aware scoring needs a bank of training queries: evaluate a split other than "
+                         "'train' of a file with a train split, or pass bank=")
+    return data.split("train")
 
 
 def predict(

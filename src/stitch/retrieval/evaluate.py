@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from stitch.retrieval.hubness import Rescorer
 from stitch.retrieval.metrics import random_baseline, rank_metrics
 from stitch.retrieval.ranks import (
     DEFAULT_CHUNK,
@@ -39,9 +40,9 @@ class DirectionReport:
 
 
 def describe_protocol(protocol: str, gallery: int) -> str:
-    if protocol == "full":
-        return f"full gallery of {gallery} images"
-    return "true image + 99 seeded random other images (Kaggle)"
+    base, _, rerank = protocol.partition("+")
+    text = f"full gallery of {gallery} images" if base == "full" else "true image + 99 seeded random other images (Kaggle)"
+    return text + (f", rescored with {rerank} (bank: training queries)" if rerank else "")
 
 
 def evaluate_embeddings(
@@ -52,23 +53,39 @@ def evaluate_embeddings(
     chunk: int = DEFAULT_CHUNK,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    scorer=None,
+    rescorer: Rescorer | None = None,
+    query_bank: np.ndarray | torch.Tensor | None = None,
+    gallery_bank: np.ndarray | torch.Tensor | None = None,
 ) -> list[DirectionReport]:
-    """Text->image (and, for the full protocol, image->text) metrics in the scoring space."""
+    """Text->image (and, for the full protocol, image->text) metrics in the scoring space.
+
+    A ``rescorer`` (hubness-aware scoring, fitted on ``query_bank``) changes text->image scores;
+    image->text is always reported with plain cosine scores.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     q = cosine_ready(queries, device)
     g = cosine_ready(gallery, device)
     caption_image = np.asarray(caption_image, dtype=np.int64)
+    q_scored, g_scored, scorer, tag = q, g, None, protocol
+    if rescorer is not None and rescorer.name != "none":
+        if query_bank is None:
+            raise ValueError(f"rerank {rescorer.name!r} needs a query bank (e.g. the translated training captions)")
+        bank = cosine_ready(query_bank, device)
+        g_bank = None if gallery_bank is None else cosine_ready(gallery_bank, device)
+        rescorer.fit(bank, g, g_bank)
+        q_scored, g_scored = rescorer.queries(q), rescorer.gallery(g)
+        scorer, tag = (lambda start, scores: rescorer.adjust(scores)), f"{protocol}+{rescorer.name}"
     if protocol == "kaggle100":
-        ranks = sampled_candidate_ranks(q, g, caption_image, n_candidates=100, seed=seed, chunk=chunk)
+        ranks = sampled_candidate_ranks(q_scored, g_scored, caption_image, n_candidates=100, seed=seed, chunk=chunk,
+                                        scorer=scorer)
         metrics = rank_metrics(ranks, ks=(1, 5, 10))
-        return [DirectionReport(protocol, "text->image", 100, len(q), metrics, random_baseline(100, ks=(1, 5, 10)))]
-    ranks = text_to_image_ranks(q, g, caption_image, chunk=chunk, scorer=scorer)
+        return [DirectionReport(tag, "text->image", 100, len(q), metrics, random_baseline(100, ks=(1, 5, 10)))]
+    ranks = text_to_image_ranks(q_scored, g_scored, caption_image, chunk=chunk, scorer=scorer)
     t2i = rank_metrics(ranks)
     true = g[torch.as_tensor(caption_image, device=g.device)]
     t2i["mean_l2"] = float(torch.linalg.vector_norm(q - true, dim=1).mean())
-    reports = [DirectionReport(protocol, "text->image", len(g), len(q), t2i, random_baseline(len(g)))]
+    reports = [DirectionReport(tag, "text->image", len(g), len(q), t2i, random_baseline(len(g)))]
     described = np.unique(caption_image)
     if len(described) == len(g):  # image->text needs every gallery image to have a caption
         i2t_ranks = image_to_text_ranks(g, q, caption_image, chunk=chunk)

@@ -114,10 +114,13 @@ def sampled_candidate_ranks(
     n_candidates: int = 100,
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
+    scorer=None,
 ) -> np.ndarray:
     """Rank of the true item among itself plus ``n_candidates - 1`` seeded random other items.
 
-    This is the Kaggle protocol of the AML competition (100 candidates per query).
+    This is the Kaggle protocol of the AML competition (100 candidates per query). Scores are
+    computed against the whole gallery in chunks so that ``scorer`` sees full rows, as in
+    :func:`text_to_image_ranks`.
     """
     n_gallery = len(gallery)
     if n_gallery < n_candidates:
@@ -125,16 +128,16 @@ def sampled_candidate_ranks(
     rng = np.random.default_rng(seed)
     positives = np.asarray(positives, dtype=np.int64)
     # draw from the gallery without the true item: sample in [0, n-1) and shift past it
-    others = (
-        np.stack([rng.choice(n_gallery - 1, size=n_candidates - 1, replace=False) for _ in positives])
-        if len(positives)
-        else np.zeros((0, n_candidates - 1), dtype=np.int64)
-    )
+    others = np.zeros((len(positives), n_candidates - 1), dtype=np.int64)
+    for i in range(len(positives)):
+        others[i] = rng.choice(n_gallery - 1, size=n_candidates - 1, replace=False)
     others = others + (others >= positives[:, None])
     candidates = torch.as_tensor(np.concatenate([positives[:, None], others], axis=1), device=queries.device)
     ranks = torch.empty(len(queries), dtype=torch.long)
     for start in range(0, len(queries), chunk):
-        rows = gallery[candidates[start : start + chunk]]  # (c, n_candidates, d)
-        scores = torch.einsum("cd,cnd->cn", queries[start : start + chunk], rows)
-        ranks[start : start + chunk] = (scores >= scores[:, :1]).sum(dim=1).cpu()
+        scores = queries[start : start + chunk] @ gallery.T
+        if scorer is not None:
+            scores = scorer(start, scores)
+        picked = scores.gather(1, candidates[start : start + chunk])
+        ranks[start : start + chunk] = (picked >= picked[:, :1]).sum(dim=1).cpu()
     return ranks.numpy()

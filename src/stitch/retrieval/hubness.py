@@ -1,0 +1,167 @@
+"""Hubness-aware scoring: a few gallery items are everyone's nearest neighbour after translation.
+
+Each method is a :class:`Rescorer`. ``fit`` sees a bank of (translated) queries that are not the test
+queries — the training captions — and, for DBNorm, a bank of gallery-side items; then ``queries`` /
+``gallery`` transform embeddings and ``adjust`` rewrites a chunk of query x gallery scores. All inputs
+are L2-normalised rows in the scoring space. Only rank order per query matters, so per-query
+constants are dropped.
+
+- ``csls``: cross-domain similarity local scaling (Lample et al., 2018): ``2 s - r_bank(g)``, where
+  ``r_bank(g)`` is g's mean similarity to its k nearest bank queries.
+- ``is``: inverted softmax (Smith et al., 2017): ``beta s - log sum_{q' in bank} exp(beta s(q', g))``.
+- ``qbnorm``: QB-Norm with dynamic inverted softmax (Bogolin et al., 2022): the inverted softmax is
+  applied only to queries whose raw top-1 item is a hub (top-1 of some bank query).
+- ``dbnorm``: dual-bank inverted softmax (Wang et al., 2023): the query-bank normaliser plus a
+  gallery-bank normaliser ``log sum_{g' in gallery bank} exp(beta s(g', g))``.
+- ``center`` / ``whiten``: subtract the bank mean from queries (and gallery mean from gallery), or
+  ZCA-whiten queries with the bank covariance, then re-normalise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stitch.retrieval.ranks import DEFAULT_CHUNK
+
+
+def _column_stat(bank: torch.Tensor, gallery: torch.Tensor, reduce, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Per-gallery statistic over bank similarities, computed in gallery chunks (memory bank x chunk)."""
+    parts = [reduce(bank @ gallery[i : i + chunk].T) for i in range(0, len(gallery), chunk)]
+    return torch.cat(parts)
+
+
+class Rescorer:
+    name = "none"
+
+    def fit(self, query_bank: torch.Tensor, gallery: torch.Tensor, gallery_bank: torch.Tensor | None = None):
+        return self
+
+    def queries(self, q: torch.Tensor) -> torch.Tensor:
+        return q
+
+    def gallery(self, g: torch.Tensor) -> torch.Tensor:
+        return g
+
+    def adjust(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+
+class CSLS(Rescorer):
+    name = "csls"
+
+    def __init__(self, k: int = 10) -> None:
+        self.k = k
+
+    def fit(self, query_bank, gallery, gallery_bank=None):
+        k = min(self.k, len(query_bank))
+        self.penalty = _column_stat(query_bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0))
+        return self
+
+    def adjust(self, scores):
+        return 2 * scores - self.penalty[None, :]
+
+
+class InvertedSoftmax(Rescorer):
+    name = "is"
+
+    def __init__(self, beta: float = 20.0) -> None:
+        self.beta = beta
+
+    def fit(self, query_bank, gallery, gallery_bank=None):
+        self.log_norm = _column_stat(query_bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0))
+        return self
+
+    def adjust(self, scores):
+        return self.beta * scores - self.log_norm[None, :]
+
+
+class QBNorm(InvertedSoftmax):
+    name = "qbnorm"
+
+    def __init__(self, beta: float = 20.0, top_k: int = 1) -> None:
+        super().__init__(beta)
+        self.top_k = top_k
+
+    def fit(self, query_bank, gallery, gallery_bank=None):
+        super().fit(query_bank, gallery)
+        hubs = torch.zeros(len(gallery), dtype=torch.bool, device=gallery.device)
+        for i in range(0, len(query_bank), DEFAULT_CHUNK):
+            top = (query_bank[i : i + DEFAULT_CHUNK] @ gallery.T).topk(self.top_k, dim=1).indices
+            hubs[top.flatten()] = True
+        self.activation = hubs
+        return self
+
+    def adjust(self, scores):
+        normalised = super().adjust(scores)
+        hit = self.activation[scores.argmax(dim=1)]
+        return torch.where(hit[:, None], normalised, self.beta * scores)
+
+
+class DBNorm(InvertedSoftmax):
+    name = "dbnorm"
+
+    def __init__(self, beta: float = 20.0, gallery_weight: float = 0.5) -> None:
+        super().__init__(beta)
+        self.gallery_weight = gallery_weight
+
+    def fit(self, query_bank, gallery, gallery_bank=None):
+        super().fit(query_bank, gallery)
+        bank = gallery if gallery_bank is None else gallery_bank
+        self.log_norm_gallery = _column_stat(bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0))
+        return self
+
+    def adjust(self, scores):
+        return super().adjust(scores) - self.gallery_weight * self.log_norm_gallery[None, :]
+
+
+class Center(Rescorer):
+    name = "center"
+
+    def fit(self, query_bank, gallery, gallery_bank=None):
+        self.query_mean = query_bank.mean(0)
+        self.gallery_mean = (gallery if gallery_bank is None else gallery_bank).mean(0)
+        return self
+
+    def queries(self, q):
+        return F.normalize(q - self.query_mean, dim=1)
+
+    def gallery(self, g):
+        return F.normalize(g - self.gallery_mean, dim=1)
+
+
+class Whiten(Center):
+    name = "whiten"
+
+    def __init__(self, eps: float = 1e-2) -> None:
+        self.eps = eps
+
+    def fit(self, query_bank, gallery, gallery_bank=None):
+        super().fit(query_bank, gallery, gallery_bank)
+        centred = (query_bank - self.query_mean).double()
+        cov = centred.T @ centred / max(1, len(centred) - 1)
+        vals, vecs = torch.linalg.eigh(cov)
+        scale = (vals.clamp(min=0) + self.eps * vals.mean()).rsqrt()
+        self.whitener = ((vecs * scale) @ vecs.T).float()
+        return self
+
+    def queries(self, q):
+        return F.normalize((q - self.query_mean) @ self.whitener, dim=1)
+
+
+RESCORERS = {
+    "none": Rescorer,
+    "csls": CSLS,
+    "is": InvertedSoftmax,
+    "qbnorm": QBNorm,
+    "dbnorm": DBNorm,
+    "center": Center,
+    "whiten": Whiten,
+}
+
+
+def build_rescorer(name: str, **params) -> Rescorer:
+    """``name`` from RESCORERS, with parameters such as ``k`` (csls) or ``beta`` (is/qbnorm/dbnorm)."""
+    if name not in RESCORERS:
+        raise ValueError(f"unknown rerank method {name!r}; choose from {sorted(RESCORERS)}")
+    return RESCORERS[name](**params)
