@@ -18,7 +18,11 @@ def unit(x):
 @pytest.fixture
 def banks():
     g = torch.Generator().manual_seed(0)
-    return unit(torch.randn(40, 6, generator=g)), unit(torch.randn(12, 6, generator=g)), unit(torch.randn(9, 6, generator=g))
+    return (
+        unit(torch.randn(40, 6, generator=g)),
+        unit(torch.randn(12, 6, generator=g)),
+        unit(torch.randn(9, 6, generator=g)),
+    )
 
 
 def test_csls_penalty_is_mean_of_k_nearest_bank_similarities(banks):
@@ -26,7 +30,7 @@ def test_csls_penalty_is_mean_of_k_nearest_bank_similarities(banks):
     r = build_rescorer("csls", k=3).fit(bank, gallery)
     sims = (bank @ gallery.T).numpy()
     expected = np.sort(sims, axis=0)[-3:].mean(0)
-    assert np.allclose(r.penalty.numpy(), expected, atol=1e-6)
+    assert np.allclose(r.offset.numpy(), expected, atol=1e-6)
     s = q @ gallery.T
     assert torch.allclose(r.adjust(s), 2 * s - torch.tensor(expected), atol=1e-5)
 
@@ -39,7 +43,9 @@ def test_inverted_softmax_matches_its_definition(banks):
     bank_s = (bank @ gallery.T).double().numpy()
     probs = np.exp(beta * s) / np.exp(beta * bank_s).sum(0)  # the inverted softmax itself
     ours = r.adjust(q @ gallery.T).double().numpy()
-    assert np.array_equal(np.argsort(-ours, axis=1, kind="stable")[:, :5], np.argsort(-probs, axis=1, kind="stable")[:, :5])
+    assert np.array_equal(
+        np.argsort(-ours, axis=1, kind="stable")[:, :5], np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    )
     assert np.allclose(np.exp(ours), probs, rtol=1e-4)
 
 
@@ -93,3 +99,13 @@ def test_rescoring_needs_a_bank():
         evaluate_embeddings(np.eye(3), np.eye(3), np.arange(3), rescorer=build_rescorer("is"))
     with pytest.raises(ValueError, match="unknown rerank"):
         build_rescorer("magic")
+
+
+@pytest.mark.parametrize("method", ["csls", "is", "qbnorm", "dbnorm"])
+def test_candidate_rescoring_equals_full_row_rescoring(banks, method):
+    bank, gallery, q = banks
+    r = build_rescorer(method).fit(bank, gallery, gallery)
+    full = r.adjust(q @ gallery.T)
+    ids = torch.argsort(q @ gallery.T, dim=1, descending=True)[:, :5]  # top-5 candidates incl. the top-1
+    partial = r.adjust((q @ gallery.T).gather(1, ids), ids)
+    assert torch.allclose(partial, full.gather(1, ids), atol=1e-5)

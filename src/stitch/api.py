@@ -98,15 +98,25 @@ def evaluate(
         query_bank = _apply(model.embed_queries, bank.captions, dev)
         gallery_bank = _apply(model.embed_gallery, bank.images, dev)
     return evaluate_embeddings(
-        queries, gallery, data.caption_image, protocol=protocol, chunk=chunk, seed=seed, device=dev,
-        rescorer=rescorer, query_bank=query_bank, gallery_bank=gallery_bank,
+        queries,
+        gallery,
+        data.caption_image,
+        protocol=protocol,
+        chunk=chunk,
+        seed=seed,
+        device=dev,
+        rescorer=rescorer,
+        query_bank=query_bank,
+        gallery_bank=gallery_bank,
     )
 
 
 def _default_bank(data: PairedEmbeddings, split: str | None) -> PairedEmbeddings:
     if split == "train" or "train" not in data.split_names():
-        raise ValueError("hubness-aware scoring needs a bank of training queries: evaluate a split other than "
-                         "'train' of a file with a train split, or pass bank=")
+        raise ValueError(
+            "hubness-aware scoring needs a bank of training queries: evaluate a split other than "
+            "'train' of a file with a train split, or pass bank="
+        )
     return data.split("train")
 
 
@@ -135,3 +145,39 @@ def write_submission(
     predictions = predict(run, queries)
     writer = submission.write_csv if fmt == "csv" else submission.write_pt
     return writer(out, queries, predictions, force=force)
+
+
+def build_index(
+    run: str | Path | StitchModel | TrainResult,
+    data: PairedEmbeddings,
+    out: str | Path,
+    split: str | None = None,
+    kind: str = "exact",
+    params: dict | None = None,
+    rerank: str | None = None,
+    rerank_params: dict | None = None,
+    force: bool = False,
+    device: str = "auto",
+) -> Path:
+    """Index the gallery images of ``data`` (or its split) in the run's scoring space, saved to ``out``."""
+    from stitch.retrieval.search import build_gallery_index, save_rescorer
+
+    dev = resolve_device(device)
+    model = _model(run, dev)
+    gallery_data = data.split(split) if split else data
+    _check_dims(model, gallery_data.text_dim, gallery_data.image_dim)
+    query_bank = gallery_bank = None
+    if rerank and rerank != "none":
+        bank = _default_bank(data, split)
+        query_bank = _apply(model.embed_queries, bank.captions, dev)
+        gallery_bank = _apply(model.embed_gallery, bank.images, dev)
+    gallery = _apply(model.embed_gallery, gallery_data.images, dev)
+    index, rescorer = build_gallery_index(
+        gallery, gallery_data.image_names, kind, params, rerank, rerank_params, query_bank, gallery_bank
+    )
+    folder = index.save(out, force=force)
+    for stale in ("rerank.json", "rerank.safetensors"):
+        (folder / stale).unlink(missing_ok=True)
+    if rescorer is not None:
+        save_rescorer(rescorer, rerank_params or {}, folder)
+    return folder

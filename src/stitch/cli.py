@@ -59,7 +59,16 @@ def cmd_evaluate(args) -> int:
     from stitch.retrieval.evaluate import format_reports, summary_json
 
     data = _load_data(args)
-    reports = api.evaluate(args.run, data, split=args.split, protocol=args.protocol, chunk=args.chunk, seed=args.seed)
+    reports = api.evaluate(
+        args.run,
+        data,
+        split=args.split,
+        protocol=args.protocol,
+        chunk=args.chunk,
+        seed=args.seed,
+        rerank=args.rerank,
+        rerank_params=_params(args.rerank_param),
+    )
     if args.json:
         print(json.dumps(summary_json(reports)))
     else:
@@ -67,6 +76,67 @@ def cmd_evaluate(args) -> int:
         print(f"evaluating {args.run} on {where}")
         print(format_reports(reports))
     return 0
+
+
+def _params(pairs: list[str] | None) -> dict:
+    """``["k=10", "beta=20"]`` -> ``{"k": 10, "beta": 20}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"parameter {pair!r} must look like name=value")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_index_build(args) -> int:
+    from stitch import api
+
+    data = _load_data(args)
+    folder = api.build_index(
+        args.run,
+        data,
+        args.out,
+        split=args.split,
+        kind=args.kind,
+        params=_params(args.param),
+        rerank=args.rerank,
+        rerank_params=_params(args.rerank_param),
+        force=args.force,
+    )
+    print(f"wrote {args.kind} index to {folder}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    import numpy as np
+
+    from stitch.data import load_queries
+    from stitch.retrieval.search import Searcher
+
+    searcher = Searcher.open(args.run, args.index, candidates=args.candidates)
+    if args.embedding is not None:
+        rows, labels = np.array([json.loads(args.embedding)], dtype=np.float32), ["embedding"]
+    else:
+        queries = load_queries(args.query_file)
+        picked = np.arange(len(queries))[_slice(args.rows)]
+        rows = queries.embeddings[picked]
+        labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
+    for label, hits in zip(labels, searcher.search(rows, args.k)):
+        if args.json:
+            print(json.dumps({"query": label, "hits": [{"name": h.name, "score": h.score} for h in hits]}))
+        else:
+            print(f"# {label}")
+            for rank, hit in enumerate(hits, 1):
+                print(f"{rank:>4}  {hit.score:>9.4f}  {hit.name}")
+    return 0
+
+
+def _slice(text: str) -> slice:
+    parts = [int(p) if p else None for p in text.split(":")]
+    return slice(*parts) if len(parts) > 1 else slice(parts[0], parts[0] + 1)
 
 
 def cmd_predict(args) -> int:
@@ -82,6 +152,15 @@ def cmd_demo(args) -> int:
 
     run_demo(out=args.out, quick=args.quick)
     return 0
+
+
+def _add_rerank_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rerank",
+        choices=("none", "csls", "is", "qbnorm", "dbnorm", "center", "whiten"),
+        help="hubness-aware scoring, with the file's train captions as query bank",
+    )
+    parser.add_argument("--rerank-param", nargs="*", metavar="NAME=VALUE", help="e.g. beta=20 or k=10")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory ~ chunk x gallery)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kaggle100 candidates")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_rerank_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index", help="build a nearest-neighbour index over a run's gallery")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="index the images of a data file (or one split) in the run's space")
+    b.add_argument("--run", required=True)
+    _add_data_args(b)
+    b.add_argument("--split", help="index only this split's images (e.g. dev)")
+    b.add_argument("--kind", choices=("exact", "flat", "ivf", "hnsw", "ivfpq"), default="exact")
+    b.add_argument("--param", nargs="*", metavar="NAME=VALUE", help="index parameters, e.g. nlist=1024 nprobe=32")
+    b.add_argument("--out", required=True, help="index folder")
+    b.add_argument("--force", action="store_true")
+    _add_rerank_args(b)
+    b.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("search", help="search an index with queries from a file or a raw embedding")
+    p.add_argument("--run", required=True)
+    p.add_argument("--index", required=True, help="index folder from `stitch index build`")
+    p.add_argument("--query-file", help="queries file (.npz/.pt/.npy with caption embeddings)")
+    p.add_argument("--rows", default="0:5", help="rows of the query file, as START:STOP or one row number")
+    p.add_argument("--embedding", help="one raw caption embedding as a JSON list")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=100, help="candidates rescored when the index has a rescorer")
+    p.add_argument("--json", action="store_true", help="one JSON line per query")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("predict", help="translate a queries file into a submission")
     p.add_argument("--run", required=True)

@@ -41,7 +41,9 @@ class DirectionReport:
 
 def describe_protocol(protocol: str, gallery: int) -> str:
     base, _, rerank = protocol.partition("+")
-    text = f"full gallery of {gallery} images" if base == "full" else "true image + 99 seeded random other images (Kaggle)"
+    text = (
+        f"full gallery of {gallery} images" if base == "full" else "true image + 99 seeded random other images (Kaggle)"
+    )
     return text + (f", rescored with {rerank} (bank: training queries)" if rerank else "")
 
 
@@ -77,8 +79,9 @@ def evaluate_embeddings(
         q_scored, g_scored = rescorer.queries(q), rescorer.gallery(g)
         scorer, tag = (lambda start, scores: rescorer.adjust(scores)), f"{protocol}+{rescorer.name}"
     if protocol == "kaggle100":
-        ranks = sampled_candidate_ranks(q_scored, g_scored, caption_image, n_candidates=100, seed=seed, chunk=chunk,
-                                        scorer=scorer)
+        ranks = sampled_candidate_ranks(
+            q_scored, g_scored, caption_image, n_candidates=100, seed=seed, chunk=chunk, scorer=scorer
+        )
         metrics = rank_metrics(ranks, ks=(1, 5, 10))
         return [DirectionReport(tag, "text->image", 100, len(q), metrics, random_baseline(100, ks=(1, 5, 10)))]
     ranks = text_to_image_ranks(q_scored, g_scored, caption_image, chunk=chunk, scorer=scorer)

@@ -32,7 +32,11 @@ def _column_stat(bank: torch.Tensor, gallery: torch.Tensor, reduce, chunk: int =
 
 
 class Rescorer:
+    """Identity scoring; subclasses set ``scale`` and a per-gallery-item ``offset`` in ``fit``."""
+
     name = "none"
+    scale = 1.0
+    offset: torch.Tensor | None = None
 
     def fit(self, query_bank: torch.Tensor, gallery: torch.Tensor, gallery_bank: torch.Tensor | None = None):
         return self
@@ -43,37 +47,37 @@ class Rescorer:
     def gallery(self, g: torch.Tensor) -> torch.Tensor:
         return g
 
-    def adjust(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
+    def adjust(self, scores: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Rewrite scores of full gallery rows, or of candidate items ``ids`` (same shape as scores)."""
+        if self.offset is None:
+            return scores
+        offset = self.offset[None, :] if ids is None else self.offset[ids]
+        return self.scale * scores - offset
 
 
 class CSLS(Rescorer):
     name = "csls"
+    scale = 2.0
 
     def __init__(self, k: int = 10) -> None:
         self.k = k
 
     def fit(self, query_bank, gallery, gallery_bank=None):
         k = min(self.k, len(query_bank))
-        self.penalty = _column_stat(query_bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0))
+        self.offset = _column_stat(query_bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0))
         return self
-
-    def adjust(self, scores):
-        return 2 * scores - self.penalty[None, :]
 
 
 class InvertedSoftmax(Rescorer):
     name = "is"
 
     def __init__(self, beta: float = 20.0) -> None:
-        self.beta = beta
+        self.beta = self.scale = beta
 
     def fit(self, query_bank, gallery, gallery_bank=None):
         self.log_norm = _column_stat(query_bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0))
+        self.offset = self.log_norm
         return self
-
-    def adjust(self, scores):
-        return self.beta * scores - self.log_norm[None, :]
 
 
 class QBNorm(InvertedSoftmax):
@@ -92,10 +96,11 @@ class QBNorm(InvertedSoftmax):
         self.activation = hubs
         return self
 
-    def adjust(self, scores):
-        normalised = super().adjust(scores)
-        hit = self.activation[scores.argmax(dim=1)]
-        return torch.where(hit[:, None], normalised, self.beta * scores)
+    def adjust(self, scores, ids=None):
+        best = scores.argmax(dim=1)
+        top1 = best if ids is None else ids.gather(1, best[:, None]).squeeze(1)
+        hit = self.activation[top1]
+        return torch.where(hit[:, None], super().adjust(scores, ids), self.beta * scores)
 
 
 class DBNorm(InvertedSoftmax):
@@ -109,10 +114,8 @@ class DBNorm(InvertedSoftmax):
         super().fit(query_bank, gallery)
         bank = gallery if gallery_bank is None else gallery_bank
         self.log_norm_gallery = _column_stat(bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0))
+        self.offset = self.log_norm + self.gallery_weight * self.log_norm_gallery
         return self
-
-    def adjust(self, scores):
-        return super().adjust(scores) - self.gallery_weight * self.log_norm_gallery[None, :]
 
 
 class Center(Rescorer):

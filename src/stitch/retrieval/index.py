@@ -93,7 +93,9 @@ def build_index(gallery: np.ndarray, kind: str = "exact", names: np.ndarray | No
         raise IndexFileError(f"unknown index kind {kind!r}; choose from {KINDS}")
     unknown = set(params) - set(DEFAULT_PARAMS[kind])
     if unknown:
-        raise IndexFileError(f"unknown parameter(s) {sorted(unknown)} for {kind}; valid: {sorted(DEFAULT_PARAMS[kind])}")
+        raise IndexFileError(
+            f"unknown parameter(s) {sorted(unknown)} for {kind}; valid: {sorted(DEFAULT_PARAMS[kind])}"
+        )
     gallery = np.asarray(gallery, dtype=np.float32)
     if gallery.ndim != 2 or len(gallery) == 0:
         raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape {gallery.shape}")
@@ -129,8 +131,11 @@ def _faiss_index(kind: str, vectors: np.ndarray, p: dict):
             if d % int(p["m"]):
                 raise IndexFileError(f"ivfpq needs the dimension ({d}) divisible by m ({p['m']})")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["m"]), int(p["nbits"]), metric)
-        sample = vectors if len(vectors) <= 256 * nlist else vectors[
-            np.random.default_rng(0).choice(len(vectors), 256 * nlist, replace=False)]
+        sample = (
+            vectors
+            if len(vectors) <= 256 * nlist
+            else vectors[np.random.default_rng(0).choice(len(vectors), 256 * nlist, replace=False)]
+        )
         index.train(sample)
         index.nprobe = min(int(p["nprobe"]), nlist)
         if kind == "ivfpq" and int(p["refine_factor"]) > 0:

@@ -1,0 +1,134 @@
+"""Index build -> search through a run agrees with the evaluator's scores, with and without rescoring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_flickr_like
+from stitch import api
+from stitch.cli import main
+from stitch.retrieval.hubness import build_rescorer
+from stitch.retrieval.ranks import cosine_ready
+from stitch.retrieval.search import Searcher
+
+
+@pytest.fixture(scope="module")
+def run_and_data(tmp_path_factory, small_data):
+    root = tmp_path_factory.mktemp("search")
+    path = write_flickr_like(root / "data.npz", small_data)
+    api.train(small_data, None, out=root / "run", overrides=["model.name=ridge"], progress=False)
+    return root, path, small_data
+
+
+def _expected_top(run, data, k, rerank=None):
+    model, _ = __import__("stitch.training", fromlist=["load_model"]).load_model(run)
+    dev, train = data.split("dev"), data.split("train")
+    with torch.no_grad():
+        q = cosine_ready(model.embed_queries(torch.as_tensor(dev.captions)))
+        g = cosine_ready(model.embed_gallery(torch.as_tensor(dev.images)))
+        scores = q @ g.T
+        if rerank:
+            r = build_rescorer(rerank).fit(
+                cosine_ready(model.embed_queries(torch.as_tensor(train.captions))),
+                g,
+                cosine_ready(model.embed_gallery(torch.as_tensor(train.images))),
+            )
+            scores = r.adjust(scores)
+    return scores.topk(k, dim=1).indices.numpy(), dev
+
+
+@pytest.mark.parametrize("rerank", [None, "is", "csls", "dbnorm"])
+def test_searcher_matches_evaluator_scores(run_and_data, rerank):
+    root, path, data = run_and_data
+    folder = root / f"idx-{rerank}"
+    api.build_index(root / "run", data, folder, split="dev", kind="exact", rerank=rerank)
+    expected, dev = _expected_top(root / "run", data, 5, rerank)
+    searcher = Searcher.open(root / "run", folder, candidates=1000)
+    hits = searcher.search(dev.captions[:40], k=5)
+    got = np.array([[h.row for h in row] for row in hits])
+    assert np.array_equal(got, expected[:40])
+    assert hits[0][0].name == dev.image_names[expected[0, 0]]
+
+
+def test_cli_index_and_search(run_and_data, capsys):
+    root, path, data = run_and_data
+    out = root / "cli-idx"
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--run",
+                str(root / "run"),
+                "--data",
+                str(path),
+                "--split",
+                "dev",
+                "--kind",
+                "hnsw",
+                "--param",
+                "m=16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "index.json").read_text())["params"]["m"] == 16
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "search",
+                "--run",
+                str(root / "run"),
+                "--index",
+                str(out),
+                "--query-file",
+                str(path),
+                "--rows",
+                "0:3",
+                "--k",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and all(len(line["hits"]) == 4 for line in lines)
+    emb = json.dumps(data.captions[0].tolist())
+    assert main(["search", "--run", str(root / "run"), "--index", str(out), "--embedding", emb, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["name"] == lines[0]["hits"][0]["name"]
+    assert main(["search", "--run", str(root / "run"), "--index", str(out), "--embedding", "[1, 2]"]) == 2
+    assert "must have 24 dimensions" in capsys.readouterr().err
+
+
+def test_evaluate_cli_with_rerank_labels_the_protocol(run_and_data, capsys):
+    root, path, _ = run_and_data
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(root / "run"),
+                "--data",
+                str(path),
+                "--split",
+                "dev",
+                "--json",
+                "--rerank",
+                "is",
+                "--rerank-param",
+                "beta=15",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert "rescored with is" in out["protocol"]
