@@ -2,8 +2,9 @@
 
 Default: 1,000,000 x 256-d gallery (seeded synthetic: a 2,000-centre Gaussian mixture in a 32-d
 latent space, linearly embedded in 256-d with small isotropic noise — low intrinsic dimension, as
-real embeddings have), 2,000 held-out queries from the same distribution. Exact = stitch's chunked torch matmul index, measured in the
-same run; each approximate index reports recall@10 against exact top-10 and its speed-up.
+real embeddings have), 2,000 held-out queries from the same distribution. Exact = stitch's chunked
+torch matmul index, measured in the same run; each approximate index reports recall@10 against the
+exact top-10 and its speed-up.
 
 Usage: python benchmarks/bench_ann.py [--n 1000000 --dim 256 --queries 2000 --kinds ivf hnsw ivfpq]
 """
