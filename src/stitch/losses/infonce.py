@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.losses.base import PairLoss
+from stitch.losses.pairs import resolve_ref
 
 
 def multi_positive_nll(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -21,9 +22,9 @@ def multi_positive_nll(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     has_pos = positive.any(dim=1)
     if not has_pos.any():
         raise ValueError("no row has a positive; check that labels and ref_labels share values")
-    log_norm = torch.logsumexp(logits, dim=1)
-    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
-    return (log_norm - log_pos)[has_pos].mean()
+    log_norm = torch.logsumexp(logits[has_pos], dim=1)
+    log_pos = torch.logsumexp(logits[has_pos].masked_fill(~positive[has_pos], float("-inf")), dim=1)
+    return (log_norm - log_pos).mean()
 
 
 class InfoNCELoss(PairLoss):
@@ -46,13 +47,11 @@ class InfoNCELoss(PairLoss):
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         if labels is None:
             labels = torch.arange(len(embeddings), device=embeddings.device)
-        if ref_emb is None:
-            ref_emb, ref_labels = embeddings, labels
-        if ref_labels is None:
-            raise ValueError("ref_labels are required with ref_emb")
+        ref_emb, ref_labels, self_mask = resolve_ref(embeddings, labels, ref_emb, ref_labels)
         scale = self.log_scale.exp().clamp(max=100)
         logits = scale * F.normalize(embeddings, dim=1) @ F.normalize(ref_emb, dim=1).T
-        positive = labels[:, None] == ref_labels[None, :]
+        logits = logits.masked_fill(self_mask, float("-inf"))  # an item is not its own candidate
+        positive = (labels[:, None] == ref_labels[None, :]) & ~self_mask
         loss = multi_positive_nll(logits.float(), positive)
         if self.symmetric:
             loss = (loss + multi_positive_nll(logits.T.float(), positive.T)) / 2
