@@ -45,10 +45,10 @@ def train(
     return _train(data, config, run_dir=out, **kwargs)
 
 
-def _model(run: str | Path | StitchModel | TrainResult, device: torch.device) -> StitchModel:
+def _model(run: str | Path | torch.nn.Module | TrainResult, device: torch.device) -> torch.nn.Module:
     if isinstance(run, TrainResult):
         return run.model.to(device).eval()
-    if isinstance(run, StitchModel):
+    if isinstance(run, torch.nn.Module):
         return run.to(device).eval()
     return load_model(run, device)[0]
 
@@ -128,6 +128,11 @@ def predict(
     model = _model(run, dev)
     rows = queries.embeddings if isinstance(queries, Queries) else Queries(np.asarray(queries)).embeddings
     _check_dims(model, rows.shape[1])
+    if not hasattr(model, "to_image_space"):
+        raise ValueError(
+            "this run scores in a learnt shared space (dual heads): it has no image-space predictions "
+            "for a submission; use a translator recipe (ridge, mlp, resmlp, set)"
+        )
     return _apply(model.to_image_space, rows, dev)
 
 

@@ -71,6 +71,8 @@ def evaluate_embeddings(
     caption_image = np.asarray(caption_image, dtype=np.int64)
     q_scored, g_scored, scorer, tag = q, g, None, protocol
     if rescorer is not None and rescorer.name != "none":
+        if q.ndim == 3:
+            raise ValueError("hubness-aware scoring needs one vector per query; use model.aggregation=mean")
         if query_bank is None:
             raise ValueError(f"rerank {rescorer.name!r} needs a query bank (e.g. the translated training captions)")
         bank = cosine_ready(query_bank, device)
@@ -86,8 +88,9 @@ def evaluate_embeddings(
         return [DirectionReport(tag, "text->image", 100, len(q), metrics, random_baseline(100, ks=(1, 5, 10)))]
     ranks = text_to_image_ranks(q_scored, g_scored, caption_image, chunk=chunk, scorer=scorer)
     t2i = rank_metrics(ranks)
-    true = g[torch.as_tensor(caption_image, device=g.device)]
-    t2i["mean_l2"] = float(torch.linalg.vector_norm(q - true, dim=1).mean())
+    if q.ndim == 2:
+        true = g[torch.as_tensor(caption_image, device=g.device)]
+        t2i["mean_l2"] = float(torch.linalg.vector_norm(q - true, dim=1).mean())
     reports = [DirectionReport(tag, "text->image", len(g), len(q), t2i, random_baseline(len(g)))]
     described = np.unique(caption_image)
     if len(described) == len(g):  # image->text needs every gallery image to have a caption

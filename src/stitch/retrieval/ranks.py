@@ -19,8 +19,15 @@ def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | str | None =
 
 
 def cosine_ready(x: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """L2-normalised float32 rows, so a dot product is a cosine."""
-    return F.normalize(_as_tensor(x, device), dim=1)
+    """L2-normalised float32 rows (or slot sets), so a dot product is a cosine."""
+    return F.normalize(_as_tensor(x, device), dim=-1)
+
+
+def score(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Query x gallery cosine scores; a query given as a set of slots (n, K, d) scores by its best slot."""
+    if queries.ndim == 3:
+        return torch.einsum("nkd,gd->nkg", queries, gallery).max(dim=1).values
+    return queries @ gallery.T
 
 
 def text_to_image_ranks(
@@ -42,7 +49,7 @@ def text_to_image_ranks(
         raise ValueError(f"positive index out of range [0, {len(gallery)})")
     ranks = torch.empty(len(queries), dtype=torch.long)
     for start in range(0, len(queries), chunk):
-        scores = queries[start : start + chunk] @ gallery.T
+        scores = score(queries[start : start + chunk], gallery)
         if scorer is not None:
             scores = scorer(start, scores)
         rows = torch.arange(len(scores), device=scores.device)
@@ -59,7 +66,7 @@ def image_to_text_ranks(
     owner = torch.as_tensor(caption_image, dtype=torch.long, device=captions.device)
     ranks = torch.empty(len(images), dtype=torch.long)
     for start in range(0, len(images), chunk):
-        scores = images[start : start + chunk] @ captions.T
+        scores = score(captions, images[start : start + chunk]).T
         rows = torch.arange(start, start + len(scores), device=scores.device)
         is_pos = owner[None, :] == rows[:, None]
         best_pos = scores.masked_fill(~is_pos, float("-inf")).max(dim=1).values
@@ -88,7 +95,7 @@ def image_to_text_ndcg(
     ideal = torch.cumsum(discounts, 0)
     total = 0.0
     for start in range(0, len(images), chunk):
-        scores = images[start : start + chunk] @ captions.T
+        scores = score(captions, images[start : start + chunk]).T
         rows = torch.arange(start, start + len(scores), device=scores.device)
         is_pos = owner[None, :] == rows[:, None]
         rel = relevant[start : start + len(scores)]
@@ -135,7 +142,7 @@ def sampled_candidate_ranks(
     candidates = torch.as_tensor(np.concatenate([positives[:, None], others], axis=1), device=queries.device)
     ranks = torch.empty(len(queries), dtype=torch.long)
     for start in range(0, len(queries), chunk):
-        scores = queries[start : start + chunk] @ gallery.T
+        scores = score(queries[start : start + chunk], gallery)
         if scorer is not None:
             scores = scorer(start, scores)
         picked = scores.gather(1, candidates[start : start + chunk])

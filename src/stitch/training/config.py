@@ -21,20 +21,46 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "resmlp"  # ridge | procrustes | mlp | resmlp
+    name: str = "resmlp"  # ridge | procrustes | mlp | resmlp | dual | set
     hidden: int = 2048
     depth: int = 1
     dropout: float = 0.2
     activation: str = "gelu"
     ridge_alpha: float = 1.0
     standardize_target: bool = True  # z-score image features with train statistics
+    # dual projection heads (name: dual)
+    text_tower: str = "mlp"  # identity | linear | mlp | align | attention | crossattn
+    image_tower: str = "mlp"
+    shared_dim: int = 512
+    freeze_image: bool = False
+    momentum: float = 0.0  # > 0: BLIP-style momentum towers (EMA) with distillation
+    distill_weight: float = 0.4
+    distill_temperature: float = 0.05
+    # set-prediction head (name: set)
+    slots: int = 6
+    slot_dropout: float = 0.1
+    aggregation: str = "winner"  # winner | mean
+    diversity_weight: float = 0.0
+    diversity_margin: float = 0.7
+    global_weight: float = 0.0
+    global_margin: float = 0.7
+    mmd_weight: float = 0.0
+    uniformity_weight: float = 0.0
 
 
 @dataclass
 class LossConfig:
-    name: str = "infonce"  # mse | cosine | infonce
+    name: str = "infonce"  # mse | cosine | infonce | siglip | contrastive | triplet | set-triplet | set-infonce
     temperature: float = 0.05
     learnable_temperature: bool = True
+    margin: float = 0.2  # contrastive / triplet / set-triplet
+    miner: str = "none"  # none | all | hardest | semihard | distance-weighted
+    queue_size: int = 0  # > 0: cross-batch memory of past images as extra negatives
+    hard_negatives: int = 0  # with a queue: keep only the top-k hardest memory negatives
+    norm_weight: float = 0.0  # embedding-norm regulariser
+    sinkhorn_temperature: float = 0.2  # set-triplet matching
+    sinkhorn_iters: int = 10
+    sinkhorn_stop_grad: bool = True
 
 
 @dataclass
@@ -66,10 +92,15 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+TOWERS = ("identity", "linear", "mlp", "align", "attention", "crossattn")
 CHOICES = {
-    "model.name": ("ridge", "procrustes", "mlp", "resmlp"),
-    "loss.name": ("mse", "cosine", "infonce"),
+    "model.name": ("ridge", "procrustes", "mlp", "resmlp", "dual", "set"),
+    "loss.name": ("mse", "cosine", "infonce", "siglip", "contrastive", "triplet", "set-triplet", "set-infonce"),
+    "loss.miner": ("none", "all", "hardest", "semihard", "distance-weighted"),
     "model.activation": ("gelu", "relu", "silu", "tanh"),
+    "model.text_tower": TOWERS,
+    "model.image_tower": TOWERS,
+    "model.aggregation": ("winner", "mean"),
 }
 POSITIVE = {"optim.lr", "optim.epochs", "optim.batch_size", "model.hidden", "loss.temperature", "eval_chunk"}
 
@@ -124,6 +155,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
     if not 0 <= config.optim.warmup_fraction < 1:
         raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {config.optim.warmup_fraction}")
+    set_loss = config.loss.name.startswith("set-")
+    if set_loss != (config.model.name == "set"):
+        raise ConfigError(
+            "set-triplet / set-infonce losses go with model.name=set, and model.name=set needs one of them"
+        )
+    if config.model.name == "dual" and config.loss.name in ("mse", "cosine"):
+        raise ConfigError("dual heads learn a shared space: use a contrastive loss (infonce, siglip, triplet, ...)")
     if config.model.depth < 1:
         raise ConfigError(f"model.depth must be at least 1, got {config.model.depth}")
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):

@@ -14,6 +14,7 @@ import torch
 
 from stitch.data import PairedEmbeddings, train_dev_split
 from stitch.losses import build_loss
+from stitch.losses.set_losses import SetInfoNCELoss, SetTripletLoss
 from stitch.outputs.atomic import atomic_write_text
 from stitch.retrieval.metrics import rank_metrics
 from stitch.retrieval.ranks import cosine_ready, text_to_image_ranks
@@ -21,7 +22,7 @@ from stitch.training import run as runfiles
 from stitch.training.batching import CaptionBatches
 from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
-from stitch.translators import CLOSED_FORM, StitchModel, build_model, initialise
+from stitch.translators import CLOSED_FORM, StitchModel, build_model, initialise, output_dim
 
 
 @dataclass
@@ -103,8 +104,8 @@ def train(
     if config.model.standardize_target:
         model.space.fit(train_set.images)
     with torch.no_grad():
-        train_gallery = model.embed_gallery(torch.as_tensor(train_set.images)).numpy()
-    initialise(model, config.model, train_set.captions, train_gallery[train_set.caption_image])
+        train_targets = model.space(torch.as_tensor(train_set.images)).numpy()
+    initialise(model, config.model, train_set.captions, train_targets[train_set.caption_image])
     model.to(device)
 
     info = runfiles.RunInfo(
@@ -133,21 +134,44 @@ def train(
             _write_summary(run_dir, 0, metrics, how)
         return TrainResult(model.eval(), 0, metrics, [row], how, run_dir)
 
-    return _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resume, progress, how)
+    return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how)
 
 
-def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resume, progress, how) -> TrainResult:
+def make_loss(config: TrainConfig, dim: int):
+    """The configured loss (set losses for set heads, else the shared metric-learning builder)."""
+    lc = config.loss
+    if lc.name == "set-triplet":
+        return SetTripletLoss(lc.margin, lc.sinkhorn_temperature, lc.sinkhorn_iters, lc.sinkhorn_stop_grad)
+    if lc.name == "set-infonce":
+        return SetInfoNCELoss(lc.temperature, lc.learnable_temperature)
+    return build_loss(
+        lc.name,
+        lc.temperature,
+        lc.learnable_temperature,
+        lc.margin,
+        lc.miner,
+        lc.queue_size,
+        lc.hard_negatives,
+        lc.norm_weight,
+        dim,
+    )
+
+
+def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how) -> TrainResult:
     optim_cfg = config.optim
-    loss_fn = build_loss(config.loss.name, config.loss.temperature, config.loss.learnable_temperature).to(device)
+    loss_fn = make_loss(config, output_dim(model)).to(device)
     batches = CaptionBatches(
         train_set.captions,
         train_set.caption_image,
-        train_gallery,
+        train_set.images,
         optim_cfg.batch_size,
         device,
         seed=config.seed,
         aligned_targets=loss_fn.needs_aligned_targets,
     )
+    training_queries = getattr(model, "training_queries", model.embed_queries)
+    auxiliary = getattr(model, "auxiliary_loss", None)
+    after_step = getattr(model, "after_step", None)
     params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -183,15 +207,20 @@ def _fit(model, train_set, dev_set, train_gallery, config, device, run_dir, resu
             break
         model.train()
         started, running, count = time.time(), 0.0, 0
-        for x, labels, ref, ref_labels in batches.epoch():
+        for x, labels, images, ref_labels in batches.epoch():
             with autocast(device, config.amp):
-                loss = loss_fn(model.embed_queries(x), labels, None, ref, ref_labels)
+                queries, gallery = training_queries(x), model.embed_gallery(images)
+                loss = loss_fn(queries.float(), labels, None, gallery.float(), ref_labels)
+                if auxiliary is not None:
+                    loss = loss + auxiliary(x, queries, images, gallery, labels, ref_labels, config.model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if optim_cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                after_step()
             running, count = running + loss.item(), count + 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}", dev_mrr=f"{max(best, 0):.4f}")

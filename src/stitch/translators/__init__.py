@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from stitch.translators.closed_form import LinearMap, fit_procrustes, fit_ridge, procrustes_solution, ridge_solution
+from stitch.translators.heads import DualEncoder
 from stitch.translators.mlp import MLP, ResidualMLP
+from stitch.translators.set_head import SetPredictionHead
 from stitch.translators.space import Standardizer
 
 CLOSED_FORM = ("ridge", "procrustes")
@@ -53,8 +55,39 @@ def build_translator(model_cfg, text_dim: int, image_dim: int) -> nn.Module:
     raise ValueError(f"unknown translator {name!r}")
 
 
-def build_model(model_cfg, text_dim: int, image_dim: int) -> StitchModel:
+def build_model(model_cfg, text_dim: int, image_dim: int) -> nn.Module:
+    """The model a config names: a translator into image space, dual heads, or a set-prediction head.
+
+    Every model has ``embed_queries``, ``embed_gallery``, ``space`` (image z-scoring), ``text_dim`` and
+    ``image_dim``; translators and set heads also have ``to_image_space`` for submissions.
+    """
+    if model_cfg.name == "dual":
+        return DualEncoder(
+            text_dim,
+            image_dim,
+            model_cfg.shared_dim,
+            model_cfg.text_tower,
+            model_cfg.image_tower,
+            model_cfg.hidden,
+            model_cfg.dropout,
+            model_cfg.freeze_image,
+            model_cfg.momentum,
+        )
+    if model_cfg.name == "set":
+        return SetPredictionHead(
+            text_dim, image_dim, model_cfg.slots, model_cfg.hidden, model_cfg.slot_dropout, model_cfg.aggregation
+        )
     return StitchModel(build_translator(model_cfg, text_dim, image_dim), Standardizer(image_dim), text_dim, image_dim)
+
+
+def output_dim(model: nn.Module) -> int:
+    """Dimension of the scoring space (what ``embed_queries`` returns per vector)."""
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        dim = model.embed_gallery(torch.zeros(2, model.image_dim)).shape[-1]
+        model.train(was_training)
+    return dim
 
 
 def initialise(model: StitchModel, model_cfg, captions: np.ndarray, targets: np.ndarray) -> None:
@@ -62,16 +95,21 @@ def initialise(model: StitchModel, model_cfg, captions: np.ndarray, targets: np.
 
     ``targets`` are the caption-aligned image features already in the model's space.
     """
-    translator = model.translator
+    translator = getattr(model, "translator", None)
     if model_cfg.name == "ridge":
         translator.set(*ridge_solution(captions, targets, model_cfg.ridge_alpha))
     elif model_cfg.name == "procrustes":
         translator.set(*procrustes_solution(captions, targets))
     elif model_cfg.name == "resmlp":
         translator.init_linear(*(torch.as_tensor(a) for a in ridge_solution(captions, targets, model_cfg.ridge_alpha)))
+    elif model_cfg.name == "set":
+        model.init_linear(*(torch.as_tensor(a) for a in ridge_solution(captions, targets, model_cfg.ridge_alpha)))
 
 
 __all__ = [
+    "DualEncoder",
+    "SetPredictionHead",
+    "output_dim",
     "MLP",
     "LinearMap",
     "ResidualMLP",

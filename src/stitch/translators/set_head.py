@@ -1,0 +1,93 @@
+"""Set-prediction head: one caption -> K candidate image embeddings (slots).
+
+A caption can fit several pictures; K gated slots let the translator spread its bets. Each slot is a
+learnt query plus a gated copy of the global translation plus a caption-specific offset, then
+LayerNorm; slot dropout zeroes whole slots while training. Retrieval scores a gallery item by the
+best slot (``winner``) or by the mean slot direction (``mean``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stitch.translators.space import Standardizer
+
+
+class SetPredictionHead(nn.Module):
+    def __init__(
+        self,
+        text_dim: int,
+        image_dim: int,
+        slots: int = 6,
+        hidden: int = 1024,
+        slot_dropout: float = 0.1,
+        aggregation: str = "winner",
+    ) -> None:
+        super().__init__()
+        if aggregation not in ("winner", "mean"):
+            raise ValueError(f"aggregation must be winner or mean, got {aggregation!r}")
+        self.text_dim, self.image_dim, self.slots, self.aggregation = text_dim, image_dim, slots, aggregation
+        self.space = Standardizer(image_dim)
+        self.global_map = nn.Linear(text_dim, image_dim)
+        self.slot_queries = nn.Parameter(torch.randn(slots, image_dim) * 0.02)
+        self.gates = nn.Linear(text_dim, slots)
+        self.offsets = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, slots * image_dim))
+        nn.init.zeros_(self.offsets[-1].weight)
+        nn.init.zeros_(self.offsets[-1].bias)
+        self.norm = nn.LayerNorm(image_dim)
+        self.slot_dropout = slot_dropout
+
+    def init_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.global_map.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
+            self.global_map.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def slot_embeddings(self, captions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm slots (B, K, D) and the unit-norm global translation (B, D)."""
+        base = self.global_map(captions)
+        gate = torch.sigmoid(self.gates(captions)).unsqueeze(-1)
+        offsets = self.offsets(captions).view(len(captions), self.slots, self.image_dim)
+        slots = self.norm(self.slot_queries + gate * base.unsqueeze(1) + offsets)
+        slots = F.normalize(F.normalize(slots, dim=-1) + F.normalize(base, dim=-1).unsqueeze(1), dim=-1)
+        if self.training and self.slot_dropout > 0:
+            keep = torch.rand(len(captions), self.slots, 1, device=captions.device) >= self.slot_dropout
+            keep[:, :1] |= ~keep.any(dim=1, keepdim=True)  # never drop every slot of a caption
+            slots = slots * keep
+        return slots, F.normalize(base, dim=-1)
+
+    def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
+        slots, _ = self.slot_embeddings(captions)
+        if self.aggregation == "mean":
+            return F.normalize(slots.mean(dim=1), dim=-1)
+        return slots  # (B, K, D): scored by the best slot
+
+    def training_queries(self, captions: torch.Tensor) -> torch.Tensor:
+        """Slot sets (B, K, D) whatever the aggregation: the set losses need every slot."""
+        return self.slot_embeddings(captions)[0]
+
+    def embed_gallery(self, images: torch.Tensor) -> torch.Tensor:
+        return self.space(images)
+
+    def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels, weights) -> torch.Tensor:
+        """Weighted set regularisers (intra-set diversity, global discrimination, MMD, uniformity)."""
+        from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
+
+        slots, global_vec = self.slot_embeddings(captions)
+        total = captions.new_zeros(())
+        if weights.diversity_weight:
+            total = total + weights.diversity_weight * intra_set_diversity(slots, weights.diversity_margin)
+        if weights.global_weight:
+            total = total + weights.global_weight * global_discrimination(slots, global_vec, weights.global_margin)
+        if weights.mmd_weight:
+            mean = F.normalize(slots.mean(dim=1), dim=-1)[:256]
+            total = total + weights.mmd_weight * mmd_rbf(mean, F.normalize(gallery, dim=-1)[:256])
+        if weights.uniformity_weight:
+            total = total + weights.uniformity_weight * uniformity(slots.reshape(-1, slots.shape[-1])[:512])
+        return total
+
+    def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
+        """One vector per caption for submissions: the mean slot, de-standardised."""
+        slots, _ = self.slot_embeddings(captions)
+        return self.space.inverse(F.normalize(slots.mean(dim=1), dim=-1) * self.image_dim**0.5)
