@@ -45,7 +45,8 @@ def test_evaluate_table_names_protocol_and_sizes(trained_run, data_file, capsys)
     capsys.readouterr()
     assert main(["evaluate", "--run", str(trained_run), "--data", str(data_file), "--protocol", "kaggle100"]) == 0
     text = capsys.readouterr().out
-    assert "kaggle100 (900 queries, gallery 100)" in text and "99 seeded random" in text
+    assert "kaggle100+is (900 queries, gallery 100)" in text and "99 seeded random" in text
+    assert "rescored with is" in text  # the run's default hubness-aware scoring is named
 
 
 def test_predict_csv_rows_ids_and_no_overwrite(tmp_path, trained_run, data_file, capsys):

@@ -57,12 +57,17 @@ def test_winner_slot_ranks_match_brute_force():
 
 
 @pytest.mark.parametrize(
-    "tower", ["linear", "mlp", "align", "attention", "crossattn"],
+    "tower",
+    ["linear", "mlp", "align", "attention", "crossattn"],
 )
 def test_dual_heads_learn(small_data, tower):
     extra = ["model.shared_dim=32"]
-    result = api.train(small_data, None, overrides=[*FAST, *extra, "model.name=dual", f"model.text_tower={tower}",
-                                                    f"model.image_tower={tower}"], progress=False)
+    result = api.train(
+        small_data,
+        None,
+        overrides=[*FAST, *extra, "model.name=dual", f"model.text_tower={tower}", f"model.image_tower={tower}"],
+        progress=False,
+    )
     assert result.dev_metrics["mrr"] > 4 * chance_mrr(small_data)
 
 
@@ -101,9 +106,17 @@ def test_blip_heads_train_with_distillation(small_data):
 @pytest.mark.parametrize("loss", ["set-triplet", "set-infonce"])
 @pytest.mark.parametrize("aggregation", ["winner", "mean"])
 def test_set_head_learns(small_data, loss, aggregation):
-    overrides = [*FAST, "model.name=set", f"loss.name={loss}", f"model.aggregation={aggregation}", "model.slots=3",
-                 "model.diversity_weight=0.1", "model.global_weight=0.1", "model.mmd_weight=0.01",
-                 "model.uniformity_weight=0.01"]
+    overrides = [
+        *FAST,
+        "model.name=set",
+        f"loss.name={loss}",
+        f"model.aggregation={aggregation}",
+        "model.slots=3",
+        "model.diversity_weight=0.1",
+        "model.global_weight=0.1",
+        "model.mmd_weight=0.01",
+        "model.uniformity_weight=0.01",
+    ]
     result = api.train(small_data, None, overrides=overrides, progress=False)
     ridge = api.train(small_data, None, overrides=["model.name=ridge"], progress=False)
     assert result.dev_metrics["mrr"] > 0.8 * ridge.dev_metrics["mrr"]
@@ -118,8 +131,9 @@ def test_slot_dropout_never_drops_every_slot():
 
 
 def test_dual_heads_have_no_submission(small_data):
-    result = api.train(small_data, None, overrides=["model.name=dual", "model.shared_dim=16", "optim.epochs=1"],
-                       progress=False)
+    result = api.train(
+        small_data, None, overrides=["model.name=dual", "model.shared_dim=16", "optim.epochs=1"], progress=False
+    )
     with pytest.raises(ValueError, match="shared space"):
         api.predict(result, small_data.captions[:3])
 

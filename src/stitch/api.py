@@ -10,10 +10,12 @@ import torch
 from stitch.data import PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
-from stitch.retrieval.hubness import build_rescorer
-from stitch.training import TrainConfig, TrainResult, load_config, load_model
+from stitch.retrieval.hubness import Rescorer, build_rescorer
+from stitch.training import TrainConfig, TrainResult, load_config, load_model, read_info
 from stitch.training import train as _train
+from stitch.training.config import InferenceConfig
 from stitch.training.device import resolve_device
+from stitch.training.run import load_bank
 from stitch.translators import StitchModel
 
 
@@ -76,27 +78,22 @@ def evaluate(
     seed: int = 0,
     rerank: str | None = None,
     rerank_params: dict | None = None,
-    bank: PairedEmbeddings | None = None,
+    bank: np.ndarray | None = None,
 ) -> list[DirectionReport]:
     """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
 
-    ``rerank`` names a hubness-aware scoring method (``stitch.retrieval.hubness``); its query bank is
-    ``bank``'s captions, by default the data's ``train`` split (never the evaluated queries).
+    Text->image scores use the run's hubness-aware scoring (its ``inference`` config, with the
+    training captions it kept as query bank) unless ``rerank`` names another method or ``"none"``.
+    ``bank`` (raw caption embeddings) replaces the run's bank; it must not hold the evaluated queries.
     """
     dev = resolve_device(device)
     model = _model(run, dev)
-    full = data
     if split is not None:
         data = data.split(split)
     _check_dims(model, data.text_dim, data.image_dim)
     queries = _apply(model.embed_queries, data.captions, dev)
     gallery = _apply(model.embed_gallery, data.images, dev)
-    rescorer, query_bank, gallery_bank = None, None, None
-    if rerank and rerank != "none":
-        rescorer = build_rescorer(rerank, **(rerank_params or {}))
-        bank = bank if bank is not None else _default_bank(full, split)
-        query_bank = _apply(model.embed_queries, bank.captions, dev)
-        gallery_bank = _apply(model.embed_gallery, bank.images, dev)
+    rescorer, query_bank = scoring_setup(run, model, rerank, rerank_params, bank, dev)
     return evaluate_embeddings(
         queries,
         gallery,
@@ -107,17 +104,41 @@ def evaluate(
         device=dev,
         rescorer=rescorer,
         query_bank=query_bank,
-        gallery_bank=gallery_bank,
     )
 
 
-def _default_bank(data: PairedEmbeddings, split: str | None) -> PairedEmbeddings:
-    if split == "train" or "train" not in data.split_names():
+def run_inference_defaults(run) -> tuple[InferenceConfig | None, np.ndarray | None, float | None]:
+    """The run's inference config, kept query bank (raw captions) and learnt temperature, where known."""
+    if isinstance(run, TrainResult):
+        cfg = None
+        if run.run_dir is not None:
+            cfg = read_info(run.run_dir).config.inference
+        return cfg or InferenceConfig(), run.bank, run.temperature
+    if isinstance(run, (str, Path)):
+        bank, temperature = load_bank(run)
+        return read_info(run).config.inference, bank, temperature
+    return None, None, None
+
+
+def scoring_setup(run, model, rerank, rerank_params, bank, device) -> tuple[Rescorer | None, np.ndarray | None]:
+    """Resolve which rescorer to use and translate its query bank."""
+    cfg, run_bank, temperature = run_inference_defaults(run)
+    name = rerank if rerank is not None else (cfg.rerank if cfg else "none")
+    if name in (None, "none"):
+        return None, None
+    params = dict(rerank_params or {})
+    if name in ("is", "qbnorm", "dbnorm") and "beta" not in params:
+        configured = cfg.beta if cfg else 0.0
+        params["beta"] = configured or (1.0 / temperature if temperature else 20.0)
+    if name == "csls" and "k" not in params and cfg:
+        params["k"] = cfg.k
+    captions = bank if bank is not None else run_bank
+    if captions is None:
         raise ValueError(
-            "hubness-aware scoring needs a bank of training queries: evaluate a split other than "
-            "'train' of a file with a train split, or pass bank="
+            f"rerank {name!r} needs a query bank of training captions: this run has none; "
+            "pass bank= or use rerank='none'"
         )
-    return data.split("train")
+    return build_rescorer(name, **params), _apply(model.embed_queries, np.asarray(captions, np.float32), device)
 
 
 def predict(
@@ -171,18 +192,12 @@ def build_index(
     model = _model(run, dev)
     gallery_data = data.split(split) if split else data
     _check_dims(model, gallery_data.text_dim, gallery_data.image_dim)
-    query_bank = gallery_bank = None
-    if rerank and rerank != "none":
-        bank = _default_bank(data, split)
-        query_bank = _apply(model.embed_queries, bank.captions, dev)
-        gallery_bank = _apply(model.embed_gallery, bank.images, dev)
+    rescorer, query_bank = scoring_setup(run, model, rerank, rerank_params, None, dev)
     gallery = _apply(model.embed_gallery, gallery_data.images, dev)
-    index, rescorer = build_gallery_index(
-        gallery, gallery_data.image_names, kind, params, rerank, rerank_params, query_bank, gallery_bank
-    )
+    index, rescorer = build_gallery_index(gallery, gallery_data.image_names, kind, params, rescorer, query_bank)
     folder = index.save(out, force=force)
     for stale in ("rerank.json", "rerank.safetensors"):
         (folder / stale).unlink(missing_ok=True)
     if rescorer is not None:
-        save_rescorer(rescorer, rerank_params or {}, folder)
+        save_rescorer(rescorer, folder)
     return folder

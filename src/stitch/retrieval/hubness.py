@@ -167,4 +167,9 @@ def build_rescorer(name: str, **params) -> Rescorer:
     """``name`` from RESCORERS, with parameters such as ``k`` (csls) or ``beta`` (is/qbnorm/dbnorm)."""
     if name not in RESCORERS:
         raise ValueError(f"unknown rerank method {name!r}; choose from {sorted(RESCORERS)}")
-    return RESCORERS[name](**params)
+    try:
+        rescorer = RESCORERS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for rerank {name!r}: {err}") from err
+    rescorer.params = dict(params)
+    return rescorer

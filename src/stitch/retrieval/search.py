@@ -27,13 +27,13 @@ def rescorer_state(rescorer: Rescorer) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in vars(rescorer).items() if isinstance(v, torch.Tensor)}
 
 
-def save_rescorer(rescorer: Rescorer, params: dict, folder: Path) -> None:
+def save_rescorer(rescorer: Rescorer, folder: Path) -> None:
     from safetensors.torch import save_file
 
     state = rescorer_state(rescorer)
     if state:
         atomic_write(folder / RERANK_FILE, lambda tmp: save_file(state, str(tmp)))
-    atomic_write_text(folder / RERANK_META, json.dumps({"name": rescorer.name, "params": params}))
+    atomic_write_text(folder / RERANK_META, json.dumps({"name": rescorer.name, "params": rescorer.params}))
 
 
 def load_rescorer(folder: Path) -> Rescorer | None:
@@ -55,20 +55,15 @@ def build_gallery_index(
     names: np.ndarray | None,
     kind: str = "exact",
     params: dict | None = None,
-    rerank: str | None = None,
-    rerank_params: dict | None = None,
+    rescorer: Rescorer | None = None,
     query_bank: np.ndarray | None = None,
-    gallery_bank: np.ndarray | None = None,
 ) -> tuple[GalleryIndex, Rescorer | None]:
-    """Index gallery embeddings (scoring space); fit the rescorer on the banks first when asked."""
-    rescorer = None
+    """Index gallery embeddings (scoring space); fit the rescorer on the query bank first when given."""
     vectors = cosine_ready(gallery)
-    if rerank and rerank != "none":
+    if rescorer is not None:
         if query_bank is None:
-            raise ValueError(f"rerank {rerank!r} needs a bank of training queries")
-        rescorer = build_rescorer(rerank, **(rerank_params or {}))
-        bank_g = None if gallery_bank is None else cosine_ready(gallery_bank)
-        rescorer.fit(cosine_ready(query_bank), vectors, bank_g)
+            raise ValueError(f"rerank {rescorer.name!r} needs a bank of training queries")
+        rescorer.fit(cosine_ready(query_bank), vectors)
         vectors = rescorer.gallery(vectors)
     return build_index(vectors.numpy(), kind, names=names, **(params or {})), rescorer
 

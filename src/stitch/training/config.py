@@ -74,10 +74,21 @@ class OptimConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How a run scores by default at evaluation and search time (override with --rerank)."""
+
+    rerank: str = "is"  # none | csls | is | qbnorm | dbnorm | center | whiten
+    beta: float = 0.0  # inverted-softmax sharpness; 0 = 1 / the learnt temperature (20 when none is learnt)
+    k: int = 10  # csls neighbourhood
+    bank_size: int = 10000  # training captions kept in the run as the query bank
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -101,6 +112,7 @@ CHOICES = {
     "model.text_tower": TOWERS,
     "model.image_tower": TOWERS,
     "model.aggregation": ("winner", "mean"),
+    "inference.rerank": ("none", "csls", "is", "qbnorm", "dbnorm", "center", "whiten"),
 }
 POSITIVE = {"optim.lr", "optim.epochs", "optim.batch_size", "model.hidden", "loss.temperature", "eval_chunk"}
 

@@ -24,6 +24,7 @@ CONFIG = "config.json"
 METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+BANK = "bank.safetensors"
 
 
 class RunError(ValueError):
@@ -120,3 +121,26 @@ def load_checkpoint(run_dir: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise RunError(f"{path} cannot be loaded safely (truncated or corrupt?): {err}") from err
+
+
+def save_bank(run_dir: Path, captions, temperature: float | None) -> None:
+    """Keep raw training captions as the run's query bank for hubness-aware scoring."""
+    state = {"captions": torch.as_tensor(captions, dtype=torch.float32).contiguous()}
+    meta = {"temperature": "" if temperature is None else repr(float(temperature))}
+    atomic_write(run_dir / BANK, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def load_bank(run_dir: str | Path):
+    """``(captions, learnt temperature or None)``, or ``(None, None)`` when the run has no bank."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / BANK
+    if not path.exists():
+        return None, None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            captions = handle.get_tensor("captions").numpy()
+            temperature = (handle.metadata() or {}).get("temperature", "")
+    except Exception as err:
+        raise RunError(f"{path} cannot be read (truncated or corrupt?): {err}") from err
+    return captions, float(temperature) if temperature else None

@@ -33,6 +33,8 @@ class TrainResult:
     history: list[dict]
     split: str
     run_dir: Path | None
+    bank: np.ndarray | None = None  # raw training captions kept as the query bank
+    temperature: float | None = None  # learnt temperature of the contrastive loss, if any
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -79,7 +81,14 @@ def _check_run_dir(run_dir: Path | None, resume: bool, force: bool) -> None:
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise runfiles.RunError(f"{run_dir} already holds a run; pass --resume to continue it or --force to replace it")
     if force and run_dir.exists():
-        for name in (runfiles.WEIGHTS, runfiles.CONFIG, runfiles.METRICS, runfiles.CHECKPOINT, runfiles.SUMMARY):
+        for name in (
+            runfiles.WEIGHTS,
+            runfiles.CONFIG,
+            runfiles.METRICS,
+            runfiles.CHECKPOINT,
+            runfiles.SUMMARY,
+            runfiles.BANK,
+        ):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -132,7 +141,8 @@ def train(
             runfiles.save_weights(model, run_dir)
             runfiles.append_metrics(run_dir, row)
             _write_summary(run_dir, 0, metrics, how)
-        return TrainResult(model.eval(), 0, metrics, [row], how, run_dir)
+        bank = _keep_bank(train_set, config, run_dir, None)
+        return TrainResult(model.eval(), 0, metrics, [row], how, run_dir, bank, None)
 
     return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how)
 
@@ -267,7 +277,19 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
     dev_metrics = dev_retrieval(model, dev_set, device, config.eval_chunk)
     if run_dir is not None:
         _write_summary(run_dir, best_epoch, dev_metrics, how)
-    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir)
+    temperature = loss_fn.extra_state().get("temperature")
+    bank = _keep_bank(train_set, config, run_dir, temperature)
+    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir, bank, temperature)
+
+
+def _keep_bank(train_set: PairedEmbeddings, config: TrainConfig, run_dir: Path | None, temperature) -> np.ndarray:
+    """A seeded sample of training captions: the query bank of hubness-aware scoring."""
+    size = min(config.inference.bank_size, train_set.n_captions)
+    rows = np.sort(np.random.default_rng(config.seed).choice(train_set.n_captions, size, replace=False))
+    bank = train_set.captions[rows]
+    if run_dir is not None:
+        runfiles.save_bank(run_dir, bank, temperature)
+    return bank
 
 
 def _write_summary(run_dir: Path, best_epoch: int, metrics: dict, how: str) -> None:
