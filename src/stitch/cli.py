@@ -147,6 +147,29 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from stitch.training.ensemble import write_ensemble
+
+    weights = [float(w) for w in args.weights] if args.weights else None
+    print(f"wrote ensemble of {len(args.runs)} runs to {write_ensemble(args.out, args.runs, weights, args.force)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from stitch.bench import run_bench
+
+    data = _load_data(args)
+    run_bench(
+        data,
+        args.out,
+        methods=args.methods,
+        extra_overrides=args.overrides,
+        reuse=not args.retrain,
+        progress=not args.quiet,
+    )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -222,6 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "pt"), help="default: from --out's suffix")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ensemble", help="average several runs (seeds or recipes) into one predictor folder")
+    p.add_argument("runs", nargs="+", help="run folders trained on the same data split")
+    p.add_argument("--out", required=True, help="ensemble folder (usable as --run anywhere)")
+    p.add_argument("--weights", nargs="*", help="one weight per run (default equal)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("bench", help="train named recipes on one split and write a leaderboard")
+    _add_data_args(p)
+    p.add_argument("--methods", nargs="*", help="recipe names (default: all; see stitch.recipes)")
+    p.add_argument("--out", default="bench", help="folder for runs/, leaderboard.md/.csv/.png")
+    p.add_argument("--retrain", action="store_true", help="retrain methods that already have a finished run")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", help="overrides applied to every method (e.g. optim.epochs=2)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")

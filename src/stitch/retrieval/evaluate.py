@@ -71,8 +71,8 @@ def evaluate_embeddings(
     caption_image = np.asarray(caption_image, dtype=np.int64)
     q_scored, g_scored, scorer, tag = q, g, None, protocol
     if rescorer is not None and rescorer.name != "none":
-        if q.ndim == 3:
-            raise ValueError("hubness-aware scoring needs one vector per query; use model.aggregation=mean")
+        if q.ndim == 3 and rescorer.name in ("center", "whiten"):
+            raise ValueError(f"{rescorer.name} transforms single query vectors; use model.aggregation=mean")
         if query_bank is None:
             raise ValueError(f"rerank {rescorer.name!r} needs a query bank (e.g. the translated training captions)")
         bank = cosine_ready(query_bank, device)

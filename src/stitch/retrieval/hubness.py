@@ -3,7 +3,7 @@
 Each method is a :class:`Rescorer`. ``fit`` sees a bank of (translated) queries that are not the test
 queries — the training captions — and, for DBNorm, a bank of gallery-side items; then ``queries`` /
 ``gallery`` transform embeddings and ``adjust`` rewrites a chunk of query x gallery scores. All inputs
-are L2-normalised rows in the scoring space. Only rank order per query matters, so per-query
+are L2-normalised rows in the scoring space (a query may be a slot set, scored by its best slot). Only rank order per query matters, so per-query
 constants are dropped.
 
 - ``csls``: cross-domain similarity local scaling (Lample et al., 2018): ``2 s - r_bank(g)``, where
@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stitch.retrieval.ranks import DEFAULT_CHUNK
+from stitch.retrieval.ranks import DEFAULT_CHUNK, score
 
 
 def _column_stat(bank: torch.Tensor, gallery: torch.Tensor, reduce, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Per-gallery statistic over bank similarities, computed in gallery chunks (memory bank x chunk)."""
-    parts = [reduce(bank @ gallery[i : i + chunk].T) for i in range(0, len(gallery), chunk)]
+    parts = [reduce(score(bank, gallery[i : i + chunk])) for i in range(0, len(gallery), chunk)]
     return torch.cat(parts)
 
 
@@ -91,7 +91,7 @@ class QBNorm(InvertedSoftmax):
         super().fit(query_bank, gallery)
         hubs = torch.zeros(len(gallery), dtype=torch.bool, device=gallery.device)
         for i in range(0, len(query_bank), DEFAULT_CHUNK):
-            top = (query_bank[i : i + DEFAULT_CHUNK] @ gallery.T).topk(self.top_k, dim=1).indices
+            top = score(query_bank[i : i + DEFAULT_CHUNK], gallery).topk(self.top_k, dim=1).indices
             hubs[top.flatten()] = True
         self.activation = hubs
         return self

@@ -55,7 +55,15 @@ def save_info(info: RunInfo, run_dir: Path) -> None:
 
 
 def read_info(run_dir: str | Path) -> RunInfo:
+    """A run's config and facts; for an ensemble, its first member's (meta lists the members)."""
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        from stitch.training.ensemble import read_ensemble
+
+        members, weights = read_ensemble(run_dir)
+        info = read_info(members[0])
+        info.meta = {**info.meta, "ensemble": [str(m) for m in members], "weights": weights}
+        return info
     path = run_dir / CONFIG
     if not path.exists():
         raise RunError(f"{run_dir} is not a stitch run: {CONFIG} is missing")
@@ -67,9 +75,20 @@ def read_info(run_dir: str | Path) -> RunInfo:
         raise RunError(f"{path} is not a valid run config: {err}") from err
 
 
+def is_ensemble(run_dir: str | Path) -> bool:
+    from stitch.training.ensemble import ENSEMBLE
+
+    return (Path(run_dir) / ENSEMBLE).exists()
+
+
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[StitchModel, RunInfo]:
-    """The trained model of a run, in eval mode, on ``device``."""
+    """The trained model of a run (or an ensemble folder), in eval mode, on ``device``."""
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        from stitch.training.ensemble import Ensemble, read_ensemble
+
+        members, weights = read_ensemble(run_dir)
+        return Ensemble([load_model(m)[0] for m in members], weights).to(device).eval(), read_info(run_dir)
     info = read_info(run_dir)
     weights = run_dir / WEIGHTS
     if not weights.exists():
@@ -134,6 +153,12 @@ def load_bank(run_dir: str | Path):
     """``(captions, learnt temperature or None)``, or ``(None, None)`` when the run has no bank."""
     from safetensors import safe_open
 
+    if is_ensemble(run_dir):
+        from stitch.training.ensemble import read_ensemble
+
+        banks = [load_bank(m) for m in read_ensemble(run_dir)[0]]
+        temps = [t for _, t in banks if t is not None]
+        return banks[0][0], (sum(temps) / len(temps) if temps else None)
     path = Path(run_dir) / BANK
     if not path.exists():
         return None, None

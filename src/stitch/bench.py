@@ -1,0 +1,84 @@
+"""``stitch bench``: train named recipes on one split and rank them honestly in one leaderboard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from stitch import api
+from stitch.data import PairedEmbeddings, train_dev_split
+from stitch.outputs.leaderboard import write_leaderboard
+from stitch.recipes import RECIPES, recipe_overrides
+
+DEFAULT_METHODS = tuple(RECIPES)
+
+
+def run_bench(
+    data: PairedEmbeddings,
+    out_dir: str | Path,
+    methods: list[str] | None = None,
+    extra_overrides: list[str] | None = None,
+    reuse: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """Train each method (reusing finished runs in ``out_dir/runs`` when ``reuse``), evaluate on dev."""
+    out_dir = Path(out_dir)
+    methods = list(methods or DEFAULT_METHODS)
+    for name in methods:
+        recipe_overrides(name)  # fail early on unknown names
+    _, dev, how = train_dev_split(data)
+    protocol = f"text->image, dev split ({how}), full gallery of {dev.n_images} images, {dev.n_captions} queries"
+    rows = []
+    for name in methods:
+        run_dir = out_dir / "runs" / name
+        timing = run_dir / "bench_time.json"
+        if not (reuse and (run_dir / "summary.json").exists() and timing.exists()):
+            print(f"[bench] training {name} -> {run_dir}", flush=True)
+            start = time.perf_counter()
+            api.train(
+                data,
+                None,
+                out=run_dir,
+                overrides=[*recipe_overrides(name), *(extra_overrides or [])],
+                force=True,
+                progress=progress,
+            )
+            timing.write_text(json.dumps({"train_s": time.perf_counter() - start}))
+        seconds = json.loads(timing.read_text())["train_s"]
+        plain = _dev_report(run_dir, data, dev, "none")
+        rescored = _dev_report(run_dir, data, dev, "is")
+        default = _dev_report(run_dir, data, dev, None)
+        m, r = plain.metrics, rescored.metrics
+        rows.append(
+            {
+                "method": name,
+                "reference": RECIPES[name].reference,
+                "R@1": m["recall@1"],
+                "R@5": m["recall@5"],
+                "R@10": m["recall@10"],
+                "MRR": m["mrr"],
+                "R@1 +IS": r["recall@1"],
+                "MRR +IS": r["mrr"],
+                "train_s": round(seconds),
+                "gallery": plain.gallery,
+                "queries": plain.queries,
+                "own_mrr": default.metrics["mrr"],
+            }
+        )
+        print(
+            f"[bench] {name}: R@1 {m['recall@1']:.4f} MRR {m['mrr']:.4f} | +IS R@1 {r['recall@1']:.4f} "
+            f"MRR {r['mrr']:.4f} ({seconds:.0f} s)",
+            flush=True,
+        )
+    rows.sort(key=lambda row: -row["own_mrr"])
+    paths = write_leaderboard(rows, out_dir, protocol)
+    print(f"[bench] leaderboard: {paths['markdown']}, {paths['csv']}, {paths['plot']}")
+    return rows
+
+
+def _dev_report(run_dir: Path, data: PairedEmbeddings, dev: PairedEmbeddings, rerank: str | None):
+    """Evaluate on the same dev images the run early-stopped on (the file's split or the seeded one)."""
+    if "dev" in data.split_names():
+        return api.evaluate(run_dir, data, split="dev", rerank=rerank)[0]
+    return api.evaluate(run_dir, dev, rerank=rerank)[0]
