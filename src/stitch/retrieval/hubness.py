@@ -3,8 +3,8 @@
 Each method is a :class:`Rescorer`. ``fit`` sees a bank of (translated) queries that are not the test
 queries — the training captions — and, for DBNorm, a bank of gallery-side items; then ``queries`` /
 ``gallery`` transform embeddings and ``adjust`` rewrites a chunk of query x gallery scores. All inputs
-are L2-normalised rows in the scoring space (a query may be a slot set, scored by its best slot). Only rank order per query matters, so per-query
-constants are dropped.
+are L2-normalised rows in the scoring space (a query may be a slot set, scored by its best slot).
+Only rank order per query matters, so per-query constants are dropped.
 
 - ``csls``: cross-domain similarity local scaling (Lample et al., 2018): ``2 s - r_bank(g)``, where
   ``r_bank(g)`` is g's mean similarity to its k nearest bank queries.
