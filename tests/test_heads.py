@@ -145,3 +145,16 @@ def test_config_pairs_set_losses_with_set_heads():
         load_config(None, ["loss.name=set-triplet"])
     with pytest.raises(ConfigError, match="shared space"):
         load_config(None, ["model.name=dual", "loss.name=mse"])
+
+
+def test_batch_set_similarity_equals_pairwise_set_similarity():
+    from stitch.losses.set_losses import batch_set_similarity
+
+    slots = torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1)
+    images = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    got = batch_set_similarity(slots, images, 0.2, 10, True)
+    for b in range(4):
+        for m in range(5):
+            assert got[b, m].item() == pytest.approx(
+                set_similarity(slots[b : b + 1], images[m : m + 1, None])[0].item(), abs=1e-5
+            )

@@ -170,6 +170,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_metric(args) -> int:
+    from stitch.metric_learning.run import run_metric_learning
+    from stitch.metric_learning.train import EmbeddingConfig
+
+    config = EmbeddingConfig(loss=args.loss, miner=args.miner, margin=args.margin, epochs=args.epochs, seed=args.seed)
+    run_metric_learning(
+        args.data,
+        config,
+        out=args.out,
+        k=args.k,
+        test_fraction=args.test_fraction,
+        projection=args.projection,
+        force=args.force,
+    )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -261,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", help="overrides applied to every method (e.g. optim.epochs=2)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("metric", help="classic metric learning on labelled vectors (siamese / triplet)")
+    p.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or an npz with x, labels")
+    p.add_argument("--loss", choices=("triplet", "contrastive"), default="triplet")
+    p.add_argument("--miner", choices=("none", "all", "hardest", "semihard", "distance-weighted"), default="semihard")
+    p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=5, help="neighbours for kNN classification / regression")
+    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--projection", choices=("tsne", "pca", "umap", "none"), default="tsne")
+    p.add_argument("--out", help="folder for the weights, metrics.json and the t-SNE plot")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_metric)
 
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")

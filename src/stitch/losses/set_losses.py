@@ -14,16 +14,17 @@ import torch.nn.functional as F
 
 from stitch.losses.base import PairLoss
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
-from stitch.translators.sinkhorn import set_similarity
+from stitch.translators.sinkhorn import sinkhorn
 
 
 def batch_set_similarity(slots, images, temperature, iters, stop_gradient):
-    """(B, M) matched similarity of each caption's slot set to each single image."""
-    b, k, d = slots.shape
-    m = len(images)
-    expanded = slots.unsqueeze(1).expand(b, m, k, d).reshape(b * m, k, d)
-    targets = images.unsqueeze(0).expand(b, m, d).reshape(b * m, 1, d)
-    return set_similarity(expanded, targets, temperature, iters, stop_gradient).view(b, m)
+    """(B, M) matched similarity of each caption's slot set to each single image.
+
+    Scores are formed once as (B, M, K, 1) slot-vs-image cosines, so memory is B x M x K, never x D.
+    """
+    scores = torch.einsum("bkd,md->bmk", slots, images).unsqueeze(-1)
+    plan = sinkhorn(scores, temperature, iters, stop_gradient)
+    return (plan * scores).sum(dim=(-1, -2)) / slots.shape[1]
 
 
 class SetTripletLoss(PairLoss):

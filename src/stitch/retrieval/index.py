@@ -195,8 +195,13 @@ def knn_classify(index: GalleryIndex, labels: np.ndarray, queries: np.ndarray, k
     if len(labels) != len(index):
         raise IndexFileError(f"{len(labels)} labels for {len(index)} indexed items")
     _, ids = index.search(queries, k)
+    return majority_vote(labels[ids])
+
+
+def majority_vote(neighbour_labels: np.ndarray) -> np.ndarray:
+    """Most frequent label per row of neighbours (nearest first); ties go to the nearer label."""
     out = []
-    for row in labels[ids]:
+    for row in neighbour_labels:
         values, first, counts = np.unique(row, return_index=True, return_counts=True)
         best = np.flatnonzero(counts == counts.max())
         out.append(values[best[np.argmin(first[best])]])

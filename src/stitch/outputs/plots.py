@@ -1,0 +1,57 @@
+"""Plots people would rather look at than read (matplotlib, imported lazily, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stitch.outputs.atomic import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def project_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """2-D projection for a scatter plot: t-SNE (scikit-learn), PCA, or UMAP when umap-learn is installed."""
+    x = np.asarray(x, dtype=np.float32)
+    if method == "pca":
+        centred = x - x.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return centred @ vt[:2].T
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(x) - 1)).fit_transform(x)
+    if method == "umap":
+        import umap  # optional dependency
+
+        return umap.UMAP(random_state=seed).fit_transform(x)
+    raise ValueError(f"unknown projection {method!r}; choose tsne, pca or umap")
+
+
+def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | Path, title: str) -> Path:
+    """One colour per label (legend when there are few labels)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    labels = np.asarray(labels)
+    values = np.unique(labels)
+    cmap = plt.get_cmap("tab10" if len(values) <= 10 else "tab20")
+    for i, value in enumerate(values):
+        rows = labels == value
+        ax.scatter(points[rows, 0], points[rows, 1], s=8, color=cmap(i % cmap.N), label=str(value), alpha=0.8)
+    if len(values) <= 20:
+        ax.legend(markerscale=2, fontsize=8, loc="best", frameon=False)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(path)
