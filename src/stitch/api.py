@@ -173,6 +173,31 @@ def write_submission(
     return writer(out, queries, predictions, force=force)
 
 
+def gallery_index(
+    run: str | Path | StitchModel | TrainResult,
+    data: PairedEmbeddings,
+    split: str | None = None,
+    kind: str = "exact",
+    params: dict | None = None,
+    rerank: str | None = None,
+    rerank_params: dict | None = None,
+    device: str = "auto",
+):
+    """An index over the images of ``data`` (or its split) in the run's scoring space, with the run's
+    rescorer (or ``rerank``) fitted on its query bank. Returns ``(model, index, rescorer)``."""
+    from stitch.retrieval.search import build_gallery_index
+
+    dev = resolve_device(device)
+    model = _model(run, dev)
+    gallery_data = data.split(split) if split else data
+    _check_dims(model, gallery_data.text_dim, gallery_data.image_dim)
+    rescorer, query_bank = scoring_setup(run, model, rerank, rerank_params, None, dev)
+    gallery = _apply(model.embed_gallery, gallery_data.images, dev)
+    names = gallery_data.image_names if gallery_data.image_names is not None else None
+    index, rescorer = build_gallery_index(gallery, names, kind, params, rescorer, query_bank)
+    return model, index, rescorer
+
+
 def build_index(
     run: str | Path | StitchModel | TrainResult,
     data: PairedEmbeddings,
@@ -186,18 +211,22 @@ def build_index(
     device: str = "auto",
 ) -> Path:
     """Index the gallery images of ``data`` (or its split) in the run's scoring space, saved to ``out``."""
-    from stitch.retrieval.search import build_gallery_index, save_rescorer
+    from stitch.retrieval.search import save_rescorer
 
-    dev = resolve_device(device)
-    model = _model(run, dev)
-    gallery_data = data.split(split) if split else data
-    _check_dims(model, gallery_data.text_dim, gallery_data.image_dim)
-    rescorer, query_bank = scoring_setup(run, model, rerank, rerank_params, None, dev)
-    gallery = _apply(model.embed_gallery, gallery_data.images, dev)
-    index, rescorer = build_gallery_index(gallery, gallery_data.image_names, kind, params, rescorer, query_bank)
+    _, index, rescorer = gallery_index(run, data, split, kind, params, rerank, rerank_params, device)
     folder = index.save(out, force=force)
     for stale in ("rerank.json", "rerank.safetensors"):
         (folder / stale).unlink(missing_ok=True)
     if rescorer is not None:
         save_rescorer(rescorer, folder)
     return folder
+
+
+def open_searcher(run, data: PairedEmbeddings, split: str | None = None, index_dir: str | Path | None = None):
+    """A :class:`~stitch.retrieval.search.Searcher` over a saved index, or an exact one built now."""
+    from stitch.retrieval.search import Searcher
+
+    if index_dir is not None:
+        return Searcher.open(run, index_dir)
+    model, index, rescorer = gallery_index(run, data, split, device="cpu")
+    return Searcher(model, index, rescorer, candidates=len(index))

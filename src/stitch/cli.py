@@ -187,6 +187,39 @@ def cmd_metric(args) -> int:
     return 0
 
 
+def cmd_encode(args) -> int:
+    from stitch.encoders.encode import encode_dataset
+
+    path = encode_dataset(
+        args.out,
+        captions=args.captions,
+        images=args.images,
+        text_spec=args.text_encoder,
+        image_spec=args.image_encoder,
+        chunk=args.chunk,
+        force=args.force,
+        device=args.device,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from stitch.service.app import serve
+
+    serve(
+        args.run,
+        args.data,
+        args.images,
+        split=args.split,
+        host=args.host,
+        port=args.port,
+        index=args.index,
+        text_encoder=args.text_encoder,
+    )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -292,6 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the weights, metrics.json and the t-SNE plot")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_metric)
+
+    p = sub.add_parser("encode", help="embed raw captions and/or an image folder into a stitch dataset")
+    p.add_argument("--captions", help="Kaggle image,caption CSV, or a text file with one caption per line")
+    p.add_argument("--images", help="folder of pictures")
+    p.add_argument("--text-encoder", default="minilm", help="minilm | st:/path/to/sentence-transformer")
+    p.add_argument("--image-encoder", help="tflite:/path/model.tflite | hf:/path/to/model[#cls|#mean]")
+    p.add_argument("--out", required=True, help="output .npz (resumes from OUT.parts/ if interrupted)")
+    p.add_argument("--chunk", type=int, default=256, help="items per resumable chunk")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("serve", help="a search service and web page over a run's gallery")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True, help="data file whose images form the gallery")
+    p.add_argument("--images", required=True, help="folder of the gallery's pictures (served read-only)")
+    p.add_argument("--split", help="serve only this split's images (e.g. dev)")
+    p.add_argument("--index", help="a prebuilt index folder (stitch index build); default: exact, built at start")
+    p.add_argument("--text-encoder", help="override the text encoder the data records (e.g. minilm)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")

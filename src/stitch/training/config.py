@@ -27,6 +27,7 @@ class ModelConfig:
     dropout: float = 0.2
     activation: str = "gelu"
     ridge_alpha: float = 1.0
+    init: str = "ridge"  # closed-form start of resmlp / set heads: ridge | procrustes
     standardize_target: bool = True  # z-score image features with train statistics
     # dual projection heads (name: dual)
     text_tower: str = "mlp"  # identity | linear | mlp | align | attention | crossattn
@@ -112,6 +113,7 @@ CHOICES = {
     "model.text_tower": TOWERS,
     "model.image_tower": TOWERS,
     "model.aggregation": ("winner", "mean"),
+    "model.init": ("ridge", "procrustes"),
     "inference.rerank": ("none", "csls", "is", "qbnorm", "dbnorm", "center", "whiten"),
 }
 POSITIVE = {"optim.lr", "optim.epochs", "optim.batch_size", "model.hidden", "loss.temperature", "eval_chunk"}

@@ -158,7 +158,8 @@ def load_bank(run_dir: str | Path):
 
         banks = [load_bank(m) for m in read_ensemble(run_dir)[0]]
         temps = [t for _, t in banks if t is not None]
-        return banks[0][0], (sum(temps) / len(temps) if temps else None)
+        kept = next((b for b, _ in banks if b is not None), None)
+        return kept, (sum(temps) / len(temps) if temps else None)
     path = Path(run_dir) / BANK
     if not path.exists():
         return None, None

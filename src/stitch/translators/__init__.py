@@ -100,10 +100,13 @@ def initialise(model: StitchModel, model_cfg, captions: np.ndarray, targets: np.
         translator.set(*ridge_solution(captions, targets, model_cfg.ridge_alpha))
     elif model_cfg.name == "procrustes":
         translator.set(*procrustes_solution(captions, targets))
-    elif model_cfg.name == "resmlp":
-        translator.init_linear(*(torch.as_tensor(a) for a in ridge_solution(captions, targets, model_cfg.ridge_alpha)))
-    elif model_cfg.name == "set":
-        model.init_linear(*(torch.as_tensor(a) for a in ridge_solution(captions, targets, model_cfg.ridge_alpha)))
+    elif model_cfg.name in ("resmlp", "set"):
+        if model_cfg.init == "procrustes":
+            weight, bias = procrustes_solution(captions, targets)
+        else:
+            weight, bias = ridge_solution(captions, targets, model_cfg.ridge_alpha)
+        target = translator if model_cfg.name == "resmlp" else model
+        target.init_linear(torch.as_tensor(weight), torch.as_tensor(bias))
 
 
 __all__ = [

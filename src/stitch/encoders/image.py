@@ -1,0 +1,83 @@
+"""Image encoders: the TFLite MobileNet of ../shared/models (ai-edge-litert) and Hugging Face vision
+models from a local folder (CLS token or mean-pooled patch tokens, as CLIP and DINOv2 are used)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class ImageEncoder:
+    """``encode(list of PIL images) -> (n, d) float32``."""
+
+    spec: str
+    dim: int
+
+    def encode(self, images: list) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TFLiteEncoder(ImageEncoder):
+    def __init__(self, path: str | Path) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"TFLite model {path} does not exist")
+        self.spec = f"tflite:{path}"
+        self.interpreter = Interpreter(model_path=str(path))
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        _, self.height, self.width, _ = self.input["shape"]
+        self.dim = int(np.prod(self.output["shape"]))
+
+    def encode(self, images: list) -> np.ndarray:
+        from PIL import Image
+
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        scale, zero = self.output["quantization"]
+        for i, image in enumerate(images):
+            pixels = np.asarray(image.convert("RGB").resize((self.width, self.height), Image.BILINEAR), dtype=np.uint8)
+            self.interpreter.set_tensor(self.input["index"], pixels[None])
+            self.interpreter.invoke()
+            raw = self.interpreter.get_tensor(self.output["index"]).reshape(-1).astype(np.float32)
+            out[i] = (raw - zero) * scale if scale else raw
+        return out
+
+
+class HFVisionEncoder(ImageEncoder):
+    def __init__(self, path: str | Path, pooling: str = "cls", device: str = "cpu") -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoImageProcessor, AutoModel
+
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"Hugging Face model folder {path} does not exist")
+        self.spec, self.pooling, self.device = f"hf:{path}#{pooling}", pooling, device
+        self.processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self.model = getattr(model, "vision_model", model).to(device).eval()  # CLIP: keep the vision tower
+        self.dim = int(self.model.config.hidden_size)
+
+    def encode(self, images: list) -> np.ndarray:
+        import torch
+
+        batch = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            hidden = self.model(**batch).last_hidden_state
+        pooled = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)
+        return pooled.float().cpu().numpy()
+
+
+def image_encoder(spec: str, device: str = "cpu") -> ImageEncoder:
+    if spec.startswith("tflite:"):
+        return TFLiteEncoder(spec[len("tflite:") :])
+    if spec.startswith("hf:"):
+        path, _, pooling = spec[3:].partition("#")
+        return HFVisionEncoder(path, pooling or "cls", device)
+    raise ValueError(f"unknown image encoder {spec!r}; use tflite:/path/model.tflite or hf:/path[#cls|#mean]")
