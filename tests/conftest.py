@@ -53,3 +53,14 @@ def write_flickr_like(path: Path, data, **replace) -> Path:
             arrays[key] = value
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
+
+
+@pytest.fixture(scope="session")
+def default_flickr_run(tmp_path_factory):
+    """The default recipe trained once on the real Flickr8k train split (slow: minutes on 2 cores)."""
+    from stitch import api
+
+    data = api.load(need(FLICKR))
+    run = tmp_path_factory.mktemp("flickr") / "default"
+    api.train(data, None, out=run, progress=False)
+    return run

@@ -1,0 +1,120 @@
+"""Encoders reproduce the shared embeddings; stitch encode is resumable and skips broken images."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FLICKR, need
+from stitch.data import DataError, load_pairs
+
+pytest.importorskip("sentence_transformers")
+
+
+@pytest.fixture(scope="module")
+def flickr_npz():
+    return np.load(need(FLICKR), allow_pickle=False)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from stitch.encoders import text_encoder
+
+    return text_encoder("minilm")
+
+
+def test_minilm_reproduces_the_shared_caption_embeddings(flickr_npz, minilm):
+    rows = np.arange(0, 35455, 709)  # 51 captions across the file
+    ours = minilm.encode([str(t) for t in flickr_npz["captions/text"][rows]])
+    assert np.abs(ours - flickr_npz["captions/embeddings"][rows]).max() < 1e-5
+
+
+def test_tflite_mobilenet_on_thumbnails_is_close_to_the_shared_image_embeddings(flickr_npz):
+    pytest.importorskip("ai_edge_litert")
+    from PIL import Image
+
+    from conftest import SHARED
+    from stitch.encoders import image_encoder
+
+    encoder = image_encoder(f"tflite:{need(SHARED / 'models' / 'mobilenet_v1_embedding.tflite')}")
+    rows = np.arange(0, 7091, 355)
+    folder = SHARED / "data" / "flickr8k" / "images"
+    ours = encoder.encode([Image.open(folder / n) for n in flickr_npz["images/names"][rows]])
+    ref = flickr_npz["images/embeddings"][rows]
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    # the shared embeddings came from full-size pictures; the thumbnails are at most 160 px
+    assert cos.mean() > 0.85 and cos.min() > 0.75
+
+
+@pytest.fixture
+def small_folder(tmp_path, flickr_npz):
+    from conftest import SHARED
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    names = [str(n) for n in flickr_npz["images/names"][:5]]
+    for name in names:
+        shutil.copy(SHARED / "data" / "flickr8k" / "images" / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    texts = flickr_npz["captions/text"]
+    lines = ["image,caption"]
+    for i, name in enumerate(names):
+        lines += [f'{name},"{texts[5 * i + j]}"' for j in range(2)]
+    lines.append("broken.jpg,a caption of a broken file")
+    lines.append("missing.jpg,a caption of a missing file")
+    (tmp_path / "captions.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path, names
+
+
+def test_encode_builds_a_dataset_and_lists_skipped_images(small_folder, flickr_npz):
+    from conftest import SHARED
+    from stitch.encoders.encode import encode_dataset
+
+    root, names = small_folder
+    model = SHARED / "models" / "mobilenet_v1_embedding.tflite"
+    out = encode_dataset(root / "d.npz", root / "captions.csv", root / "pics", "minilm", f"tflite:{model}", chunk=2)
+    data = load_pairs(out)
+    assert list(data.image_names) == names and data.n_captions == 10
+    assert data.encoders == {"text": "minilm", "image": f"tflite:{model}"}
+    assert np.allclose(data.captions[0], flickr_npz["captions/embeddings"][0], atol=1e-5)
+    assert set((root / "d.npz.skipped.txt").read_text().split()) == {"broken.jpg", "missing.jpg"}
+    assert not (root / "d.npz.parts").exists()
+    with pytest.raises(FileExistsError):
+        encode_dataset(root / "d.npz", root / "captions.csv")
+
+
+def test_encode_resumes_without_redoing_finished_chunks(small_folder, monkeypatch):
+    from stitch.encoders import text as text_module
+    from stitch.encoders.encode import encode_dataset
+
+    root, _ = small_folder
+    calls = {"n": 0}
+    original = text_module.TextEncoder.encode
+
+    def flaky(self, texts):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # interrupted after two chunks
+        return original(self, texts)
+
+    monkeypatch.setattr(text_module.TextEncoder, "encode", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(root / "q.npz", root / "captions.csv", chunk=4)
+    assert len(list((root / "q.npz.parts").glob("captions-*.npy"))) == 2
+    calls["n"] = 10
+    encode_dataset(root / "q.npz", root / "captions.csv", chunk=4)
+    assert calls["n"] == 11  # only the last of three chunks was encoded again
+    queries = np.load(root / "q.npz")
+    assert len(queries["captions/embeddings"]) == 12
+
+
+def test_encode_bad_input(tmp_path):
+    from stitch.encoders.encode import encode_dataset, read_captions
+
+    (tmp_path / "c.csv").write_text("image,caption\na.jpg,\n")
+    with pytest.raises(DataError, match="without image or caption"):
+        read_captions(tmp_path / "c.csv")
+    with pytest.raises(DataError, match="image encoder"):
+        encode_dataset(tmp_path / "o.npz", images=tmp_path)

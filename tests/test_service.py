@@ -1,0 +1,201 @@
+"""The search service over real HTTP: API, limits, path safety, a bounded load test, a browser test."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import FLICKR, SHARED, need
+from service_util import running
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sentence_transformers")
+
+IMAGES = SHARED / "data" / "flickr8k" / "images"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def ridge_service(tmp_path_factory):
+    from stitch import api
+    from stitch.service.app import build_app
+
+    data = api.load(need(FLICKR))
+    run = tmp_path_factory.mktemp("svc") / "ridge"
+    api.train(data, None, out=run, overrides=["model.name=ridge"], progress=False)
+    app = build_app(run, FLICKR, IMAGES, split="dev")
+    with running(app) as url:
+        yield url, data
+
+
+def test_health_search_and_images(ridge_service):
+    url, data = ridge_service
+    with httpx.Client(base_url=url, timeout=30) as client:
+        health = client.get("/health").json()
+        assert health["gallery"] == 1000 and health["text_encoder"] == "minilm" and health["rescoring"] == "is"
+        body = client.get("/search", params={"q": "a dog runs through the grass", "k": 5}).json()
+        assert [h["rank"] for h in body["results"]] == [1, 2, 3, 4, 5]
+        scores = [h["score"] for h in body["results"]]
+        assert scores == sorted(scores, reverse=True)
+        dev_names = set(data.split("dev").image_names)
+        assert all(h["name"] in dev_names for h in body["results"])
+        picture = client.get(body["results"][0]["url"])
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+        same = client.post("/search", json={"text": "a dog runs through the grass", "k": 5}).json()
+        assert [h["name"] for h in same["results"]] == [h["name"] for h in body["results"]]
+        emb = data.captions[0].tolist()
+        by_embedding = client.post("/search", json={"embedding": emb, "k": 3})
+        assert by_embedding.status_code == 200 and len(by_embedding.json()["results"]) == 3
+        page = client.get("/")
+        assert page.status_code == 200 and 'id="search-form"' in page.text
+        assert client.get("/openapi.json").json()["paths"]["/search"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("get", "/search", {"params": {"q": "dog", "k": 0}}, 422),
+        ("get", "/search", {"params": {"q": "dog", "k": 101}}, 422),
+        ("get", "/search", {"params": {"q": "x" * 501}}, 422),
+        ("get", "/search", {"params": {"q": "   "}}, 422),
+        ("get", "/search", {}, 422),
+        ("post", "/search", {"json": {"embedding": [0.1] * 10}}, 422),
+        ("post", "/search", {"json": {"text": "a", "embedding": [0.1] * 384}}, 422),
+        ("post", "/search", {"json": {}}, 422),
+        ("post", "/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+        ("get", "/images/..%2F..%2F..%2Fetc%2Fpasswd", {}, 404),
+        ("get", "/images/%2E%2E", {}, 404),
+        ("get", "/images/not-in-gallery.jpg", {}, 404),
+    ],
+)
+def test_bad_requests_get_clear_4xx(ridge_service, method, path, kwargs, status):
+    url, _ = ridge_service
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status
+    assert "detail" in response.json()
+
+
+def test_nan_embedding_is_refused(ridge_service):
+    url, _ = ridge_service
+    emb = [0.0] * 384
+    emb[3] = math.nan
+    body = "{" + '"embedding": [' + ", ".join("NaN" if math.isnan(v) else "0.0" for v in emb) + "]}"
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
+def test_training_images_are_not_served_from_a_dev_gallery(ridge_service):
+    url, data = ridge_service
+    train_name = data.split("train").image_names[0]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get(f"/images/{train_name}").status_code == 404
+
+
+def test_bounded_load_on_loopback(ridge_service):
+    """500 requests, 20 concurrent: every one answered 200 (latency figures are in benchmarks/)."""
+    url, data = ridge_service
+    texts = [str(t) for t in data.split("dev").caption_texts[:500]]
+
+    async def fire():
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            gate = asyncio.Semaphore(20)
+
+            async def one(q):
+                async with gate:
+                    start = time.perf_counter()
+                    response = await client.get("/search", params={"q": q, "k": 10})
+                    return response.status_code, time.perf_counter() - start
+
+            return await asyncio.gather(*(one(q) for q in texts))
+
+    results = asyncio.run(fire())
+    codes = [c for c, _ in results]
+    assert codes.count(200) == 500
+    latencies = sorted(t for _, t in results)
+    print(
+        f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {latencies[int(0.99 * len(latencies))] * 1000:.1f} ms"
+    )
+
+
+def test_page_in_headless_chromium_shows_thumbnails(ridge_service):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Debian chromium and chromium-driver are not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = ridge_service
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    try:
+        browser.get(url + "/")
+        box = browser.find_element(By.ID, "q")
+        box.send_keys("two dogs playing in the snow")
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "figure.hit img"))
+        )
+        WebDriverWait(browser, 30).until(
+            lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        )
+        images = browser.find_elements(By.CSS_SELECTOR, "figure.hit img")
+        assert len(images) == 24
+        assert all(int(img.get_property("naturalWidth")) > 0 for img in images)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "search_page.png"))
+        assert (ARTIFACTS / "search_page.png").stat().st_size > 10_000
+    finally:
+        browser.quit()
+
+
+@pytest.mark.slow
+def test_served_top10_equals_the_evaluator_top10_for_the_default_run(default_flickr_run):
+    """Dev captions sent as text queries get exactly the top-10 that evaluation scores."""
+    import torch
+
+    from stitch import api
+    from stitch.retrieval.ranks import cosine_ready
+    from stitch.service.app import build_app
+    from stitch.training import load_model
+
+    data = api.load(FLICKR)
+    dev = data.split("dev")
+    model, _ = load_model(default_flickr_run)
+    rescorer, bank = api.scoring_setup(default_flickr_run, model, None, None, None, "cpu")
+    with torch.no_grad():
+        q = cosine_ready(model.embed_queries(torch.as_tensor(dev.captions)))
+        g = cosine_ready(model.embed_gallery(torch.as_tensor(dev.images)))
+        rescorer.fit(cosine_ready(bank), g)
+        expected = rescorer.adjust(q @ g.T).topk(10, dim=1).indices.numpy()
+    sample = np.arange(0, dev.n_captions, 50)
+    app = build_app(default_flickr_run, FLICKR, IMAGES, split="dev")
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for row in sample:
+            body = client.get("/search", params={"q": str(dev.caption_texts[row]), "k": 10}).json()
+            assert [h["name"] for h in body["results"]] == list(dev.image_names[expected[row]])
