@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
+from stitch.service.batcher import MicroBatcher
 from stitch.service.page import PAGE
 
 
@@ -53,19 +54,21 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
     gallery = {str(n) for n in searcher.index.names}
     app = FastAPI(title=f"{title} search", version="1", description="Cross-modal search over a stitch run's gallery.")
 
-    def run_search(rows, label: str, k: int) -> SearchResponse:
+    batcher = MicroBatcher(searcher, text_encoder)
+
+    async def run_search(text: str | None, embedding: list[float] | None, label: str, k: int) -> SearchResponse:
         if not 1 <= k <= limits.max_k:
             raise HTTPException(422, f"k must be between 1 and {limits.max_k}")
         start = time.perf_counter()
         try:
-            hits = searcher.search(rows, k)[0]
+            hits = await batcher.submit(text, embedding, k)
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
-        took = (time.perf_counter() - start) * 1000
+        took = (time.perf_counter() - start) * 1000  # text encoding included
         results = [Hit(rank=i + 1, name=h.name, score=h.score, url=f"/images/{h.name}") for i, h in enumerate(hits)]
         return SearchResponse(query=label, k=k, took_ms=round(took, 3), results=results)
 
-    def encode_text(text: str):
+    def checked_text(text: str) -> str:
         text = text.strip()
         if not text:
             raise HTTPException(422, "the query is empty")
@@ -73,7 +76,7 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
             raise HTTPException(422, f"the query is longer than {limits.max_query_chars} characters")
         if text_encoder is None:
             raise HTTPException(400, "this service has no text encoder: send a raw embedding to POST /search")
-        return text_encoder.encode([text])
+        return text
 
     @app.get("/health")
     def health() -> dict:
@@ -87,20 +90,20 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
         }
 
     @app.get("/search", response_model=SearchResponse)
-    def search_get(q: str = Query(..., max_length=10_000), k: int = Query(10)) -> SearchResponse:
-        return run_search(encode_text(q), q, k)
+    async def search_get(q: str = Query(..., max_length=10_000), k: int = Query(10)) -> SearchResponse:
+        return await run_search(checked_text(q), None, q, k)
 
     @app.post("/search", response_model=SearchResponse)
-    def search_post(body: SearchRequest) -> SearchResponse:
+    async def search_post(body: SearchRequest) -> SearchResponse:
         if (body.text is None) == (body.embedding is None):
             raise HTTPException(422, "send exactly one of 'text' or 'embedding'")
         if body.text is not None:
-            return run_search(encode_text(body.text), body.text, body.k)
+            return await run_search(checked_text(body.text), None, body.text, body.k)
         if len(body.embedding) != searcher.text_dim:
             raise HTTPException(422, f"embedding must have {searcher.text_dim} dimensions, got {len(body.embedding)}")
         if not all(math.isfinite(v) for v in body.embedding):
             raise HTTPException(422, "embedding contains NaN or Inf")
-        return run_search([body.embedding], "embedding", body.k)
+        return await run_search(None, body.embedding, "embedding", body.k)
 
     @app.get("/images/{name}")
     def image(name: str) -> FileResponse:
