@@ -120,7 +120,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"GET /search (MiniLM encoding + exact search + inverted softmax), gallery 1000, k 10, loopback")
+    print("GET /search (MiniLM encoding + exact search + inverted softmax), gallery 1000, k 10, loopback")
     print(describe("1 in flight (baseline)", single, single_errors, single_wall))
     print(describe(f"{args.concurrency} in flight, {len(loaded)} req", loaded, errors, wall))
     ratio = (len(loaded) / wall) / (len(single) / single_wall)

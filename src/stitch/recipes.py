@@ -27,7 +27,7 @@ RECIPES: dict[str, Recipe] = {
             "default",
             "stitch",
             (),
-            "residual MLP (2048, dropout 0.2) on a ridge start, multi-positive symmetric InfoNCE with learnt "
+            "residual MLP (2048, dropout 0.2) on a Procrustes start, multi-positive symmetric InfoNCE with learnt "
             "temperature, AdamW 5e-4, batch 1024, 30 epochs (early stop on dev MRR); inverted-softmax scoring at "
             "the learnt temperature over 10k training captions",
         ),

@@ -27,7 +27,7 @@ class ModelConfig:
     dropout: float = 0.2
     activation: str = "gelu"
     ridge_alpha: float = 1.0
-    init: str = "ridge"  # closed-form start of resmlp / set heads: ridge | procrustes
+    init: str = "procrustes"  # closed-form start of resmlp / set heads: procrustes | ridge
     standardize_target: bool = True  # z-score image features with train statistics
     # dual projection heads (name: dual)
     text_tower: str = "mlp"  # identity | linear | mlp | align | attention | crossattn
