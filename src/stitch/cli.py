@@ -220,6 +220,33 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from stitch.tuning import load_space, tune
+
+    data = _load_data(args)
+    study = tune(
+        data,
+        load_space(args.space),
+        args.out,
+        storage=args.storage,
+        study_name=args.study,
+        trials=args.trials,
+        timeout=args.timeout,
+        n_jobs=args.n_jobs,
+        seed=args.seed,
+        keep_runs=args.keep_runs,
+    )
+    states = [t.state.name for t in study.trials]
+    print(
+        f"study {args.study}: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+        f"{states.count('FAIL')} failed"
+    )
+    if states.count("COMPLETE"):
+        print(f"best dev value {study.best_value:.4f}: {study.best_params}")
+        print(f"train-ready config: {Path(args.out) / 'best.yaml'}; trial table: {Path(args.out) / 'trials.csv'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -347,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("tune", help="Optuna search over a recipe space on the dev split")
+    _add_data_args(p)
+    p.add_argument("--space", required=True, help="search space YAML (see configs/spaces/)")
+    p.add_argument("--out", default="tune", help="folder for best.yaml, trials.csv and the default SQLite study")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study (default sqlite:///OUT/study.db)")
+    p.add_argument("--study", default="stitch", help="study name (resume by running the same command again)")
+    p.add_argument("--trials", type=int, default=20, help="finished + pruned trials wanted in all")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder under OUT/runs")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")

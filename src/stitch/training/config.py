@@ -96,6 +96,7 @@ class TrainConfig:
     patience: int = 5  # epochs without dev MRR gain before stopping
     dev_fraction: float = 0.1  # used only when the data has no train/dev split column
     eval_chunk: int = 1024
+    tensorboard: bool = False  # log per-epoch metrics to RUN/tensorboard
 
     def to_dict(self) -> dict:
         return asdict(self)

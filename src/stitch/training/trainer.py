@@ -101,8 +101,13 @@ def train(
     force: bool = False,
     progress: bool = True,
     data_source: str = "",
+    epoch_callback=None,
 ) -> TrainResult:
-    """Train ``config``'s recipe on the data's train images, early-stopping on its dev images."""
+    """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
+
+    ``epoch_callback(epoch, row)`` is called after each epoch with its metrics row (tuning uses it to
+    report and prune); an exception it raises stops training.
+    """
     run_dir = Path(run_dir) if run_dir is not None else None
     _check_run_dir(run_dir, resume, force)
     _seed_everything(config.seed)
@@ -144,7 +149,7 @@ def train(
         bank = _keep_bank(train_set, config, run_dir, None)
         return TrainResult(model.eval(), 0, metrics, [row], how, run_dir, bank, None)
 
-    return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how)
+    return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback)
 
 
 def make_loss(config: TrainConfig, dim: int):
@@ -167,7 +172,7 @@ def make_loss(config: TrainConfig, dim: int):
     )
 
 
-def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how) -> TrainResult:
+def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback) -> TrainResult:
     optim_cfg = config.optim
     loss_fn = make_loss(config, output_dim(model)).to(device)
     batches = CaptionBatches(
@@ -212,6 +217,7 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
         history = runfiles.read_metrics(run_dir)
 
     bar = _progress(total_steps, start_epoch * len(batches), progress)
+    writer = _tensorboard(run_dir) if config.tensorboard else None
     for epoch in range(start_epoch, optim_cfg.epochs):
         if stale >= config.patience:
             break
@@ -245,6 +251,10 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
             **loss_fn.extra_state(),
         }
         history.append(row)
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch)
         if metrics["mrr"] > best:
             best, best_epoch, stale = metrics["mrr"], epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -270,7 +280,11 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
                     "best_model": best_state,
                 },
             )
+        if epoch_callback is not None:
+            epoch_callback(epoch, row)
     bar.close()
+    if writer is not None:
+        writer.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -301,6 +315,17 @@ def _write_summary(run_dir: Path, best_epoch: int, metrics: dict, how: str) -> N
         "protocol": "text->image, full dev gallery, ranks pessimistic on ties",
     }
     atomic_write_text(run_dir / runfiles.SUMMARY, json.dumps(body, indent=2))
+
+
+def _tensorboard(run_dir: Path | None):
+    """A TensorBoard writer in ``run_dir/tensorboard`` (needs the tensorboard package)."""
+    if run_dir is None:
+        raise ValueError("tensorboard logging needs a run folder (--out)")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ValueError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -1,0 +1,209 @@
+"""``stitch tune``: Optuna search over the recipe space, on the dev split, with pruning and resumable storage.
+
+A search space is YAML::
+
+    objective: mrr          # any dev text->image metric: mrr, recall@1, recall@5, ndcg@10, ...
+    scoring: run            # run: the trial's own default scoring (inverted softmax); none: plain cosine
+    sampler: tpe            # tpe | random
+    pruner: median          # median | hyperband | none (prunes from per-epoch dev MRR)
+    base: [optim.epochs=20] # fixed overrides for every trial
+    params:
+      optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      model.hidden: {type: int, low: 512, high: 4096, step: 512}
+      model.name: {type: categorical, choices: [mlp, resmlp]}
+
+Storage is any SQLAlchemy URL (``sqlite:///tune.db`` by default, so several machines can share one
+study); re-running the same command continues the study without repeating finished trials, up to
+``--trials`` finished or pruned trials in all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from stitch.data import PairedEmbeddings
+from stitch.outputs.atomic import atomic_write_text
+from stitch.training.config import ConfigError, load_config, parse_overrides
+
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+@dataclass
+class SearchSpace:
+    params: dict[str, dict]
+    objective: str = "mrr"
+    scoring: str = "run"
+    sampler: str = "tpe"
+    pruner: str = "median"
+    base: list[str] = field(default_factory=list)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"search space {path} does not exist")
+    body = yaml.safe_load(path.read_text()) or {}
+    unknown = set(body) - {"params", "objective", "scoring", "sampler", "pruner", "base"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
+    space = SearchSpace(
+        params=body.get("params") or {},
+        objective=body.get("objective", "mrr"),
+        scoring=body.get("scoring", "run"),
+        sampler=body.get("sampler", "tpe"),
+        pruner=body.get("pruner", "median"),
+        base=list(body.get("base") or []),
+    )
+    validate_space(space)
+    return space
+
+
+def validate_space(space: SearchSpace) -> None:
+    if not space.params:
+        raise ConfigError("the search space has no params")
+    if space.sampler not in ("tpe", "random") or space.pruner not in ("median", "hyperband", "none"):
+        raise ConfigError(
+            f"sampler must be tpe|random and pruner median|hyperband|none, got {space.sampler}, {space.pruner}"
+        )
+    if space.scoring not in ("run", "none"):
+        raise ConfigError(f"scoring must be run or none, got {space.scoring!r}")
+    for name, spec in space.params.items():
+        if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
+            raise ConfigError(f"param {name}: give a mapping with type one of {PARAM_TYPES}")
+        if spec["type"] == "categorical" and not spec.get("choices"):
+            raise ConfigError(f"param {name}: categorical needs choices")
+        if spec["type"] != "categorical" and ("low" not in spec or "high" not in spec):
+            raise ConfigError(f"param {name}: {spec['type']} needs low and high")
+    # every key must be a real config key: try the first choice / low of each
+    load_config(None, [*space.base, *(f"{k}={_example(v)}" for k, v in space.params.items())])
+
+
+def _example(spec: dict):
+    return spec["choices"][0] if spec["type"] == "categorical" else spec["low"]
+
+
+def suggest(trial, space: SearchSpace) -> dict:
+    values = {}
+    for name, spec in space.params.items():
+        if spec["type"] == "float":
+            values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+        elif spec["type"] == "int":
+            values[name] = trial.suggest_int(
+                name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=bool(spec.get("log"))
+            )
+        else:
+            values[name] = trial.suggest_categorical(name, list(spec["choices"]))
+    return values
+
+
+def _merge(space: SearchSpace, values: dict) -> dict:
+    merged = parse_overrides(space.base)
+    for key, value in values.items():
+        node = merged
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return merged
+
+
+def _sampler_and_pruner(space: SearchSpace, seed: int):
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=seed) if space.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+    if space.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    elif space.pruner == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1)
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return sampler, pruner
+
+
+def tune(
+    data: PairedEmbeddings,
+    space: SearchSpace,
+    out_dir: str | Path,
+    storage: str | None = None,
+    study_name: str = "stitch",
+    trials: int = 20,
+    timeout: float | None = None,
+    n_jobs: int = 1,
+    seed: int = 0,
+    keep_runs: bool = False,
+):
+    """Run (or continue) the study; write ``best.yaml`` (train-ready) and ``trials.csv`` to ``out_dir``."""
+    import optuna
+
+    from stitch import api
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    sampler, pruner = _sampler_and_pruner(space, seed)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    dev = data.split("dev") if "dev" in data.split_names() else None
+
+    def objective(trial) -> float:
+        overrides = _merge(space, suggest(trial, space))
+        config = load_config(None, overrides)
+
+        def report(epoch: int, row: dict) -> None:
+            trial.report(float(row["dev_mrr"]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (dev MRR {row['dev_mrr']:.4f})")
+
+        run_dir = out_dir / "runs" / f"trial-{trial.number:04d}" if keep_runs else None
+        result = api.train(data, config, out=run_dir, force=True, progress=False, epoch_callback=report)
+        target = dev if dev is not None else data
+        rerank = None if space.scoring == "run" else "none"
+        metrics = api.evaluate(result, target, rerank=rerank)[0].metrics
+        if space.objective not in metrics:
+            raise ConfigError(f"objective {space.objective!r} is not a metric; choose from {sorted(metrics)}")
+        trial.set_user_attr("dev_metrics", metrics)
+        return float(metrics[space.objective])
+
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    remaining = max(0, trials - len(done))
+    if remaining:
+        study.optimize(
+            objective, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, gc_after_trial=True, show_progress_bar=False
+        )
+    write_results(study, space, out_dir)
+    return study
+
+
+def write_results(study, space: SearchSpace, out_dir: Path) -> None:
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        config = load_config(None, _merge(space, best.params))
+        header = (
+            f"# best of {len(complete)} completed trials: dev {space.objective} {best.value:.4f} "
+            f"(trial {best.number}, scoring: {space.scoring})\n"
+        )
+        atomic_write_text(out_dir / "best.yaml", header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    buffer = io.StringIO()
+    names = sorted({k for t in study.trials for k in t.params})
+    writer = csv.writer(buffer)
+    writer.writerow(["number", "state", "value", *names, "last_epoch"])
+    for t in study.trials:
+        last = max(t.intermediate_values) if t.intermediate_values else ""
+        writer.writerow(
+            [t.number, t.state.name, "" if t.value is None else t.value, *(t.params.get(n, "") for n in names), last]
+        )
+    atomic_write_text(out_dir / "trials.csv", buffer.getvalue())

@@ -1,0 +1,79 @@
+"""Tuning: spaces are validated, studies resume without repeating trials, pruning prunes."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+pytest.importorskip("optuna")
+
+from stitch.training import ConfigError, load_config  # noqa: E402
+from stitch.tuning import SearchSpace, load_space, tune, validate_space  # noqa: E402
+
+FAST = ["optim.epochs=3", "model.hidden=32", "optim.batch_size=128", "inference.bank_size=200"]
+
+
+def space(**params):
+    return SearchSpace(
+        params=params or {"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},
+        base=FAST,
+        pruner="none",
+    )
+
+
+def test_shipped_spaces_are_valid():
+    for path in ("configs/spaces/default.yaml", "configs/spaces/heads.yaml"):
+        assert load_space(path).params
+
+
+def test_bad_spaces_are_refused():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        validate_space(space(**{"optim.lrate": {"type": "float", "low": 1, "high": 2}}))
+    with pytest.raises(ConfigError, match="needs low and high"):
+        validate_space(space(**{"optim.lr": {"type": "float"}}))
+    with pytest.raises(ConfigError, match="categorical needs choices"):
+        validate_space(space(**{"model.name": {"type": "categorical"}}))
+
+
+def test_interrupted_study_resumes_without_repeating_trials(tmp_path, small_data):
+    import optuna
+
+    study = tune(small_data, space(), tmp_path, trials=2, seed=0)
+    first = [(t.number, t.params["optim.lr"], t.value) for t in study.trials]
+    assert len(first) == 2
+    again = tune(small_data, space(), tmp_path, trials=3, seed=0)
+    trials = [(t.number, t.params["optim.lr"], t.value) for t in again.trials]
+    assert trials[:2] == first and len(trials) == 3  # one new trial, the first two untouched
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in again.trials)
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert load_config(None, best).optim.lr == pytest.approx(again.best_params["optim.lr"])
+    with (tmp_path / "trials.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    tune(small_data, space(), tmp_path, trials=3, seed=0)  # nothing left to do
+    assert len(optuna.load_study(study_name="stitch", storage=f"sqlite:///{tmp_path / 'study.db'}").trials) == 3
+
+
+def test_pruning_really_prunes(tmp_path, small_data):
+    import optuna
+
+    bad_and_good = SearchSpace(
+        params={"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-3, 1e-3, 1e-7]}},
+        base=[
+            "model.name=mlp",
+            "optim.epochs=6",
+            "patience=9",
+            "model.hidden=32",
+            "optim.batch_size=128",
+            "inference.bank_size=200",
+        ],
+        pruner="median",
+        sampler="random",
+    )
+    study = tune(small_data, bad_and_good, tmp_path, trials=10, seed=0)  # seeded sampler: deterministic
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    hopeless = [t for t in study.trials[3:] if t.params["optim.lr"] == 1e-7]  # after the 3 startup trials
+    assert hopeless and all(t.state == optuna.trial.TrialState.PRUNED for t in hopeless)
+    assert all(max(t.intermediate_values) < 5 for t in pruned)  # stopped before the last epoch
+    assert any(t.state == optuna.trial.TrialState.COMPLETE and t.params["optim.lr"] == 3e-3 for t in study.trials)
