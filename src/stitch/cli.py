@@ -247,6 +247,17 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from stitch.outputs.report import build_report
+
+    split = None if args.split == "none" else args.split
+    path = build_report(
+        args.run, args.data, args.out, split=split, images_dir=args.images, projection=args.projection, force=args.force
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -387,6 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder under OUT/runs")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of what a run learned")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="dev", help="split to report on (default dev; 'none' for the whole file)")
+    p.add_argument("--images", help="thumbnail folder: adds retrieval grids of the best and worst queries")
+    p.add_argument("--projection", choices=("tsne", "pca", "umap"), default="tsne")
+    p.add_argument("--out", default="report.html")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")

@@ -1,0 +1,240 @@
+"""``stitch report``: one self-contained HTML page showing what a run learned.
+
+The config; metric tables for both protocols and directions; training curves (loss, dev MRR,
+temperature); the rank histogram; a t-SNE/PCA map of translated captions against images; and, with a
+thumbnail folder, retrieval grids for the best and the worst queries with the true image marked.
+Figures and thumbnails are embedded as data URIs, so the file can be mailed or opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stitch.outputs.atomic import atomic_write_text, ensure_writable
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 24px 48px;color:#222}
+h1{margin-top:28px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ddd;padding:4px 10px;text-align:right}
+th:first-child,td:first-child{text-align:left}caption{text-align:left;font-weight:600;padding:4px 0}
+pre{background:#f6f6f4;padding:12px;overflow:auto;font-size:12px}img.fig{max-width:100%}
+.grid{display:flex;gap:8px;align-items:flex-start;margin:6px 0 18px}.cap{font-size:14px;margin:10px 0 4px}
+.cell{width:150px;font-size:11px;text-align:center}
+.cell img{width:150px;height:110px;object-fit:cover;border:3px solid #fff}
+.cell img.true{border-color:#2a9d3a}.muted{color:#777;font-size:13px}
+"""
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _thumb(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((220, 220))
+            buffer = io.BytesIO()
+            im.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _metrics_table(reports) -> str:
+    keys = ["recall@1", "recall@5", "recall@10", "recall@50", "mrr", "ndcg@10", "median_rank", "mean_rank"]
+    rows = []
+    for r in reports:
+        from stitch.retrieval.evaluate import describe_protocol
+
+        cells = "".join(f"<td>{r.metrics[k]:.4f}</td>" if k in r.metrics else "<td></td>" for k in keys)
+        label = (
+            f"{r.direction}<br><span class=muted>{describe_protocol(r.protocol, r.gallery)}; {r.queries} queries</span>"
+        )
+        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
+        rand = "".join(f"<td>{r.random[k]:.4f}</td>" if k in r.random else "<td></td>" for k in keys)
+        rows.append(f"<tr class=muted><td>random</td>{rand}</tr>")
+    head = "".join(f"<th>{k}</th>" for k in keys)
+    return f"<table><tr><th>direction, protocol</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _curves(history: list[dict]) -> str | None:
+    if not history or all(not str(r.get("train_loss", "")).strip() for r in history):
+        return None
+    from stitch.outputs.plots import _pyplot
+
+    plt = _pyplot()
+    keys = [k for k in ("train_loss", "dev_mrr", "dev_recall@1", "temperature") if k in history[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8))
+    axes = np.atleast_1d(axes)
+    epochs = [int(r["epoch"]) for r in history]
+    for ax, key in zip(axes, keys):
+        ax.plot(epochs, [float(r[key]) for r in history], marker="o", markersize=3)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _rank_histogram(ranks: np.ndarray, gallery: int) -> str:
+    from stitch.outputs.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 2.8))
+    bins = np.unique(np.geomspace(1, gallery + 1, 30).astype(int))
+    ax.hist(ranks, bins=bins, color="#4c72b0")
+    ax.set_xscale("log")
+    ax.set_xlabel("rank of the true image (log scale)")
+    ax.set_ylabel("queries")
+    ax.set_title(f"text->image ranks, gallery {gallery}", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _map(queries: np.ndarray, gallery: np.ndarray, projection: str, seed: int) -> str:
+    from stitch.outputs.plots import _pyplot, project_2d
+
+    plt = _pyplot()
+    points = project_2d(np.concatenate([queries, gallery]), projection, seed)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    ax.scatter(points[len(queries) :, 0], points[len(queries) :, 1], s=10, c="#dd8452", label="images", alpha=0.7)
+    ax.scatter(
+        points[: len(queries), 0], points[: len(queries), 1], s=6, c="#4c72b0", label="translated captions", alpha=0.6
+    )
+    ax.legend(frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{projection.upper()} of the scoring space", fontsize=10)
+    return _png(fig)
+
+
+def _grids(title: str, rows: np.ndarray, ranks, topk, texts, names, owner, images_dir: Path) -> str:
+    parts = [f"<h3>{html.escape(title)}</h3>"]
+    for row in rows:
+        true = int(owner[row])
+        text = html.escape(str(texts[row])) if texts is not None else f"query {row}"
+        parts.append(f"<div class=cap>“{text}” — true image at rank {int(ranks[row])}</div><div class=grid>")
+        shown = list(topk[row])
+        if true not in shown:
+            shown.append(true)
+        for position, item in enumerate(shown):
+            uri = _thumb(images_dir / str(names[item]))
+            mark = " class=true" if item == true else ""
+            label = f"#{position + 1}" if position < len(topk[row]) else f"true (#{int(ranks[row])})"
+            img = f"<img{mark} src='{uri}' alt='{html.escape(str(names[item]))}'>" if uri else "(missing)"
+            parts.append(f"<div class=cell>{img}<br>{label}</div>")
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def build_report(
+    run: str | Path,
+    data_path: str | Path,
+    out: str | Path,
+    split: str | None = "dev",
+    images_dir: str | Path | None = None,
+    projection: str = "tsne",
+    n_examples: int = 4,
+    k: int = 5,
+    force: bool = False,
+    seed: int = 0,
+) -> Path:
+    from stitch import api
+    from stitch.retrieval.evaluate import evaluate_embeddings
+    from stitch.retrieval.ranks import cosine_ready, score, text_to_image_ranks
+    from stitch.training import load_model
+    from stitch.training.run import read_metrics
+
+    out = ensure_writable(out, force)
+    run = Path(run)
+    data = api.load(data_path)
+    target = data.split(split) if split else data
+    model, info = load_model(run)
+    with torch.no_grad():
+        q = cosine_ready(
+            torch.cat(
+                [
+                    model.embed_queries(torch.as_tensor(target.captions[i : i + 4096]))
+                    for i in range(0, target.n_captions, 4096)
+                ]
+            )
+        )
+        g = cosine_ready(model.embed_gallery(torch.as_tensor(target.images)))
+    rescorer, bank = api.scoring_setup(run, model, None, None, None, "cpu")
+    scorer = None
+    if rescorer is not None:
+        rescorer.fit(cosine_ready(bank), g)
+        scorer = lambda start, s: rescorer.adjust(s)  # noqa: E731
+    own = evaluate_embeddings(q, g, target.caption_image, rescorer=rescorer, query_bank=bank)
+    plain = evaluate_embeddings(q, g, target.caption_image) if rescorer is not None else []
+    kaggle = (
+        evaluate_embeddings(q, g, target.caption_image, protocol="kaggle100", rescorer=rescorer, query_bank=bank)
+        if target.n_images >= 100
+        else []
+    )
+    ranks = text_to_image_ranks(q, g, target.caption_image, scorer=scorer)
+
+    sections = [
+        f"<h1>stitch report — {html.escape(run.name)}</h1>",
+        f"<p class=muted>data {html.escape(str(data_path))}, split {html.escape(str(split))}: "
+        f"{target.n_captions} captions, {target.n_images} images. Ranks are pessimistic on ties.</p>",
+    ]
+    sections.append("<h2>Retrieval</h2>" + _metrics_table(own))
+    if plain:
+        sections.append("<p class=muted>The same run scored with plain cosine:</p>" + _metrics_table(plain[:1]))
+    if kaggle:
+        sections.append(_metrics_table(kaggle))
+    curves = _curves(read_metrics(run))
+    if curves:
+        sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
+    sections.append(
+        f"<h2>Rank histogram</h2><img class=fig src='{_rank_histogram(ranks, target.n_images)}' alt='rank histogram'>"
+    )
+    rng = np.random.default_rng(seed)
+    shown_images = np.sort(rng.choice(target.n_images, min(300, target.n_images), replace=False))
+    caption_rows = np.flatnonzero(np.isin(target.caption_image, shown_images))[:600]
+    flat_q = q if q.ndim == 2 else cosine_ready(q.mean(dim=1))
+    sections.append(
+        f"<h2>Map of the scoring space</h2><img class=fig src='"
+        f"{_map(flat_q[caption_rows].numpy(), g[shown_images].numpy(), projection, seed)}' alt='map'>"
+    )
+    if images_dir is not None and target.image_names is not None:
+        with torch.no_grad():
+            scores = score(q, g)
+            if rescorer is not None:
+                scores = rescorer.adjust(scores)
+            topk = scores.topk(k, dim=1).indices.numpy()
+            margin = (
+                scores.gather(1, torch.as_tensor(target.caption_image)[:, None]).squeeze(1)
+                - scores.topk(2, dim=1).values[:, 1]
+            ).numpy()
+        best = np.argsort(-np.where(ranks == 1, margin, -np.inf), kind="stable")[:n_examples]
+        worst = np.argsort(-ranks, kind="stable")[:n_examples]
+        sections.append("<h2>Retrieval examples</h2><p class=muted>Green border: the true image.</p>")
+        texts, names = target.caption_texts, target.image_names
+        sections.append(_grids("Best queries", best, ranks, topk, texts, names, target.caption_image, Path(images_dir)))
+        sections.append(
+            _grids("Worst queries", worst, ranks, topk, texts, names, target.caption_image, Path(images_dir))
+        )
+    config = json.dumps(info.config.to_dict(), indent=2)
+    sections.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stitch report — {html.escape(run.name)}"
+        f"</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )
+    atomic_write_text(out, page)
+    return out
