@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
+from browser import headless_chromium, save_screenshot
 from conftest import FLICKR, SHARED, need
 from stitch import api
 from stitch.cli import main
-
-ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -68,28 +65,8 @@ def test_report_has_every_section_and_no_external_resources(report):
 
 
 def test_report_renders_in_headless_chromium(report):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip("Debian chromium and chromium-driver are not installed (.ci/run installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--window-size=1200,3000",
-    ):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
-    try:
+    with headless_chromium(height=3000) as browser:
         browser.get(report.as_uri())
         loaded = browser.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
         assert len(loaded) > 20 and all(loaded)
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "report.png"))
-        assert (ARTIFACTS / "report.png").stat().st_size > 10_000
-    finally:
-        browser.quit()
+        assert save_screenshot(browser, "report.png").stat().st_size > 10_000

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from browser import headless_chromium, save_screenshot
 from conftest import FLICKR, SHARED, need
 from service_util import running
 
@@ -20,7 +19,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sentence_transformers")
 
 IMAGES = SHARED / "data" / "flickr8k" / "images"
-ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -129,49 +127,24 @@ def test_bounded_load_on_loopback(ridge_service):
 
 
 def test_page_in_headless_chromium_shows_thumbnails(ridge_service):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip("Debian chromium and chromium-driver are not installed (.ci/run installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = ridge_service
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
-    try:
+    with headless_chromium() as browser:
         browser.get(url + "/")
-        box = browser.find_element(By.ID, "q")
-        box.send_keys("two dogs playing in the snow")
+        browser.find_element(By.ID, "q").send_keys("two dogs playing in the snow")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        WebDriverWait(browser, 30).until(
-            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "figure.hit img"))
-        )
+        thumbnails = (By.CSS_SELECTOR, "figure.hit img")
+        WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located(thumbnails))
         WebDriverWait(browser, 30).until(
             lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         )
-        images = browser.find_elements(By.CSS_SELECTOR, "figure.hit img")
+        images = browser.find_elements(*thumbnails)
         assert len(images) == 24
         assert all(int(img.get_property("naturalWidth")) > 0 for img in images)
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "search_page.png"))
-        assert (ARTIFACTS / "search_page.png").stat().st_size > 10_000
-    finally:
-        browser.quit()
+        assert save_screenshot(browser, "search_page.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -19,6 +19,15 @@ class Recipe:
 
 
 _PLAIN = ("inference.rerank=none",)
+# seed 003's projection-head setup: MLP towers into 512-d, lr 1e-4, batch 512, up to 50 epochs
+_SEED003 = (
+    "model.name=dual",
+    "model.shared_dim=512",
+    "model.hidden=1024",
+    "optim.lr=1e-4",
+    "optim.batch_size=512",
+    "optim.epochs=50",
+)
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -101,16 +110,11 @@ RECIPES: dict[str, Recipe] = {
             "clip-heads",
             "seed 003",
             (
-                "model.name=dual",
+                *_SEED003,
                 "model.text_tower=mlp",
                 "model.image_tower=mlp",
-                "model.shared_dim=512",
-                "model.hidden=1024",
                 "model.dropout=0.1",
                 "loss.temperature=0.07",
-                "optim.lr=1e-4",
-                "optim.batch_size=512",
-                "optim.epochs=50",
                 *_PLAIN,
             ),
             "MLP projection heads (1024 hidden, 512 out, dropout 0.1), InfoNCE with learnable temperature, lr 1e-4, "
@@ -120,17 +124,12 @@ RECIPES: dict[str, Recipe] = {
             "siglip-heads",
             "seed 003",
             (
-                "model.name=dual",
+                *_SEED003,
                 "model.text_tower=mlp",
                 "model.image_tower=mlp",
-                "model.shared_dim=512",
-                "model.hidden=1024",
                 "model.dropout=0",
                 "loss.name=siglip",
                 "loss.temperature=0.1",
-                "optim.lr=1e-4",
-                "optim.batch_size=512",
-                "optim.epochs=50",
                 *_PLAIN,
             ),
             "MLP heads without dropout, SigLIP sigmoid loss (t 10, b -10, both learnt), lr 1e-4, batch 512",
@@ -139,16 +138,11 @@ RECIPES: dict[str, Recipe] = {
             "align-heads",
             "seed 003",
             (
-                "model.name=dual",
+                *_SEED003,
                 "model.text_tower=align",
                 "model.image_tower=align",
-                "model.shared_dim=512",
-                "model.hidden=1024",
                 "model.dropout=0.1",
                 "loss.temperature=0.07",
-                "optim.lr=1e-4",
-                "optim.batch_size=512",
-                "optim.epochs=50",
                 *_PLAIN,
             ),
             "wider BatchNorm heads (2048 hidden), InfoNCE with learnable temperature, lr 1e-4, batch 512",
@@ -157,18 +151,13 @@ RECIPES: dict[str, Recipe] = {
             "blip-heads",
             "seed 003",
             (
-                "model.name=dual",
+                *_SEED003,
                 "model.text_tower=mlp",
                 "model.image_tower=mlp",
-                "model.shared_dim=512",
-                "model.hidden=1024",
                 "model.dropout=0.1",
                 "model.momentum=0.995",
                 "model.distill_weight=0.4",
                 "loss.temperature=0.07",
-                "optim.lr=1e-4",
-                "optim.batch_size=512",
-                "optim.epochs=50",
                 *_PLAIN,
             ),
             "MLP heads with momentum (EMA 0.995) towers and momentum distillation (alpha 0.4), lr 1e-4",
