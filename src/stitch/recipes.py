@@ -40,7 +40,12 @@ RECIPES: dict[str, Recipe] = {
             "temperature, AdamW 5e-4, batch 1024, 30 epochs (early stop on dev MRR); inverted-softmax scoring at "
             "the learnt temperature over 10k training captions",
         ),
-        Recipe("resmlp-infonce", "stitch (ablation)", _PLAIN, "the default recipe scored with plain cosine"),
+        Recipe(
+            "resmlp-infonce",
+            "shared/README.md reference",
+            ("model.init=ridge", *_PLAIN),
+            "ridge-initialised residual MLP + multi-positive symmetric InfoNCE, plain cosine scoring",
+        ),
         Recipe(
             "ridge",
             "closed form",
