@@ -141,3 +141,12 @@ def test_help_is_fast_and_imports_no_torch():
     code = "import sys; from stitch.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_quick_demo_is_labelled_synthetic_and_the_default_beats_ridge(capsys):
+    from stitch.demo import run_demo
+
+    results = run_demo(quick=True)
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "full gallery of" in out
+    assert results["default (resmlp + InfoNCE)"]["mrr"] > results["ridge"]["mrr"]
