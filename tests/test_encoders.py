@@ -118,3 +118,30 @@ def test_encode_bad_input(tmp_path):
         read_captions(tmp_path / "c.csv")
     with pytest.raises(DataError, match="image encoder"):
         encode_dataset(tmp_path / "o.npz", images=tmp_path)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_hugging_face_vision_encoder_from_a_local_folder(tmp_path, pooling):
+    """A tiny ViT saved locally (no download): CLS and mean pooling are what the model computes."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    from stitch.encoders import image_encoder
+
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    torch.manual_seed(0)
+    model = transformers.ViTModel(config)
+    model.save_pretrained(tmp_path / "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    encoder = image_encoder(f"hf:{tmp_path / 'vit'}#{pooling}")
+    pictures = [Image.new("RGB", (40, 30), color) for color in ("red", "navy")]
+    got = encoder.encode(pictures)
+    batch = encoder.processor(images=pictures, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.eval()(**batch).last_hidden_state
+    expected = hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(1)
+    assert got.shape == (2, 16) and np.allclose(got, expected.numpy(), atol=1e-5)
+    assert not np.allclose(got[0], got[1])
