@@ -109,3 +109,11 @@ def test_candidate_rescoring_equals_full_row_rescoring(banks, method):
     ids = torch.argsort(q @ gallery.T, dim=1, descending=True)[:, :5]  # top-5 candidates incl. the top-1
     partial = r.adjust((q @ gallery.T).gather(1, ids), ids)
     assert torch.allclose(partial, full.gather(1, ids), atol=1e-5)
+
+
+def test_dbnorm_with_the_gallery_as_its_own_bank_leaves_self_similarity_out(banks):
+    bank, gallery, _ = banks
+    r = build_rescorer("dbnorm", beta=4.0, gallery_weight=1.0).fit(bank, gallery)
+    sims = 4.0 * (gallery @ gallery.T)
+    sims.fill_diagonal_(float("-inf"))
+    assert torch.allclose(r.log_norm_gallery, torch.logsumexp(sims, dim=0), atol=1e-5)

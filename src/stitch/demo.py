@@ -36,8 +36,10 @@ def run_demo(out: str | Path | None = None, quick: bool = False) -> dict[str, di
             results[name] = reports[0].metrics
             results[name]["plain_mrr"] = api.evaluate(run_dir, data, split="dev", rerank="none")[0].metrics["mrr"]
     n_dev = int((data.image_split == "dev").sum())
-    print(f"\nSummary (SYNTHETIC data; dev split, text->image, full gallery of {n_dev} images; scored with "
-          "inverted softmax over each run's training-caption bank, plain cosine MRR alongside):")
+    print(
+        f"\nSummary (SYNTHETIC data; dev split, text->image, full gallery of {n_dev} images; scored with "
+        "inverted softmax over each run's training-caption bank, plain cosine MRR alongside):"
+    )
     print(f"  {'recipe':<28} {'R@1':>7} {'R@10':>7} {'MRR':>7} {'MRR plain':>10}")
     for name, m in results.items():
         print(f"  {name:<28} {m['recall@1']:>7.3f} {m['recall@10']:>7.3f} {m['mrr']:>7.3f} {m['plain_mrr']:>10.3f}")

@@ -25,9 +25,20 @@ import torch.nn.functional as F
 from stitch.retrieval.ranks import DEFAULT_CHUNK, score
 
 
-def _column_stat(bank: torch.Tensor, gallery: torch.Tensor, reduce, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Per-gallery statistic over bank similarities, computed in gallery chunks (memory bank x chunk)."""
-    parts = [reduce(score(bank, gallery[i : i + chunk])) for i in range(0, len(gallery), chunk)]
+def _column_stat(
+    bank: torch.Tensor, gallery: torch.Tensor, reduce, chunk: int = DEFAULT_CHUNK, bank_is_gallery: bool = False
+) -> torch.Tensor:
+    """Per-gallery statistic over bank similarities, computed in gallery chunks (memory bank x chunk).
+
+    When the bank is the gallery itself, an item's similarity to itself is left out.
+    """
+    parts = []
+    for i in range(0, len(gallery), chunk):
+        scores = score(bank, gallery[i : i + chunk])
+        if bank_is_gallery:
+            cols = torch.arange(scores.shape[1], device=scores.device)
+            scores[i + cols, cols] = float("-inf")
+        parts.append(reduce(scores))
     return torch.cat(parts)
 
 
@@ -113,7 +124,9 @@ class DBNorm(InvertedSoftmax):
     def fit(self, query_bank, gallery, gallery_bank=None):
         super().fit(query_bank, gallery)
         bank = gallery if gallery_bank is None else gallery_bank
-        self.log_norm_gallery = _column_stat(bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0))
+        self.log_norm_gallery = _column_stat(
+            bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0), bank_is_gallery=gallery_bank is None
+        )
         self.offset = self.log_norm + self.gallery_weight * self.log_norm_gallery
         return self
 
