@@ -6,6 +6,8 @@ real embeddings have), 2,000 held-out queries from the same distribution. Exact 
 torch matmul index, measured in the same run; each approximate index reports recall@10 against the
 exact top-10 and its speed-up.
 
+Threads: set OMP_NUM_THREADS (the README figures use 1 thread for exact and approximate alike).
+
 Usage: python benchmarks/bench_ann.py [--n 1000000 --dim 256 --queries 2000 --kinds ivf hnsw ivfpq]
 """
 
@@ -22,7 +24,7 @@ PARAMS = {
     "flat": {},
     "ivf": {"nlist": 4096, "nprobe": 48},
     "hnsw": {"m": 16, "ef_construction": 80, "ef_search": 96},
-    "ivfpq": {"nlist": 4096, "nprobe": 48, "m": 32, "nbits": 8, "refine_factor": 8},
+    "ivfpq": {"nlist": 1024, "nprobe": 24, "m": 32, "nbits": 8, "refine_factor": 8},
 }
 
 

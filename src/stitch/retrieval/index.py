@@ -133,8 +133,8 @@ def _faiss_index(kind: str, vectors: np.ndarray, p: dict):
             index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["m"]), int(p["nbits"]), metric)
         sample = (
             vectors
-            if len(vectors) <= 256 * nlist
-            else vectors[np.random.default_rng(0).choice(len(vectors), 256 * nlist, replace=False)]
+            if len(vectors) <= 64 * nlist  # k-means sample: 64 points per list
+            else vectors[np.random.default_rng(0).choice(len(vectors), 64 * nlist, replace=False)]
         )
         index.train(sample)
         index.nprobe = min(int(p["nprobe"]), nlist)
