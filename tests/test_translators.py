@@ -38,13 +38,19 @@ def test_procrustes_recovers_an_orthogonal_map_across_dimensions(dims):
 def test_residual_mlp_starts_exactly_at_the_ridge_solution():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((100, 5)).astype(np.float32), rng.standard_normal((100, 9)).astype(np.float32)
-    cfg = ModelConfig(name="resmlp", hidden=16, ridge_alpha=0.5)
+    cfg = ModelConfig(name="resmlp", hidden=16, ridge_alpha=0.5, init="ridge")
     model = build_model(cfg, 5, 9)
     initialise(model, cfg, x, y)
     ridge = fit_ridge(x, y, alpha=0.5)
     with torch.no_grad():
         assert torch.allclose(model.embed_queries(torch.tensor(x)), ridge(torch.tensor(x)), atol=1e-5)
     assert isinstance(model.translator, ResidualMLP)
+    procrustes_cfg = ModelConfig(name="resmlp", hidden=16, init="procrustes")
+    started = build_model(procrustes_cfg, 5, 9)
+    initialise(started, procrustes_cfg, x, y)
+    with torch.no_grad():
+        expected = fit_procrustes(x, y)(torch.tensor(x))
+        assert torch.allclose(started.embed_queries(torch.tensor(x)), expected, atol=1e-5)
 
 
 def test_standardised_space_round_trips():
