@@ -125,6 +125,28 @@ def _sampler_and_pruner(space: SearchSpace, seed: int):
     return sampler, pruner
 
 
+def _storage(url: str):
+    """SQL storage with heartbeats: trials of a killed process are marked failed and retried once."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # the callback was renamed in optuna 4.9
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        if retry is not None:  # optuna >= 4.9
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=90, heartbeat_stale_trial_callback=retry(max_retry=1)
+            )
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=30,
+            grace_period=90,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
+
+
 def tune(
     data: PairedEmbeddings,
     space: SearchSpace,
@@ -144,7 +166,14 @@ def tune(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    # heartbeats mark trials of a killed process as failed and retry them on the next run
+    storage = optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=30,
+        grace_period=90,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+    )
     sampler, pruner = _sampler_and_pruner(space, seed)
     study = optuna.create_study(
         study_name=study_name,
