@@ -71,8 +71,8 @@ def run_bench(
             f"MRR {r['mrr']:.4f} ({seconds:.0f} s)",
             flush=True,
         )
-    rows.sort(key=lambda row: -row["own_mrr"])
-    paths = write_leaderboard(rows, out_dir, protocol)
+        rows.sort(key=lambda row: -row["own_mrr"])
+        paths = write_leaderboard(rows, out_dir, protocol)  # after every method: partial results survive
     print(f"[bench] leaderboard: {paths['markdown']}, {paths['csv']}, {paths['plot']}")
     return rows
 
