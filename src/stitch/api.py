@@ -16,7 +16,7 @@ from stitch.training import train as _train
 from stitch.training.config import InferenceConfig
 from stitch.training.device import resolve_device
 from stitch.training.run import load_bank
-from stitch.translators import StitchModel
+from stitch.translators import StitchModel, embed_rows
 
 
 def load(
@@ -55,10 +55,8 @@ def _model(run: str | Path | torch.nn.Module | TrainResult, device: torch.device
     return load_model(run, device)[0]
 
 
-@torch.no_grad()
-def _apply(fn, rows: np.ndarray, device: torch.device, chunk: int = 8192) -> np.ndarray:
-    parts = [fn(torch.as_tensor(rows[i : i + chunk], device=device)).float().cpu() for i in range(0, len(rows), chunk)]
-    return torch.cat(parts).numpy()
+def _apply(fn, rows: np.ndarray, device: torch.device) -> np.ndarray:
+    return embed_rows(fn, rows, device).cpu().numpy()
 
 
 def _check_dims(model: StitchModel, text_dim: int, image_dim: int | None = None) -> None:

@@ -158,22 +158,15 @@ def build_report(
     from stitch.retrieval.ranks import cosine_ready, score, text_to_image_ranks
     from stitch.training import load_model
     from stitch.training.run import read_metrics
+    from stitch.translators import embed_rows
 
     out = ensure_writable(out, force)
     run = Path(run)
     data = api.load(data_path)
     target = data.split(split) if split else data
     model, info = load_model(run)
-    with torch.no_grad():
-        q = cosine_ready(
-            torch.cat(
-                [
-                    model.embed_queries(torch.as_tensor(target.captions[i : i + 4096]))
-                    for i in range(0, target.n_captions, 4096)
-                ]
-            )
-        )
-        g = cosine_ready(model.embed_gallery(torch.as_tensor(target.images)))
+    q = cosine_ready(embed_rows(model.embed_queries, target.captions))
+    g = cosine_ready(embed_rows(model.embed_gallery, target.images))
     rescorer, bank = api.scoring_setup(run, model, None, None, None, "cpu")
     scorer = None
     if rescorer is not None:

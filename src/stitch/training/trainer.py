@@ -22,7 +22,7 @@ from stitch.training import run as runfiles
 from stitch.training.batching import CaptionBatches
 from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
-from stitch.translators import CLOSED_FORM, StitchModel, build_model, initialise, output_dim
+from stitch.translators import CLOSED_FORM, StitchModel, build_model, embed_rows, initialise, output_dim
 
 
 @dataclass
@@ -56,14 +56,9 @@ def dev_retrieval(
 ) -> dict[str, float]:
     """Text->image metrics over the dev gallery (used for early stopping)."""
     model.eval()
-    queries = cosine_ready(_embed(model.embed_queries, dev.captions, device), device)
-    gallery = cosine_ready(_embed(model.embed_gallery, dev.images, device), device)
+    queries = cosine_ready(embed_rows(model.embed_queries, dev.captions, device), device)
+    gallery = cosine_ready(embed_rows(model.embed_gallery, dev.images, device), device)
     return rank_metrics(text_to_image_ranks(queries, gallery, dev.caption_image, chunk=chunk))
-
-
-def _embed(fn, rows: np.ndarray, device: torch.device, chunk: int = 8192) -> torch.Tensor:
-    out = [fn(torch.as_tensor(rows[i : i + chunk], device=device)).float() for i in range(0, len(rows), chunk)]
-    return torch.cat(out)
 
 
 def _seed_everything(seed: int) -> None:

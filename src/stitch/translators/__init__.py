@@ -80,6 +80,13 @@ def build_model(model_cfg, text_dim: int, image_dim: int) -> nn.Module:
     return StitchModel(build_translator(model_cfg, text_dim, image_dim), Standardizer(image_dim), text_dim, image_dim)
 
 
+@torch.no_grad()
+def embed_rows(fn, rows: np.ndarray, device: torch.device | str = "cpu", chunk: int = 8192) -> torch.Tensor:
+    """Apply a model side (``embed_queries``, ``embed_gallery``, ...) to numpy rows in chunks, as float32."""
+    parts = [fn(torch.as_tensor(rows[i : i + chunk], device=device)).float() for i in range(0, len(rows), chunk)]
+    return torch.cat(parts)
+
+
 def output_dim(model: nn.Module) -> int:
     """Dimension of the scoring space (what ``embed_queries`` returns per vector)."""
     with torch.no_grad():
@@ -113,6 +120,7 @@ __all__ = [
     "DualEncoder",
     "SetPredictionHead",
     "output_dim",
+    "embed_rows",
     "MLP",
     "LinearMap",
     "ResidualMLP",
