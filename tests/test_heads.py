@@ -23,8 +23,8 @@ def chance_mrr(data):
 
 @pytest.mark.parametrize("n", [3, 6])
 def test_sinkhorn_plan_is_doubly_stochastic(n):
-    scores = torch.randn(4, n, n)
-    plan = sinkhorn(scores, temperature=0.3, iters=200)
+    scores = torch.randn(4, n, n, generator=torch.Generator().manual_seed(n))  # seeded: no flaky draws
+    plan = sinkhorn(scores, temperature=0.3, iters=1000)
     assert torch.allclose(plan.sum(-1), torch.ones(4, n), atol=1e-4)
     assert torch.allclose(plan.sum(-2), torch.ones(4, n), atol=1e-4)
 
