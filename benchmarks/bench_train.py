@@ -76,8 +76,9 @@ def dataloader_loop(kind, captions, owner, images, batch, epochs) -> float:
 def batches_only(captions, owner, images, batch, epochs) -> tuple[float, float]:
     """Samples/s of producing the batches alone (no model): DataLoader vs stitch."""
     gallery = torch.as_tensor(images)
-    loader = DataLoader(TensorDataset(torch.as_tensor(captions), torch.as_tensor(owner)), batch_size=batch,
-                        shuffle=True, drop_last=True)
+    loader = DataLoader(
+        TensorDataset(torch.as_tensor(captions), torch.as_tensor(owner)), batch_size=batch, shuffle=True, drop_last=True
+    )
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
         for x, labels in loader:

@@ -31,6 +31,64 @@ def test_minilm_reproduces_the_shared_caption_embeddings(flickr_npz, minilm):
     assert np.abs(ours - flickr_npz["captions/embeddings"][rows]).max() < 1e-5
 
 
+def test_lean_text_path_matches_sentence_transformers(minilm):
+    texts = [
+        "a dog",
+        "Two children in red jackets play on a snowy hill while their father watches from the car park .",
+        "word " * 400,  # truncated at the model's 256 tokens
+        "",
+        "Ein Hund läuft über die Wiese — 犬が走る",
+        "a dog",
+    ]
+    assert minilm._lean is not None  # MiniLM is transformer + mean pooling + normalise
+    ours = minilm.encode(texts)
+    theirs = minilm.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert ours.shape == (6, 384) and np.abs(ours - theirs).max() < 1e-5
+    assert np.allclose(ours[0], ours[5])  # grouping by length does not mix rows up
+
+
+def test_bf16_text_encoding_stays_close(flickr_npz):
+    from stitch.encoders import text_encoder
+
+    rows = np.arange(3, 35455, 1409)
+    fast = text_encoder("minilm", precision="bf16").encode([str(t) for t in flickr_npz["captions/text"][rows]])
+    cosine = (fast * flickr_npz["captions/embeddings"][rows]).sum(1)
+    assert cosine.min() > 0.999
+    with pytest.raises(ValueError, match="precision"):
+        text_encoder("minilm", precision="fp8")
+
+
+def _all_partitions(n: int, max_group: int):
+    if n == 0:
+        yield []
+        return
+    for size in range(1, min(n, max_group) + 1):
+        for rest in _all_partitions(n - size, max_group):
+            yield [size, *rest]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_padding_groups_are_optimal_against_brute_force(seed):
+    from stitch.encoders.text import padding_groups
+
+    rng = np.random.default_rng(seed)
+    lengths = np.sort(rng.integers(3, 60, size=int(rng.integers(1, 10))))
+    max_group, call_cost = int(rng.integers(1, 6)), int(rng.integers(0, 80))
+
+    def cost(sizes):
+        total, start = 0, 0
+        for size in sizes:
+            total += size * lengths[start + size - 1] + call_cost
+            start += size
+        return total
+
+    groups = padding_groups(lengths, max_group, call_cost)
+    sizes = [g.stop - g.start for g in groups]
+    assert groups[0].start == 0 and groups[-1].stop == len(lengths)
+    assert all(a.stop == b.start for a, b in zip(groups, groups[1:])) and max(sizes) <= max_group
+    assert cost(sizes) == min(cost(p) for p in _all_partitions(len(lengths), max_group))
+
+
 def test_tflite_mobilenet_on_thumbnails_is_close_to_the_shared_image_embeddings(flickr_npz):
     pytest.importorskip("ai_edge_litert")
     from PIL import Image

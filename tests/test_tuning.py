@@ -10,7 +10,7 @@ import yaml
 pytest.importorskip("optuna")
 
 from stitch.training import ConfigError, load_config  # noqa: E402
-from stitch.tuning import SearchSpace, load_space, tune, validate_space  # noqa: E402
+from stitch.tuning import SearchSpace, default_values, load_space, tune, validate_space  # noqa: E402
 
 FAST = ["optim.epochs=3", "model.hidden=32", "optim.batch_size=128", "inference.bank_size=200"]
 
@@ -77,3 +77,17 @@ def test_pruning_really_prunes(tmp_path, small_data):
     assert hopeless and all(t.state == optuna.trial.TrialState.PRUNED for t in hopeless)
     assert all(max(t.intermediate_values) < 5 for t in pruned)  # stopped before the last epoch
     assert any(t.state == optuna.trial.TrialState.COMPLETE and t.params["optim.lr"] == 3e-3 for t in study.trials)
+
+
+def test_trial_zero_is_the_default_recipe_when_it_lies_in_the_space(tmp_path, small_data):
+    inside = space(**{"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}})
+    assert default_values(inside) == {"optim.lr": load_config(None, {}).optim.lr}
+    study = tune(small_data, inside, tmp_path, trials=2, seed=0)
+    assert study.trials[0].params == {"optim.lr": load_config(None, {}).optim.lr}
+    assert study.trials[0].user_attrs["baseline"] is True and "baseline" not in study.trials[1].user_attrs
+    with (tmp_path / "trials.csv").open() as handle:
+        assert [row["baseline"] for row in csv.DictReader(handle)] == ["True", "False"]
+    assert default_values(space()) is None  # lr 5e-4 lies outside [1e-3, 3e-3]
+    no_baseline = SearchSpace(params=inside.params, base=FAST, pruner="none", baseline=False)
+    fresh = tune(small_data, no_baseline, tmp_path / "fresh", trials=1, seed=0)
+    assert "baseline" not in fresh.trials[0].user_attrs

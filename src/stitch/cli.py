@@ -216,6 +216,7 @@ def cmd_serve(args) -> int:
         port=args.port,
         index=args.index,
         text_encoder=args.text_encoder,
+        text_precision=args.text_precision,
     )
     return 0
 
@@ -382,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="serve only this split's images (e.g. dev)")
     p.add_argument("--index", help="a prebuilt index folder (stitch index build); default: exact, built at start")
     p.add_argument("--text-encoder", help="override the text encoder the data records (e.g. minilm)")
+    p.add_argument(
+        "--text-precision",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="query encoding precision on CPU: fp32 reproduces the data's embeddings; bf16/int8 are faster, not exact",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)

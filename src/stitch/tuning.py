@@ -6,6 +6,8 @@ A search space is YAML::
     scoring: run            # run: the trial's own default scoring (inverted softmax); none: plain cosine
     sampler: tpe            # tpe | random
     pruner: median          # median | hyperband | none (prunes from per-epoch dev MRR)
+    startup_trials: 10      # random trials before TPE models the space
+    baseline: true          # trial 0 = the default recipe (under ``base``), so "beats the default" is measured in-study
     base: [optim.epochs=20] # fixed overrides for every trial
     params:
       optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
@@ -40,6 +42,8 @@ class SearchSpace:
     scoring: str = "run"
     sampler: str = "tpe"
     pruner: str = "median"
+    startup_trials: int = 10
+    baseline: bool = True
     base: list[str] = field(default_factory=list)
 
 
@@ -48,7 +52,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.exists():
         raise ConfigError(f"search space {path} does not exist")
     body = yaml.safe_load(path.read_text()) or {}
-    unknown = set(body) - {"params", "objective", "scoring", "sampler", "pruner", "base"}
+    unknown = set(body) - {"params", "objective", "scoring", "sampler", "pruner", "startup_trials", "baseline", "base"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
     space = SearchSpace(
@@ -57,6 +61,8 @@ def load_space(path: str | Path) -> SearchSpace:
         scoring=body.get("scoring", "run"),
         sampler=body.get("sampler", "tpe"),
         pruner=body.get("pruner", "median"),
+        startup_trials=int(body.get("startup_trials", 10)),
+        baseline=bool(body.get("baseline", True)),
         base=list(body.get("base") or []),
     )
     validate_space(space)
@@ -70,6 +76,8 @@ def validate_space(space: SearchSpace) -> None:
         raise ConfigError(
             f"sampler must be tpe|random and pruner median|hyperband|none, got {space.sampler}, {space.pruner}"
         )
+    if space.startup_trials < 1:
+        raise ConfigError(f"startup_trials must be >= 1, got {space.startup_trials}")
     if space.scoring not in ("run", "none"):
         raise ConfigError(f"scoring must be run or none, got {space.scoring!r}")
     for name, spec in space.params.items():
@@ -101,6 +109,24 @@ def suggest(trial, space: SearchSpace) -> dict:
     return values
 
 
+def default_values(space: SearchSpace) -> dict | None:
+    """The default recipe's value of every searched key (under ``base``), or None if one lies outside the space."""
+    config = load_config(None, parse_overrides(space.base))
+    values = {}
+    for name, spec in space.params.items():
+        node = config
+        for part in name.split("."):
+            node = getattr(node, part)
+        if spec["type"] == "categorical":
+            inside = node in spec["choices"]
+        else:
+            inside = float(spec["low"]) <= float(node) <= float(spec["high"])
+        if not inside:
+            return None
+        values[name] = node
+    return values
+
+
 def _merge(space: SearchSpace, values: dict) -> dict:
     merged = parse_overrides(space.base)
     for key, value in values.items():
@@ -115,7 +141,10 @@ def _merge(space: SearchSpace, values: dict) -> dict:
 def _sampler_and_pruner(space: SearchSpace, seed: int):
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=seed) if space.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+    if space.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.startup_trials)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed)
     if space.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     elif space.pruner == "hyperband":
@@ -167,22 +196,19 @@ def tune(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    # heartbeats mark trials of a killed process as failed and retry them on the next run
-    storage = optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=30,
-        grace_period=90,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
     sampler, pruner = _sampler_and_pruner(space, seed)
     study = optuna.create_study(
         study_name=study_name,
-        storage=storage,
+        storage=_storage(url),
         direction="maximize",
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )
+    if space.baseline and not study.trials:
+        baseline = default_values(space)
+        if baseline is not None:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
     dev = data.split("dev") if "dev" in data.split_names() else None
 
     def objective(trial) -> float:
@@ -229,10 +255,17 @@ def write_results(study, space: SearchSpace, out_dir: Path) -> None:
     buffer = io.StringIO()
     names = sorted({k for t in study.trials for k in t.params})
     writer = csv.writer(buffer)
-    writer.writerow(["number", "state", "value", *names, "last_epoch"])
+    writer.writerow(["number", "state", "value", *names, "last_epoch", "baseline"])
     for t in study.trials:
         last = max(t.intermediate_values) if t.intermediate_values else ""
         writer.writerow(
-            [t.number, t.state.name, "" if t.value is None else t.value, *(t.params.get(n, "") for n in names), last]
+            [
+                t.number,
+                t.state.name,
+                "" if t.value is None else t.value,
+                *(t.params.get(n, "") for n in names),
+                last,
+                bool(t.user_attrs.get("baseline")),
+            ]
         )
     atomic_write_text(out_dir / "trials.csv", buffer.getvalue())

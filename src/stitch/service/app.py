@@ -128,6 +128,7 @@ def build_app(
     split: str | None = None,
     index: str | Path | None = None,
     text_encoder: str | None = None,
+    text_precision: str = "fp32",
 ):
     """Load the run, its gallery (an exact index with the run's rescoring, or ``index``) and the text encoder
     the data records (or ``text_encoder``)."""
@@ -139,17 +140,25 @@ def build_app(
     spec = text_encoder or data.encoders.get("text")
     if spec is None and Path(data_path).name == "flickr8k.npz":
         spec = "minilm"  # the shared Flickr8k captions are all-MiniLM-L6-v2 embeddings (../shared/README.md)
-    encoder = TextEncoder(spec) if spec else None
+    encoder = TextEncoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
     return create_app(searcher, images_dir, encoder, title=Path(run).name)
 
 
 def serve(
-    run, data_path, images_dir, split=None, host: str = "127.0.0.1", port: int = 8000, index=None, text_encoder=None
+    run,
+    data_path,
+    images_dir,
+    split=None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    index=None,
+    text_encoder=None,
+    text_precision: str = "fp32",
 ) -> None:
     import uvicorn
 
-    app = build_app(run, data_path, images_dir, split, index, text_encoder)
+    app = build_app(run, data_path, images_dir, split, index, text_encoder, text_precision)
     print(f"serving {run} on http://{host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="warning")

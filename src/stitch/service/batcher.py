@@ -1,5 +1,8 @@
-"""Micro-batching: concurrent queries that arrive within a few milliseconds share one encoder and
-one search call. On a small CPU this multiplies throughput, so latency under load stays low."""
+"""Micro-batching: concurrent queries share one encoder and one search call.
+
+By default nothing waits: the worker takes every query queued when it is free, so a lone query goes
+straight through and, under load, the queries that arrive while a batch is encoded form the next one
+(continuous batching). ``max_wait_ms > 0`` holds a batch open that long for more arrivals."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import numpy as np
 
 
 class MicroBatcher:
-    def __init__(self, searcher, text_encoder=None, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+    def __init__(self, searcher, text_encoder=None, max_batch: int = 64, max_wait_ms: float = 0.0) -> None:
         self.searcher, self.text_encoder = searcher, text_encoder
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue | None = None
@@ -34,8 +37,10 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             deadline = time.perf_counter() + self.max_wait
-            while len(batch) < self.max_batch:
+            while self.max_wait > 0 and len(batch) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
