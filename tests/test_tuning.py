@@ -10,7 +10,15 @@ import yaml
 pytest.importorskip("optuna")
 
 from stitch.training import ConfigError, load_config  # noqa: E402
-from stitch.tuning import SearchSpace, default_values, load_space, tune, validate_space  # noqa: E402
+from stitch.tuning import (  # noqa: E402
+    Confirmation,
+    SearchSpace,
+    confirm,
+    default_values,
+    load_space,
+    tune,
+    validate_space,
+)
 
 FAST = ["optim.epochs=3", "model.hidden=32", "optim.batch_size=128", "inference.bank_size=200"]
 
@@ -91,3 +99,30 @@ def test_trial_zero_is_the_default_recipe_when_it_lies_in_the_space(tmp_path, sm
     no_baseline = SearchSpace(params=inside.params, base=FAST, pruner="none", baseline=False)
     fresh = tune(small_data, no_baseline, tmp_path / "fresh", trials=1, seed=0)
     assert "baseline" not in fresh.trials[0].user_attrs
+
+
+def test_confirm_retrains_default_and_winner_with_new_seeds(tmp_path, small_data):
+    from stitch import api
+
+    study = tune(small_data, space(), tmp_path, trials=2, seed=0)
+    result = confirm(small_data, space(), study, tmp_path, seeds=2)
+    assert result.winner == f"trial {study.best_trial.number}"
+    assert [len(v) for v in result.scores.values()] == [2, 2]
+    with (tmp_path / "confirm.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["config"], r["seed"]) for r in rows] == [
+        ("default", "1"),
+        ("default", "2"),
+        (result.winner, "1"),
+        (result.winner, "2"),
+    ]
+    # the default's seed-1 score is what training the default with seed 1 gives
+    config = load_config(None, [*FAST, "seed=1"])
+    direct = api.evaluate(api.train(small_data, config, progress=False), small_data.split("dev"))[0].metrics["mrr"]
+    assert result.scores["default"][0] == pytest.approx(direct)
+
+
+def test_beating_the_default_needs_every_seed_above_it():
+    assert Confirmation("trial 4", {"default": [0.30, 0.31, 0.32], "trial 4": [0.33, 0.34, 0.33]}).beats_default
+    close = Confirmation("trial 4", {"default": [0.30, 0.31, 0.33], "trial 4": [0.32, 0.34, 0.35]})
+    assert close.gap == pytest.approx(0.0233, abs=1e-4) and not close.beats_default

@@ -222,12 +222,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from stitch.tuning import load_space, tune
+    from stitch.tuning import confirm, load_space, tune
 
     data = _load_data(args)
+    space = load_space(args.space)
     study = tune(
         data,
-        load_space(args.space),
+        space,
         args.out,
         storage=args.storage,
         study_name=args.study,
@@ -245,6 +246,13 @@ def cmd_tune(args) -> int:
     if states.count("COMPLETE"):
         print(f"best dev value {study.best_value:.4f}: {study.best_params}")
         print(f"train-ready config: {Path(args.out) / 'best.yaml'}; trial table: {Path(args.out) / 'trials.csv'}")
+        if args.confirm_seeds:
+            print(f"retraining the default and the best trial with {args.confirm_seeds} new seeds each ...")
+            result = confirm(data, space, study, args.out, args.confirm_seeds)
+            for name, values in result.scores.items():
+                print(f"  {name:<12} dev {space.objective} " + " ".join(f"{v:.4f}" for v in values))
+            verdict = "beats the default on every seed" if result.beats_default else "does not clearly beat the default"
+            print(f"  {result.winner} {verdict} (mean Δ {result.gap:+.4f}); {Path(args.out) / 'confirm.csv'}")
     return 0
 
 
@@ -404,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder under OUT/runs")
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the study, retrain the default and the best trial with N new seeds each (confirm.csv)",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="a self-contained HTML report of what a run learned")
