@@ -7,6 +7,7 @@ A search space is YAML::
     sampler: tpe            # tpe | random
     pruner: median          # median | hyperband | none (prunes from per-epoch dev MRR)
     startup_trials: 10      # random trials before TPE models the space
+    prune_after: 3          # completed trials before the median pruner starts judging
     baseline: true          # trial 0 = the default recipe (under ``base``), so "beats the default" is measured in-study
     base: [optim.epochs=20] # fixed overrides for every trial
     params:
@@ -22,6 +23,7 @@ study); re-running the same command continues the study without repeating finish
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class SearchSpace:
     sampler: str = "tpe"
     pruner: str = "median"
     startup_trials: int = 10
+    prune_after: int = 3
     baseline: bool = True
     base: list[str] = field(default_factory=list)
 
@@ -52,7 +55,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.exists():
         raise ConfigError(f"search space {path} does not exist")
     body = yaml.safe_load(path.read_text()) or {}
-    unknown = set(body) - {"params", "objective", "scoring", "sampler", "pruner", "startup_trials", "baseline", "base"}
+    unknown = set(body) - {f.name for f in dataclasses.fields(SearchSpace)}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
     space = SearchSpace(
@@ -62,6 +65,7 @@ def load_space(path: str | Path) -> SearchSpace:
         sampler=body.get("sampler", "tpe"),
         pruner=body.get("pruner", "median"),
         startup_trials=int(body.get("startup_trials", 10)),
+        prune_after=int(body.get("prune_after", 3)),
         baseline=bool(body.get("baseline", True)),
         base=list(body.get("base") or []),
     )
@@ -76,8 +80,10 @@ def validate_space(space: SearchSpace) -> None:
         raise ConfigError(
             f"sampler must be tpe|random and pruner median|hyperband|none, got {space.sampler}, {space.pruner}"
         )
-    if space.startup_trials < 1:
-        raise ConfigError(f"startup_trials must be >= 1, got {space.startup_trials}")
+    if space.startup_trials < 1 or space.prune_after < 1:
+        raise ConfigError(
+            f"startup_trials and prune_after must be >= 1, got {space.startup_trials}, {space.prune_after}"
+        )
     if space.scoring not in ("run", "none"):
         raise ConfigError(f"scoring must be run or none, got {space.scoring!r}")
     for name, spec in space.params.items():
@@ -146,7 +152,7 @@ def _sampler_and_pruner(space: SearchSpace, seed: int):
     else:
         sampler = optuna.samplers.RandomSampler(seed)
     if space.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=space.prune_after, n_warmup_steps=1)
     elif space.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=1)
     else:
