@@ -107,3 +107,17 @@ def test_warmup_then_cosine_schedule():
     f = warmup_cosine(100, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5, abs=0.02) and f(100) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("rerank", ["is", "csls"])
+def test_per_epoch_scored_mrr_is_what_evaluate_reports(small_data, rerank):
+    overrides = [*FAST, "optim.epochs=3", "patience=9", f"inference.rerank={rerank}", "inference.beta=20"]
+    result = api.train(small_data, None, overrides=overrides, progress=False)
+    key = f"dev_mrr_{rerank}"
+    assert all(key in row for row in result.history)
+    best = next(row for row in result.history if row["epoch"] == result.best_epoch)
+    dev = small_data.split("dev")
+    assert best[key] == pytest.approx(api.evaluate(result, dev)[0].metrics["mrr"], abs=1e-6)
+    assert best["dev_mrr"] == pytest.approx(api.evaluate(result, dev, rerank="none")[0].metrics["mrr"], abs=1e-6)
+    plain = api.train(small_data, None, overrides=[*FAST, "optim.epochs=1", "inference.rerank=none"], progress=False)
+    assert not any(k.startswith("dev_mrr_") for k in plain.history[0])

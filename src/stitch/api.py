@@ -10,7 +10,7 @@ import torch
 from stitch.data import PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
-from stitch.retrieval.hubness import Rescorer, build_rescorer
+from stitch.retrieval.hubness import Rescorer, configured_rescorer
 from stitch.training import TrainConfig, TrainResult, load_config, load_model, read_info
 from stitch.training import train as _train
 from stitch.training.config import InferenceConfig
@@ -108,8 +108,8 @@ def evaluate(
 def run_inference_defaults(run) -> tuple[InferenceConfig | None, np.ndarray | None, float | None]:
     """The run's inference config, kept query bank (raw captions) and learnt temperature, where known."""
     if isinstance(run, TrainResult):
-        cfg = None
-        if run.run_dir is not None:
+        cfg = run.config.inference if run.config is not None else None
+        if cfg is None and run.run_dir is not None:
             cfg = read_info(run.run_dir).config.inference
         return cfg or InferenceConfig(), run.bank, run.temperature
     if isinstance(run, (str, Path)):
@@ -124,19 +124,14 @@ def scoring_setup(run, model, rerank, rerank_params, bank, device) -> tuple[Resc
     name = rerank if rerank is not None else (cfg.rerank if cfg else "none")
     if name in (None, "none"):
         return None, None
-    params = dict(rerank_params or {})
-    if name in ("is", "qbnorm", "dbnorm") and "beta" not in params:
-        configured = cfg.beta if cfg else 0.0
-        params["beta"] = configured or (1.0 / temperature if temperature else 20.0)
-    if name == "csls" and "k" not in params and cfg:
-        params["k"] = cfg.k
     captions = bank if bank is not None else run_bank
     if captions is None:
         raise ValueError(
             f"rerank {name!r} needs a query bank of training captions: this run has none; "
             "pass bank= or use rerank='none'"
         )
-    return build_rescorer(name, **params), _apply(model.embed_queries, np.asarray(captions, np.float32), device)
+    rescorer = configured_rescorer(name, rerank_params, cfg, temperature)
+    return rescorer, _apply(model.embed_queries, np.asarray(captions, np.float32), device)
 
 
 def predict(

@@ -219,9 +219,12 @@ def tune(
         config = load_config(None, overrides)
 
         def report(epoch: int, row: dict) -> None:
-            trial.report(float(row["dev_mrr"]), epoch)
+            # prune on the scoring the objective uses: the run's own (e.g. dev_mrr_is) or plain cosine
+            scored = [k for k in row if k.startswith("dev_mrr_")] if space.scoring == "run" else []
+            value = float(row[scored[0]] if scored else row["dev_mrr"])
+            trial.report(value, epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (dev MRR {row['dev_mrr']:.4f})")
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (dev MRR {value:.4f})")
 
         run_dir = out_dir / "runs" / f"trial-{trial.number:04d}" if keep_runs else None
         metrics = _train_and_score(data, config, space, run_dir, report)

@@ -186,3 +186,15 @@ def build_rescorer(name: str, **params) -> Rescorer:
         raise ValueError(f"bad parameters for rerank {name!r}: {err}") from err
     rescorer.params = dict(params)
     return rescorer
+
+
+def configured_rescorer(name: str, params: dict | None, inference=None, temperature: float | None = None) -> Rescorer:
+    """A rescorer with a run's defaults filled in: β of IS/QB-Norm/DBNorm = the configured β, else
+    1 / the learnt temperature, else 20; k of CSLS from the config. ``inference`` is an InferenceConfig."""
+    params = dict(params or {})
+    if name in ("is", "qbnorm", "dbnorm") and "beta" not in params:
+        configured = inference.beta if inference is not None else 0.0
+        params["beta"] = configured or (1.0 / temperature if temperature else 20.0)
+    if name == "csls" and "k" not in params and inference is not None:
+        params["k"] = inference.k
+    return build_rescorer(name, **params)

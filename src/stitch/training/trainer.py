@@ -16,6 +16,7 @@ from stitch.data import PairedEmbeddings, train_dev_split
 from stitch.losses import build_loss
 from stitch.losses.set_losses import SetInfoNCELoss, SetTripletLoss
 from stitch.outputs.atomic import atomic_write_text
+from stitch.retrieval.hubness import configured_rescorer
 from stitch.retrieval.metrics import rank_metrics
 from stitch.retrieval.ranks import cosine_ready, text_to_image_ranks
 from stitch.training import run as runfiles
@@ -35,6 +36,7 @@ class TrainResult:
     run_dir: Path | None
     bank: np.ndarray | None = None  # raw training captions kept as the query bank
     temperature: float | None = None  # learnt temperature of the contrastive loss, if any
+    config: TrainConfig | None = None  # what trained it (its inference settings choose the scoring)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -54,11 +56,37 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
 def dev_retrieval(
     model: StitchModel, dev: PairedEmbeddings, device: torch.device, chunk: int = 1024
 ) -> dict[str, float]:
-    """Text->image metrics over the dev gallery (used for early stopping)."""
+    """Text->image metrics over the dev gallery with plain cosine scores (used for early stopping)."""
     model.eval()
     queries = cosine_ready(embed_rows(model.embed_queries, dev.captions, device), device)
     gallery = cosine_ready(embed_rows(model.embed_gallery, dev.images, device), device)
     return rank_metrics(text_to_image_ranks(queries, gallery, dev.caption_image, chunk=chunk))
+
+
+@torch.no_grad()
+def dev_scored_mrr(
+    model: StitchModel, dev: PairedEmbeddings, bank: np.ndarray, config: TrainConfig, temperature, device
+) -> float | None:
+    """Dev MRR under the run's own scoring (e.g. inverted softmax over its query bank): what ``stitch
+    evaluate`` will report. Logged each epoch so that tuning prunes on the objective it maximises."""
+    name = config.inference.rerank
+    if name == "none":
+        return None
+    model.eval()
+    queries = cosine_ready(embed_rows(model.embed_queries, dev.captions, device), device)
+    if queries.ndim == 3 and name in ("center", "whiten"):
+        return None
+    gallery = cosine_ready(embed_rows(model.embed_gallery, dev.images, device), device)
+    rescorer = configured_rescorer(name, None, config.inference, temperature)
+    rescorer.fit(cosine_ready(embed_rows(model.embed_queries, bank, device), device), gallery)
+    ranks = text_to_image_ranks(
+        rescorer.queries(queries),
+        rescorer.gallery(gallery),
+        dev.caption_image,
+        chunk=config.eval_chunk,
+        scorer=lambda start, scores: rescorer.adjust(scores),
+    )
+    return rank_metrics(ranks)["mrr"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -142,7 +170,7 @@ def train(
             runfiles.append_metrics(run_dir, row)
             _write_summary(run_dir, 0, metrics, how)
         bank = _keep_bank(train_set, config, run_dir, None)
-        return TrainResult(model.eval(), 0, metrics, [row], how, run_dir, bank, None)
+        return TrainResult(model.eval(), 0, metrics, [row], how, run_dir, bank, None, config)
 
     return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback)
 
@@ -192,6 +220,7 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
     total_steps = optim_cfg.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, optim_cfg.warmup_fraction))
 
+    bank_queries = _keep_bank(train_set, config, None, None)
     start_epoch, best, best_epoch, stale, history = 0, -1.0, -1, 0, []
     best_state = None
     if resume:
@@ -245,6 +274,10 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
             "seconds": round(time.time() - started, 2),
             **loss_fn.extra_state(),
         }
+        temperature = loss_fn.extra_state().get("temperature")
+        scored = dev_scored_mrr(model, dev_set, bank_queries, config, temperature, device)
+        if scored is not None:
+            row[f"dev_mrr_{config.inference.rerank}"] = scored
         history.append(row)
         if writer is not None:
             for key, value in row.items():
@@ -287,8 +320,9 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
     if run_dir is not None:
         _write_summary(run_dir, best_epoch, dev_metrics, how)
     temperature = loss_fn.extra_state().get("temperature")
-    bank = _keep_bank(train_set, config, run_dir, temperature)
-    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir, bank, temperature)
+    if run_dir is not None:
+        runfiles.save_bank(run_dir, bank_queries, temperature)
+    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir, bank_queries, temperature, config)
 
 
 def _keep_bank(train_set: PairedEmbeddings, config: TrainConfig, run_dir: Path | None, temperature) -> np.ndarray:
