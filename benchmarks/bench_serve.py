@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--run", help="run folder (default: a ridge run trained now)")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--text-precision", default="fp32", choices=("fp32", "bf16", "int8"))
+    parser.add_argument("--text-precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
     if not DATA.exists():
         sys.exit(f"{DATA} is absent: the shared data must sit beside the repo as ../shared")

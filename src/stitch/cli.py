@@ -393,9 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", help="override the text encoder the data records (e.g. minilm)")
     p.add_argument(
         "--text-precision",
-        choices=("fp32", "bf16", "int8"),
+        choices=("fp32", "bf16"),
         default="fp32",
-        help="query encoding precision on CPU: fp32 reproduces the data's embeddings; bf16/int8 are faster, not exact",
+        help="query encoding precision on CPU: fp32 reproduces the data's embeddings; bf16 is ~1.3x faster, not exact",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

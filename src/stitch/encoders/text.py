@@ -3,8 +3,10 @@
 Models that are a transformer + mean pooling (+ normalisation), like all-MiniLM-L6-v2, run on a lean
 path: one tokenizer call, inputs sorted by length and cut into groups that waste little padding, the
 transformer, masked mean. It gives sentence-transformers' embeddings (to ~1e-7) with less overhead per
-call, which is what a search service answering short queries spends its time on. ``precision`` trades
-exactness for speed on CPU: ``int8`` (dynamic quantisation of the linear layers) or ``bf16`` (autocast).
+call, which is what a search service answering short queries spends its time on. ``precision="bf16"``
+(autocast) trades exactness for speed: about 1.3x faster on CPUs with AVX-512 BF16, cosine 0.99998 to
+the fp32 embeddings. (Dynamic int8 quantisation was measured too and left out: 2x faster, but its
+cosine to the exact embeddings fell to 0.94, 0.978 with per-channel weights.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16")
 # a forward call costs about as much as this many extra padded tokens (Python and kernel-launch overhead)
 CALL_COST_TOKENS = 48
 
@@ -24,7 +26,6 @@ class TextEncoder:
 
     def __init__(self, spec: str, device: str = "cpu", batch_size: int = 64, precision: str = "fp32") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
         from sentence_transformers import SentenceTransformer
 
         if precision not in PRECISIONS:
@@ -39,16 +40,6 @@ class TextEncoder:
             else self.model.get_sentence_embedding_dimension()
         )
         self._lean = _lean_parts(self.model)
-        if precision == "int8":
-            if self.model.device.type != "cpu":
-                raise ValueError("int8 text encoding is a CPU option")
-            import warnings
-
-            from torch.ao.quantization import quantize_dynamic
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # torch's notice that quantised tensors are deprecated
-                quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
