@@ -82,8 +82,12 @@ def _curves(history: list[dict]) -> str | None:
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8))
     axes = np.atleast_1d(axes)
     epochs = [int(r["epoch"]) for r in history]
+    scored = [k for k in history[0] if k.startswith("dev_mrr_")]  # dev MRR under the run's own scoring
     for ax, key in zip(axes, keys):
-        ax.plot(epochs, [float(r[key]) for r in history], marker="o", markersize=3)
+        ax.plot(epochs, [float(r[key]) for r in history], marker="o", markersize=3, label="cosine")
+        if key == "dev_mrr" and scored:
+            ax.plot(epochs, [float(r[scored[0]]) for r in history], marker="o", markersize=3, label=scored[0][8:])
+            ax.legend(fontsize=8)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch")
     fig.tight_layout()
