@@ -13,7 +13,8 @@ from stitch.training.config import ModelConfig
 from stitch.translators import DualEncoder, build_model
 from stitch.translators.sinkhorn import set_similarity, sinkhorn
 
-FAST = ["model.hidden=64", "optim.batch_size=128", "optim.lr=2e-3", "optim.epochs=8", "patience=8"]
+# a scaled-down model: 64 hidden units want less dropout than the default recipe's 0.535 on 3072
+FAST = ["model.hidden=64", "model.dropout=0.1", "optim.batch_size=128", "optim.lr=2e-3", "optim.epochs=8", "patience=8"]
 
 
 def chance_mrr(data):

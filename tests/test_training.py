@@ -11,14 +11,18 @@ from stitch.training import RunError, load_config, load_model, train
 from stitch.training.run import read_metrics
 from stitch.training.trainer import warmup_cosine
 
-FAST = ["model.hidden=64", "optim.batch_size=128", "optim.lr=2e-3"]
+# a scaled-down model: 64 hidden units want less dropout than the default recipe's 0.535 on 3072
+FAST = ["model.hidden=64", "model.dropout=0.1", "optim.batch_size=128", "optim.lr=2e-3"]
 
 
 def test_trained_resmlp_beats_its_ridge_start(small_data):
     ridge = api.train(small_data, None, overrides=["model.name=ridge"], progress=False)
     res = api.train(small_data, None, overrides=[*FAST, "optim.epochs=12", "patience=12"], progress=False)
     assert res.dev_metrics["mrr"] > ridge.dev_metrics["mrr"] + 0.01
-    losses = [row["train_loss"] for row in res.history]
+    # the loss falls (checked without the memory queue: while the queue fills it adds negatives, so the
+    # loss of the first epochs is not comparable with the later ones)
+    overrides = [*FAST, "optim.epochs=12", "patience=12", "loss.queue_size=0"]
+    losses = [row["train_loss"] for row in api.train(small_data, None, overrides=overrides, progress=False).history]
     assert losses[-1] < losses[0]
 
 

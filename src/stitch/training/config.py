@@ -22,9 +22,9 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "resmlp"  # ridge | procrustes | mlp | resmlp | dual | set
-    hidden: int = 2048
+    hidden: int = 3072
     depth: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.535
     activation: str = "gelu"
     ridge_alpha: float = 1.0
     init: str = "procrustes"  # closed-form start of resmlp / set heads: procrustes | ridge
@@ -52,11 +52,11 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "infonce"  # mse | cosine | infonce | siglip | contrastive | triplet | set-triplet | set-infonce
-    temperature: float = 0.05
+    temperature: float = 0.0715
     learnable_temperature: bool = True
     margin: float = 0.2  # contrastive / triplet / set-triplet
     miner: str = "none"  # none | all | hardest | semihard | distance-weighted
-    queue_size: int = 0  # > 0: cross-batch memory of past images as extra negatives
+    queue_size: int = 4096  # > 0: memory of past images as extra negatives (losses with negatives only)
     hard_negatives: int = 0  # with a queue: keep only the top-k hardest memory negatives
     norm_weight: float = 0.0  # embedding-norm regulariser
     sinkhorn_temperature: float = 0.2  # set-triplet matching
@@ -66,10 +66,10 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    epochs: int = 30
-    batch_size: int = 1024
+    lr: float = 7.08e-4
+    weight_decay: float = 0.014
+    epochs: int = 20
+    batch_size: int = 512
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
 
@@ -93,7 +93,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    patience: int = 5  # epochs without dev MRR gain before stopping
+    patience: int = 3  # epochs without dev MRR gain before stopping
     dev_fraction: float = 0.1  # used only when the data has no train/dev split column
     eval_chunk: int = 1024
     tensorboard: bool = False  # log per-epoch metrics to RUN/tensorboard

@@ -175,6 +175,9 @@ def train(
     return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback)
 
 
+REGRESSION_LOSSES = ("mse", "cosine")
+
+
 def make_loss(config: TrainConfig, dim: int):
     """The configured loss (set losses for set heads, else the shared metric-learning builder)."""
     lc = config.loss
@@ -188,7 +191,7 @@ def make_loss(config: TrainConfig, dim: int):
         lc.learnable_temperature,
         lc.margin,
         lc.miner,
-        lc.queue_size,
+        0 if lc.name in REGRESSION_LOSSES else lc.queue_size,  # a queue holds negatives: none to hold here
         lc.hard_negatives,
         lc.norm_weight,
         dim,
