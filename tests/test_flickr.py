@@ -29,7 +29,8 @@ def test_ridge_on_flickr_dev_matches_the_reference(flickr, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_recipe_reaches_the_issue_target(flickr, tmp_path):
-    api.train(flickr, None, out=tmp_path / "default", progress=False)
-    t2i = api.evaluate(tmp_path / "default", flickr, split="dev")[0]
-    assert t2i.metrics["recall@1"] >= 0.19 and t2i.metrics["mrr"] >= 0.31
+def test_default_recipe_reaches_the_issue_target(flickr, default_flickr_run):
+    t2i = api.evaluate(default_flickr_run, flickr, split="dev")[0]
+    assert t2i.protocol == "full+is" and t2i.gallery == 1000
+    # the leaderboard issue's targets (the first issue asked for 0.19 / 0.31); measured 0.247 / 0.383
+    assert t2i.metrics["recall@1"] >= 0.24 and t2i.metrics["mrr"] >= 0.36
