@@ -49,6 +49,8 @@ def test_health_search_and_images(ridge_service):
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
         same = client.post("/search", json={"text": "a dog runs through the grass", "k": 5}).json()
         assert [h["name"] for h in same["results"]] == [h["name"] for h in body["results"]]
+        assert [h["score"] for h in same["results"]] == scores  # the second one came from the query cache
+        assert client.get("/health").json()["query_cache"]["hits"] >= 1
         emb = data.captions[0].tolist()
         by_embedding = client.post("/search", json={"embedding": emb, "k": 3})
         assert by_embedding.status_code == 200 and len(by_embedding.json()["results"]) == 3

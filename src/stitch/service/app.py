@@ -87,6 +87,7 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
             "text_encoder": getattr(text_encoder, "spec", None),
             "index": searcher.index.kind,
             "rescoring": getattr(searcher.rescorer, "name", "none"),
+            "query_cache": {"size": len(batcher.cache), "hits": batcher.cache_hits},
         }
 
     @app.get("/search", response_model=SearchResponse)

@@ -2,21 +2,29 @@
 
 By default nothing waits: the worker takes every query queued when it is free, so a lone query goes
 straight through and, under load, the queries that arrive while a batch is encoded form the next one
-(continuous batching). ``max_wait_ms > 0`` holds a batch open that long for more arrivals."""
+(continuous batching). ``max_wait_ms > 0`` holds a batch open that long for more arrivals.
+
+Encoded queries are kept in a small LRU cache (``cache_size`` texts): repeated searches — a page
+reload, a popular query, the next page of results — skip the encoder, the costly part."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 
 class MicroBatcher:
-    def __init__(self, searcher, text_encoder=None, max_batch: int = 64, max_wait_ms: float = 0.0) -> None:
+    def __init__(
+        self, searcher, text_encoder=None, max_batch: int = 64, max_wait_ms: float = 0.0, cache_size: int = 4096
+    ) -> None:
         self.searcher, self.text_encoder = searcher, text_encoder
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()  # touched only by the executor's one thread
+        self.cache_size, self.cache_hits = cache_size, 0
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stitch-search")
@@ -62,11 +70,24 @@ class MicroBatcher:
 
     def _process(self, batch: list) -> list:
         rows: list[np.ndarray | None] = [None] * len(batch)
-        texts = [(i, t) for i, (t, _, _, _) in enumerate(batch) if t is not None]
-        if texts:
-            encoded = self.text_encoder.encode([t for _, t in texts])
-            for (i, _), row in zip(texts, encoded):
-                rows[i] = row
+        missing: dict[str, list[int]] = {}
+        for i, (text, _, _, _) in enumerate(batch):
+            if text is None:
+                continue
+            if text in self.cache:
+                self.cache.move_to_end(text)
+                rows[i], self.cache_hits = self.cache[text], self.cache_hits + 1
+            else:
+                missing.setdefault(text, []).append(i)
+        if missing:
+            encoded = self.text_encoder.encode(list(missing))
+            for (text, positions), row in zip(missing.items(), encoded):
+                for i in positions:
+                    rows[i] = row
+                if self.cache_size > 0:
+                    self.cache[text] = row.copy()  # a copy: a view would keep the whole batch alive
+                    if len(self.cache) > self.cache_size:
+                        self.cache.popitem(last=False)
         for i, (_, embedding, _, _) in enumerate(batch):
             if embedding is not None:
                 rows[i] = np.asarray(embedding, dtype=np.float32)
