@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stitch.training.config import ConfigError, TrainConfig, config_from_dict, load_config, parse_overrides
@@ -47,3 +49,9 @@ def test_round_trip_through_dict():
 
 def test_override_parsing_is_nested():
     assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
+
+
+def test_shipped_default_yaml_is_the_built_in_default():
+    """`stitch train` with no config and with configs/default.yaml train the same recipe."""
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    assert load_config(shipped, []).to_dict() == load_config(None, []).to_dict()
