@@ -23,9 +23,8 @@ study); re-running the same command continues the study without repeating finish
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -33,6 +32,7 @@ import yaml
 from stitch.data import PairedEmbeddings
 from stitch.outputs.atomic import atomic_write_text
 from stitch.training.config import ConfigError, load_config, parse_overrides
+from stitch.training.trainer import scored_mrr_key
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -55,7 +55,7 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.exists():
         raise ConfigError(f"search space {path} does not exist")
     body = yaml.safe_load(path.read_text()) or {}
-    unknown = set(body) - {f.name for f in dataclasses.fields(SearchSpace)}
+    unknown = set(body) - {f.name for f in fields(SearchSpace)}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
     space = SearchSpace(
@@ -220,8 +220,8 @@ def tune(
 
         def report(epoch: int, row: dict) -> None:
             # prune on the scoring the objective uses: the run's own (e.g. dev_mrr_is) or plain cosine
-            scored = [k for k in row if k.startswith("dev_mrr_")] if space.scoring == "run" else []
-            value = float(row[scored[0]] if scored else row["dev_mrr"])
+            scored = scored_mrr_key(row) if space.scoring == "run" else None
+            value = float(row[scored or "dev_mrr"])
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (dev MRR {value:.4f})")

@@ -68,7 +68,7 @@ class TextEncoder:
         lengths = np.array([len(t) for t in tokens])
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        pad = tokenizer.pad_token_id or 0
+        pad = tokenizer.pad_token_id  # never None: _lean_parts checked it
         device = self.model.device
         for group in padding_groups(lengths[order], self.batch_size):
             rows = order[group]

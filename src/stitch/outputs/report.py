@@ -76,17 +76,19 @@ def _curves(history: list[dict]) -> str | None:
     if not history or all(not str(r.get("train_loss", "")).strip() for r in history):
         return None
     from stitch.outputs.plots import _pyplot
+    from stitch.training.trainer import SCORED_MRR_PREFIX, scored_mrr_key
 
     plt = _pyplot()
     keys = [k for k in ("train_loss", "dev_mrr", "dev_recall@1", "temperature") if k in history[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8))
     axes = np.atleast_1d(axes)
     epochs = [int(r["epoch"]) for r in history]
-    scored = [k for k in history[0] if k.startswith("dev_mrr_")]  # dev MRR under the run's own scoring
+    scored = scored_mrr_key(history[0])  # dev MRR under the run's own scoring
     for ax, key in zip(axes, keys):
         ax.plot(epochs, [float(r[key]) for r in history], marker="o", markersize=3, label="cosine")
         if key == "dev_mrr" and scored:
-            ax.plot(epochs, [float(r[scored[0]]) for r in history], marker="o", markersize=3, label=scored[0][8:])
+            label = scored[len(SCORED_MRR_PREFIX) :]
+            ax.plot(epochs, [float(r[scored]) for r in history], marker="o", markersize=3, label=label)
             ax.legend(fontsize=8)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("epoch")

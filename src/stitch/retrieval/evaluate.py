@@ -47,6 +47,27 @@ def describe_protocol(protocol: str, gallery: int) -> str:
     return text + (f", rescored with {rerank} (bank: training queries)" if rerank else "")
 
 
+def rescored_space(
+    q: torch.Tensor,
+    g: torch.Tensor,
+    rescorer: Rescorer | None,
+    query_bank: np.ndarray | torch.Tensor | None,
+    gallery_bank: np.ndarray | torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+):
+    """Fit ``rescorer`` on its banks; return the queries, gallery and score adjustment to rank with
+    (``q``, ``g`` and None for plain cosine)."""
+    if rescorer is None or rescorer.name == "none":
+        return q, g, None
+    if q.ndim == 3 and rescorer.name in ("center", "whiten"):
+        raise ValueError(f"{rescorer.name} transforms single query vectors; use model.aggregation=mean")
+    if query_bank is None:
+        raise ValueError(f"rerank {rescorer.name!r} needs a query bank (e.g. the translated training captions)")
+    g_bank = None if gallery_bank is None else cosine_ready(gallery_bank, device)
+    rescorer.fit(cosine_ready(query_bank, device), g, g_bank)
+    return rescorer.queries(q), rescorer.gallery(g), (lambda start, scores: rescorer.adjust(scores))
+
+
 def evaluate_embeddings(
     queries: np.ndarray | torch.Tensor,
     gallery: np.ndarray | torch.Tensor,
@@ -69,17 +90,8 @@ def evaluate_embeddings(
     q = cosine_ready(queries, device)
     g = cosine_ready(gallery, device)
     caption_image = np.asarray(caption_image, dtype=np.int64)
-    q_scored, g_scored, scorer, tag = q, g, None, protocol
-    if rescorer is not None and rescorer.name != "none":
-        if q.ndim == 3 and rescorer.name in ("center", "whiten"):
-            raise ValueError(f"{rescorer.name} transforms single query vectors; use model.aggregation=mean")
-        if query_bank is None:
-            raise ValueError(f"rerank {rescorer.name!r} needs a query bank (e.g. the translated training captions)")
-        bank = cosine_ready(query_bank, device)
-        g_bank = None if gallery_bank is None else cosine_ready(gallery_bank, device)
-        rescorer.fit(bank, g, g_bank)
-        q_scored, g_scored = rescorer.queries(q), rescorer.gallery(g)
-        scorer, tag = (lambda start, scores: rescorer.adjust(scores)), f"{protocol}+{rescorer.name}"
+    q_scored, g_scored, scorer = rescored_space(q, g, rescorer, query_bank, gallery_bank, device)
+    tag = protocol if scorer is None else f"{protocol}+{rescorer.name}"
     if protocol == "kaggle100":
         ranks = sampled_candidate_ranks(
             q_scored, g_scored, caption_image, n_candidates=100, seed=seed, chunk=chunk, scorer=scorer

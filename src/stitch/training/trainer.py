@@ -16,7 +16,8 @@ from stitch.data import PairedEmbeddings, train_dev_split
 from stitch.losses import build_loss
 from stitch.losses.set_losses import SetInfoNCELoss, SetTripletLoss
 from stitch.outputs.atomic import atomic_write_text
-from stitch.retrieval.hubness import configured_rescorer
+from stitch.retrieval.evaluate import rescored_space
+from stitch.retrieval.hubness import Rescorer, configured_rescorer
 from stitch.retrieval.metrics import rank_metrics
 from stitch.retrieval.ranks import cosine_ready, text_to_image_ranks
 from stitch.training import run as runfiles
@@ -52,41 +53,38 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
     return factor
 
 
+# per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
+SCORED_MRR_PREFIX = "dev_mrr_"
+
+
+def scored_mrr_key(row: dict) -> str | None:
+    """The key of a metrics row's dev MRR under the run's own scoring, if it has one."""
+    return next((k for k in row if k.startswith(SCORED_MRR_PREFIX)), None)
+
+
 @torch.no_grad()
 def dev_retrieval(
-    model: StitchModel, dev: PairedEmbeddings, device: torch.device, chunk: int = 1024
+    model: StitchModel,
+    dev: PairedEmbeddings,
+    device: torch.device,
+    chunk: int = 1024,
+    rescorer: Rescorer | None = None,
+    bank: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Text->image metrics over the dev gallery with plain cosine scores (used for early stopping)."""
+    """Text->image metrics over the dev gallery with plain cosine scores (used for early stopping).
+
+    With a ``rescorer`` (fitted on the translated query ``bank``) it adds ``scored_mrr``, the dev MRR
+    under the run's own scoring — what ``stitch evaluate`` reports — so that tuning can prune on it."""
     model.eval()
     queries = cosine_ready(embed_rows(model.embed_queries, dev.captions, device), device)
     gallery = cosine_ready(embed_rows(model.embed_gallery, dev.images, device), device)
-    return rank_metrics(text_to_image_ranks(queries, gallery, dev.caption_image, chunk=chunk))
-
-
-@torch.no_grad()
-def dev_scored_mrr(
-    model: StitchModel, dev: PairedEmbeddings, bank: np.ndarray, config: TrainConfig, temperature, device
-) -> float | None:
-    """Dev MRR under the run's own scoring (e.g. inverted softmax over its query bank): what ``stitch
-    evaluate`` will report. Logged each epoch so that tuning prunes on the objective it maximises."""
-    name = config.inference.rerank
-    if name == "none":
-        return None
-    model.eval()
-    queries = cosine_ready(embed_rows(model.embed_queries, dev.captions, device), device)
-    if queries.ndim == 3 and name in ("center", "whiten"):
-        return None
-    gallery = cosine_ready(embed_rows(model.embed_gallery, dev.images, device), device)
-    rescorer = configured_rescorer(name, None, config.inference, temperature)
-    rescorer.fit(cosine_ready(embed_rows(model.embed_queries, bank, device), device), gallery)
-    ranks = text_to_image_ranks(
-        rescorer.queries(queries),
-        rescorer.gallery(gallery),
-        dev.caption_image,
-        chunk=config.eval_chunk,
-        scorer=lambda start, scores: rescorer.adjust(scores),
-    )
-    return rank_metrics(ranks)["mrr"]
+    metrics = rank_metrics(text_to_image_ranks(queries, gallery, dev.caption_image, chunk=chunk))
+    if rescorer is not None and not (queries.ndim == 3 and rescorer.name in ("center", "whiten")):
+        bank_queries = embed_rows(model.embed_queries, bank, device)
+        q, g, scorer = rescored_space(queries, gallery, rescorer, bank_queries, device=device)
+        ranks = text_to_image_ranks(q, g, dev.caption_image, chunk=chunk, scorer=scorer)
+        metrics["scored_mrr"] = rank_metrics(ranks)["mrr"]
+    return metrics
 
 
 def _seed_everything(seed: int) -> None:
@@ -169,7 +167,9 @@ def train(
             runfiles.save_weights(model, run_dir)
             runfiles.append_metrics(run_dir, row)
             _write_summary(run_dir, 0, metrics, how)
-        bank = _keep_bank(train_set, config, run_dir, None)
+        bank = _keep_bank(train_set, config)
+        if run_dir is not None:
+            runfiles.save_bank(run_dir, bank, None)
         return TrainResult(model.eval(), 0, metrics, [row], how, run_dir, bank, None, config)
 
     return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback)
@@ -223,7 +223,7 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
     total_steps = optim_cfg.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, optim_cfg.warmup_fraction))
 
-    bank_queries = _keep_bank(train_set, config, None, None)
+    bank = _keep_bank(train_set, config)
     start_epoch, best, best_epoch, stale, history = 0, -1.0, -1, 0, []
     best_state = None
     if resume:
@@ -267,7 +267,11 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
             running, count = running + loss.item(), count + 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}", dev_mrr=f"{max(best, 0):.4f}")
-        metrics = dev_retrieval(model, dev_set, device, config.eval_chunk)
+        extra = loss_fn.extra_state()
+        rescorer = None
+        if config.inference.rerank != "none":
+            rescorer = configured_rescorer(config.inference.rerank, None, config.inference, extra.get("temperature"))
+        metrics = dev_retrieval(model, dev_set, device, config.eval_chunk, rescorer, bank)
         row = {
             "epoch": epoch,
             "train_loss": running / count,
@@ -275,12 +279,10 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
             "dev_recall@1": metrics["recall@1"],
             "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.time() - started, 2),
-            **loss_fn.extra_state(),
+            **extra,
         }
-        temperature = loss_fn.extra_state().get("temperature")
-        scored = dev_scored_mrr(model, dev_set, bank_queries, config, temperature, device)
-        if scored is not None:
-            row[f"dev_mrr_{config.inference.rerank}"] = scored
+        if "scored_mrr" in metrics:
+            row[SCORED_MRR_PREFIX + config.inference.rerank] = metrics["scored_mrr"]
         history.append(row)
         if writer is not None:
             for key, value in row.items():
@@ -324,18 +326,15 @@ def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, h
         _write_summary(run_dir, best_epoch, dev_metrics, how)
     temperature = loss_fn.extra_state().get("temperature")
     if run_dir is not None:
-        runfiles.save_bank(run_dir, bank_queries, temperature)
-    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir, bank_queries, temperature, config)
+        runfiles.save_bank(run_dir, bank, temperature)
+    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir, bank, temperature, config)
 
 
-def _keep_bank(train_set: PairedEmbeddings, config: TrainConfig, run_dir: Path | None, temperature) -> np.ndarray:
+def _keep_bank(train_set: PairedEmbeddings, config: TrainConfig) -> np.ndarray:
     """A seeded sample of training captions: the query bank of hubness-aware scoring."""
     size = min(config.inference.bank_size, train_set.n_captions)
     rows = np.sort(np.random.default_rng(config.seed).choice(train_set.n_captions, size, replace=False))
-    bank = train_set.captions[rows]
-    if run_dir is not None:
-        runfiles.save_bank(run_dir, bank, temperature)
-    return bank
+    return train_set.captions[rows]
 
 
 def _write_summary(run_dir: Path, best_epoch: int, metrics: dict, how: str) -> None:
