@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from stitch.data import PairedEmbeddings
-from stitch.outputs.atomic import atomic_write_text
+from stitch.io.atomic import atomic_write_text
 from stitch.training.config import ConfigError, load_config, parse_overrides
 from stitch.training.trainer import scored_mrr_key
 

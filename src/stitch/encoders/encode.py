@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data.dataset import DataError
-from stitch.outputs.atomic import atomic_write, atomic_write_text, ensure_writable
+from stitch.io.atomic import atomic_write, atomic_write_text, ensure_writable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

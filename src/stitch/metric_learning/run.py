@@ -8,7 +8,7 @@ from pathlib import Path
 from stitch.metric_learning.data import load_labelled, stratified_split
 from stitch.metric_learning.evaluate import knn_accuracy, knn_position_error, map_at_r, precision_at_1
 from stitch.metric_learning.train import EmbeddingConfig, embed, train_embedding
-from stitch.outputs.atomic import atomic_write, atomic_write_text
+from stitch.io.atomic import atomic_write, atomic_write_text
 
 
 def score_space(train_x, train, test_x, test, k: int) -> dict[str, float]:

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from stitch.outputs.atomic import atomic_write, atomic_write_text
+from stitch.io.atomic import atomic_write, atomic_write_text
 
 COLUMNS = ("method", "reference", "R@1", "R@5", "R@10", "MRR", "R@1 +IS", "MRR +IS", "train_s")
 

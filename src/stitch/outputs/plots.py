@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitch.outputs.atomic import atomic_write
+from stitch.io.atomic import atomic_write
 
 
 def _pyplot():

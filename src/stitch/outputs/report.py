@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitch.outputs.atomic import atomic_write_text, ensure_writable
+from stitch.io.atomic import atomic_write_text, ensure_writable
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 24px 48px;color:#222}

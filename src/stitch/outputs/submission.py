@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data import DataError, Queries
-from stitch.outputs.atomic import atomic_write, ensure_writable
+from stitch.io.atomic import atomic_write, ensure_writable
 
 FORMATS = ("csv", "pt")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stitch.outputs.atomic import atomic_write, atomic_write_text
+from stitch.io.atomic import atomic_write, atomic_write_text
 
 KINDS = ("exact", "flat", "ivf", "hnsw", "ivfpq")
 DEFAULT_PARAMS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitch.outputs.atomic import atomic_write, atomic_write_text
+from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.retrieval.hubness import Rescorer, build_rescorer
 from stitch.retrieval.index import GalleryIndex, IndexFileError, build_index, load_index
 from stitch.retrieval.ranks import cosine_ready

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.outputs.atomic import atomic_write_text
+from stitch.io.atomic import atomic_write_text
 
 ENSEMBLE = "ensemble.json"
 

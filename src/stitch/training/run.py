@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from stitch.outputs.atomic import atomic_write, atomic_write_text
+from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.training.config import TrainConfig, config_from_dict
 from stitch.translators import StitchModel, build_model
 

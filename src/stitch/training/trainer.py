@@ -15,7 +15,7 @@ import torch
 from stitch.data import PairedEmbeddings, train_dev_split
 from stitch.losses import build_loss
 from stitch.losses.set_losses import SetInfoNCELoss, SetTripletLoss
-from stitch.outputs.atomic import atomic_write_text
+from stitch.io.atomic import atomic_write_text
 from stitch.retrieval.evaluate import rescored_space
 from stitch.retrieval.hubness import Rescorer, configured_rescorer
 from stitch.retrieval.metrics import rank_metrics

@@ -1,0 +1,1 @@
+"""Bottom layer: safe file writes shared by every other layer."""
