@@ -1,5 +1,6 @@
 """The micro-batcher: a lone query goes straight through, concurrent ones share encoder calls, and every
-caller gets its own answer (its own query, its own k), errors included."""
+caller gets its own answer (its own query, its own k), errors included: a query that breaks a shared call
+fails alone, and a query that can be refused on its own never joins a batch."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from stitch.service.batcher import MicroBatcher
+from stitch.service.validation import QueryError
 
 
 class SlowEncoder:
@@ -31,10 +33,19 @@ class SlowEncoder:
 
 
 class EchoSearcher:
-    """Hits named after the one-hot position of each row, k of them."""
+    """Hits named after the one-hot position of each row, k of them; refuses a batch with a non-finite row
+    (as the real Searcher does)."""
+
+    text_dim = 8
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
 
     def search(self, rows, k):
-        return [[SimpleNamespace(name=f"img{int(np.argmax(r))}-{j}") for j in range(k)] for r in rows]
+        self.calls.append(len(rows))
+        if not np.isfinite(rows).all():
+            raise ValueError("query embeddings contain NaN/Inf")
+        return [[SimpleNamespace(name=f"img{int(np.argmax(r))}-{j}", score=1.0) for j in range(k)] for r in rows]
 
 
 def run(coro):
@@ -127,3 +138,100 @@ def test_a_zero_cache_encodes_every_time():
 
     run(main())
     assert encoder.calls == [1, 1, 1] and not batcher.cache
+
+
+def test_a_query_that_breaks_the_shared_call_fails_alone():
+    """'boom' makes the encoder raise for the whole batch; the batch is split until only 'boom' fails."""
+    encoder = SlowEncoder()
+    batcher = MicroBatcher(EchoSearcher(), encoder)
+
+    async def main():
+        jobs = [batcher.submit(f"q{i}", None, 1) for i in range(7)]
+        jobs.insert(3, batcher.submit("boom", None, 1))
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    answers = run(main())
+    assert isinstance(answers[3], ValueError) and "boom" in str(answers[3])
+    innocent = answers[:3] + answers[4:]
+    assert [hits[0].name for hits in innocent] == [f"img{i}-0" for i in range(7)]
+    assert max(encoder.calls) == 8  # the eight really were batched together, and that shared call failed
+    assert len(encoder.calls) <= 1 + 2 * 3  # bisection: at most two calls per level of a batch of 8
+
+
+def test_a_server_fault_stays_a_server_fault_and_reaches_only_its_query():
+    """An unforeseen encoder crash (TypeError) is not turned into a 'bad input' ValueError, and only the query
+    that triggers it sees it."""
+
+    class Crashing(SlowEncoder):
+        def encode(self, texts):
+            if "q7" in texts:
+                raise TypeError("tokenizer crashed")
+            return super().encode(texts)
+
+    batcher = MicroBatcher(EchoSearcher(), Crashing())
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(f"q{i}", None, 1) for i in range(8)), return_exceptions=True)
+
+    answers = run(main())
+    assert type(answers[7]) is TypeError
+    assert [hits[0].name for hits in answers[:7]] == [f"img{i}-0" for i in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("text", "embedding", "message"),
+    [
+        ("\ud800 evil", None, "lone surrogate"),
+        ("a\x00b", None, "control character"),
+        ("bell\x07", None, "control character"),
+        (None, [1e39, 0, 0, 0, 0, 0, 0, 0], "float32"),  # a finite Python float, Inf in float32
+        (None, [float("nan")] + [0] * 7, "NaN"),
+        (None, [0.1] * 7, "8 dimensions"),
+        (None, [[0.1] * 8], "flat"),
+        (None, ["a"] * 8, "numbers"),
+    ],
+)
+def test_a_bad_query_is_refused_before_it_joins_a_batch(text, embedding, message):
+    encoder, searcher = SlowEncoder(), EchoSearcher()
+    batcher = MicroBatcher(searcher, encoder)
+    with pytest.raises(QueryError, match=message):
+        run(batcher.submit(text, embedding, 1))
+    assert encoder.calls == [] and searcher.calls == []  # neither shared call ever saw it
+
+
+def test_whitespace_controls_and_other_scripts_reach_the_encoder():
+    seen: list[str] = []
+
+    class Recording:
+        def encode(self, texts):
+            seen.extend(texts)
+            return np.eye(8, dtype=np.float32)[: len(texts)]
+
+    batcher = MicroBatcher(EchoSearcher(), Recording())
+    texts = ["tab\there", "two\r\nlines", "façade 犬 🐕", "zero\u200bwidth"]
+    for text in texts:
+        assert len(run(batcher.submit(text, None, 1))) == 1
+    assert seen == texts
+
+
+def test_non_finite_scores_fail_only_their_query():
+    """A raw embedding whose scores overflow gets a QueryError (422); its batch neighbours get their hits."""
+
+    class Overflowing(EchoSearcher):
+        def search(self, rows, k):
+            hits = super().search(rows, k)
+            return [
+                [SimpleNamespace(name=h.name, score=float("nan") if r.max() > 1e30 else 1.0) for h in row_hits]
+                for r, row_hits in zip(rows, hits)
+            ]
+
+    batcher = MicroBatcher(Overflowing(), SlowEncoder())
+
+    async def main():
+        huge = [3e38] + [0] * 7  # finite in float32, overflows downstream
+        jobs = [batcher.submit(f"q{i}", None, 1) for i in range(4)] + [batcher.submit(None, huge, 1)]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    answers = run(main())
+    assert isinstance(answers[4], QueryError) and "non-finite" in str(answers[4])
+    assert [hits[0].name for hits in answers[:4]] == [f"img{i}-0" for i in range(4)]

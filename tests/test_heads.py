@@ -11,7 +11,7 @@ from stitch import api
 from stitch.retrieval.ranks import text_to_image_ranks
 from stitch.training.config import ModelConfig
 from stitch.translators import DualEncoder, build_model
-from stitch.translators.sinkhorn import set_similarity, sinkhorn
+from stitch.losses.sinkhorn import set_similarity, sinkhorn
 
 # a scaled-down model: 64 hidden units want less dropout than the default recipe's 0.535 on 3072
 FAST = ["model.hidden=64", "model.dropout=0.1", "optim.batch_size=128", "optim.lr=2e-3", "optim.epochs=8", "patience=8"]

@@ -1,4 +1,8 @@
-"""The Python API the CLI is a thin layer on: load, split, train, evaluate, predict."""
+"""The Python API the CLI is a thin layer on: load, train, evaluate, predict, index and search.
+
+Every function that uses a trained model takes a run as a :class:`~stitch.training.Run`, a
+:class:`~stitch.training.TrainResult` or a run (or ensemble) folder; :func:`open` is the one place that
+resolves them."""
 
 from __future__ import annotations
 
@@ -7,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitch.data import PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
+from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
-from stitch.retrieval.hubness import Rescorer, configured_rescorer
-from stitch.training import TrainConfig, TrainResult, load_config, load_model, read_info
+from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
 from stitch.training import train as _train
-from stitch.training.config import InferenceConfig
 from stitch.training.device import resolve_device
-from stitch.training.run import load_bank
-from stitch.translators import StitchModel, embed_rows
+from stitch.translators import embed_rows
+
+RunLike = Run | TrainResult | str | Path
 
 
 def load(
@@ -41,25 +44,27 @@ def train(
     overrides: list[str] | dict | None = None,
     **kwargs,
 ) -> TrainResult:
-    """Train a translator; ``config`` is a TrainConfig, a YAML path, or None for the default recipe."""
-    if not isinstance(config, TrainConfig):
+    """Train a translator; ``config`` is a TrainConfig, a YAML path, or None for the default recipe.
+
+    With ``resume=True`` and no config or overrides, the run continues with its own config."""
+    resuming_as_is = kwargs.get("resume") and config is None and not overrides
+    if not isinstance(config, TrainConfig) and not resuming_as_is:
         config = load_config(config, overrides)
     return _train(data, config, run_dir=out, **kwargs)
 
 
-def _model(run: str | Path | torch.nn.Module | TrainResult, device: torch.device) -> torch.nn.Module:
+def open(run: RunLike, device: str | torch.device = "cpu") -> Run:  # noqa: A001 - stitch.open(run), like a file
+    """The run behind ``run`` (a Run, a TrainResult, or a run or ensemble folder), model on ``device``."""
     if isinstance(run, TrainResult):
-        return run.model.to(device).eval()
-    if isinstance(run, torch.nn.Module):
-        return run.to(device).eval()
-    return load_model(run, device)[0]
+        run = run.run
+    if isinstance(run, Run):
+        run.model.to(device).eval()
+        return run
+    return open_run(run, device)
 
 
-def _apply(fn, rows: np.ndarray, device: torch.device) -> np.ndarray:
-    return embed_rows(fn, rows, device).cpu().numpy()
-
-
-def _check_dims(model: StitchModel, text_dim: int, image_dim: int | None = None) -> None:
+def _check_dims(run: Run, text_dim: int, image_dim: int | None = None) -> None:
+    model = run.model
     if text_dim != model.text_dim:
         raise ValueError(f"the run translates {model.text_dim}-d captions, but the data has {text_dim}-d captions")
     if image_dim is not None and image_dim != model.image_dim:
@@ -67,7 +72,7 @@ def _check_dims(model: StitchModel, text_dim: int, image_dim: int | None = None)
 
 
 def evaluate(
-    run: str | Path | StitchModel | TrainResult,
+    run: RunLike,
     data: PairedEmbeddings,
     split: str | None = None,
     protocol: str = "full",
@@ -77,81 +82,55 @@ def evaluate(
     rerank: str | None = None,
     rerank_params: dict | None = None,
     bank: np.ndarray | None = None,
+    allow_train_overlap: bool = False,
 ) -> list[DirectionReport]:
     """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
 
-    Text->image scores use the run's hubness-aware scoring (its ``inference`` config, with the
-    training captions it kept as query bank) unless ``rerank`` names another method or ``"none"``.
-    ``bank`` (raw caption embeddings) replaces the run's bank; it must not hold the evaluated queries.
+    Text->image scores use the run's scoring (its ``inference`` config, with the training captions it
+    kept as query bank) unless ``rerank`` names another method or ``"none"``. ``bank`` (raw caption
+    embeddings) replaces the run's bank. Evaluated captions that are in the query bank (training
+    captions) are refused unless ``allow_train_overlap``: their figures would be flattered.
     """
     dev = resolve_device(device)
-    model = _model(run, dev)
+    opened = open(run, dev)
     if split is not None:
         data = data.split(split)
-    _check_dims(model, data.text_dim, data.image_dim)
-    queries = _apply(model.embed_queries, data.captions, dev)
-    gallery = _apply(model.embed_gallery, data.images, dev)
-    rescorer, query_bank = scoring_setup(run, model, rerank, rerank_params, bank, dev)
-    return evaluate_embeddings(
-        queries,
-        gallery,
-        data.caption_image,
-        protocol=protocol,
-        chunk=chunk,
-        seed=seed,
-        device=dev,
-        rescorer=rescorer,
-        query_bank=query_bank,
-    )
-
-
-def run_inference_defaults(run) -> tuple[InferenceConfig | None, np.ndarray | None, float | None]:
-    """The run's inference config, kept query bank (raw captions) and learnt temperature, where known."""
-    if isinstance(run, TrainResult):
-        cfg = run.config.inference if run.config is not None else None
-        if cfg is None and run.run_dir is not None:
-            cfg = read_info(run.run_dir).config.inference
-        return cfg or InferenceConfig(), run.bank, run.temperature
-    if isinstance(run, (str, Path)):
-        bank, temperature = load_bank(run)
-        return read_info(run).config.inference, bank, temperature
-    return None, None, None
-
-
-def scoring_setup(run, model, rerank, rerank_params, bank, device) -> tuple[Rescorer | None, np.ndarray | None]:
-    """Resolve which rescorer to use and translate its query bank."""
-    cfg, run_bank, temperature = run_inference_defaults(run)
-    name = rerank if rerank is not None else (cfg.rerank if cfg else "none")
-    if name in (None, "none"):
-        return None, None
-    captions = bank if bank is not None else run_bank
-    if captions is None:
-        raise ValueError(
-            f"rerank {name!r} needs a query bank of training captions: this run has none; "
-            "pass bank= or use rerank='none'"
+    _check_dims(opened, data.text_dim, data.image_dim)
+    query_bank = bank if bank is not None else opened.bank
+    overlap = _overlap(query_bank, data.captions)
+    if overlap and not allow_train_overlap:
+        raise DataError(
+            f"{overlap} of the {data.n_captions} evaluated captions are in the run's query bank (its training "
+            "captions): evaluate a held-out split (e.g. --split dev) or pass --allow-train-overlap to score them "
+            "knowingly"
         )
-    rescorer = configured_rescorer(name, rerank_params, cfg, temperature)
-    return rescorer, _apply(model.embed_queries, np.asarray(captions, np.float32), device)
+    scorer = opened.scorer(rerank, rerank_params, bank, dev)
+    q, g = scorer.embed_queries(data.captions), scorer.embed_gallery(data.images)
+    reports = evaluate_embeddings(q, g, data.caption_image, protocol, chunk, seed, dev, scorer)
+    for report in reports:
+        report.train_overlap = overlap
+    return reports
 
 
-def predict(
-    run: str | Path | StitchModel | TrainResult, queries: Queries | np.ndarray, device: str = "auto"
-) -> np.ndarray:
+def _overlap(bank: np.ndarray | None, captions: np.ndarray) -> int:
+    """Evaluated caption rows that are also bank rows (exact bytes)."""
+    if bank is None or len(captions) == 0:
+        return 0
+    kept = {row.tobytes() for row in np.asarray(bank, np.float32)}
+    return sum(row.tobytes() in kept for row in np.asarray(captions, np.float32))
+
+
+def predict(run: RunLike, queries: Queries | np.ndarray, device: str = "auto") -> np.ndarray:
     """Predicted image features (raw image space) for each query row."""
     dev = resolve_device(device)
-    model = _model(run, dev)
+    opened = open(run, dev)
     rows = queries.embeddings if isinstance(queries, Queries) else Queries(np.asarray(queries)).embeddings
-    _check_dims(model, rows.shape[1])
-    if not hasattr(model, "to_image_space"):
-        raise ValueError(
-            "this run scores in a learnt shared space (dual heads): it has no image-space predictions "
-            "for a submission; use a translator recipe (ridge, mlp, resmlp, set)"
-        )
-    return _apply(model.to_image_space, rows, dev)
+    _check_dims(opened, rows.shape[1])
+    return embed_rows(opened.model.to_image_space, rows, dev, what="image-space predictions").cpu().numpy()
 
 
 def write_submission(
-    run: str | Path | StitchModel | TrainResult,
+    run: RunLike,
     queries_path: str | Path,
     out: str | Path,
     fmt: str | None = None,
@@ -167,32 +146,30 @@ def write_submission(
 
 
 def gallery_index(
-    run: str | Path | StitchModel | TrainResult,
+    run: RunLike,
     data: PairedEmbeddings,
     split: str | None = None,
     kind: str = "exact",
     params: dict | None = None,
     rerank: str | None = None,
     rerank_params: dict | None = None,
-    device: str = "auto",
+    device: str = "cpu",
 ):
-    """An index over the images of ``data`` (or its split) in the run's scoring space, with the run's
-    rescorer (or ``rerank``) fitted on its query bank. Returns ``(model, index, rescorer)``."""
+    """``(run, index, scorer)``: an index over the images of ``data`` (or its split) in the run's scoring
+    space, with the run's scoring (or ``rerank``) fitted on that gallery."""
     from stitch.retrieval.search import build_gallery_index
 
     dev = resolve_device(device)
-    model = _model(run, dev)
-    gallery_data = data.split(split) if split else data
-    _check_dims(model, gallery_data.text_dim, gallery_data.image_dim)
-    rescorer, query_bank = scoring_setup(run, model, rerank, rerank_params, None, dev)
-    gallery = _apply(model.embed_gallery, gallery_data.images, dev)
-    names = gallery_data.image_names if gallery_data.image_names is not None else None
-    index, rescorer = build_gallery_index(gallery, names, kind, params, rescorer, query_bank)
-    return model, index, rescorer
+    opened = open(run, dev)
+    gallery = data.split(split) if split else data
+    _check_dims(opened, gallery.text_dim, gallery.image_dim)
+    scorer = opened.scorer(rerank, rerank_params, None, dev)
+    index = build_gallery_index(scorer, gallery.images, gallery.image_names, kind, params)
+    return opened, index, scorer
 
 
 def build_index(
-    run: str | Path | StitchModel | TrainResult,
+    run: RunLike,
     data: PairedEmbeddings,
     out: str | Path,
     split: str | None = None,
@@ -203,23 +180,32 @@ def build_index(
     force: bool = False,
     device: str = "auto",
 ) -> Path:
-    """Index the gallery images of ``data`` (or its split) in the run's scoring space, saved to ``out``."""
-    from stitch.retrieval.search import save_rescorer
+    """Index the gallery images of ``data`` (or its split) in the run's scoring space, saved to ``out``
+    with the id of the run it serves."""
+    from stitch.retrieval.search import save_gallery_index
 
-    _, index, rescorer = gallery_index(run, data, split, kind, params, rerank, rerank_params, device)
-    folder = index.save(out, force=force)
-    for stale in ("rerank.json", "rerank.safetensors"):
-        (folder / stale).unlink(missing_ok=True)
-    if rescorer is not None:
-        save_rescorer(rescorer, folder)
-    return folder
+    opened = open(run)
+    if opened.path is not None and Path(out).resolve() == opened.path.resolve():
+        raise ValueError(f"{out} is the run folder itself: give the index a folder of its own")
+    opened, index, scorer = gallery_index(opened, data, split, kind, params, rerank, rerank_params, device)
+    return save_gallery_index(out, index, scorer, opened.run_id, force)
 
 
-def open_searcher(run, data: PairedEmbeddings, split: str | None = None, index_dir: str | Path | None = None):
-    """A :class:`~stitch.retrieval.search.Searcher` over a saved index, or an exact one built now."""
+def open_searcher(
+    run: RunLike,
+    data: PairedEmbeddings | None = None,
+    split: str | None = None,
+    index_dir: str | Path | None = None,
+    candidates: int = 100,
+):
+    """A :class:`~stitch.retrieval.search.Searcher` over a saved index (built for this run), or an
+    exact one built now over ``data``'s images."""
     from stitch.retrieval.search import Searcher
 
+    opened = open(run, "cpu")
     if index_dir is not None:
-        return Searcher.open(run, index_dir)
-    model, index, rescorer = gallery_index(run, data, split, device="cpu")
-    return Searcher(model, index, rescorer, candidates=len(index))
+        return Searcher.open(opened.model, index_dir, opened.run_id, candidates)
+    if data is None:
+        raise ValueError("give an index folder or the data whose images form the gallery")
+    _, index, scorer = gallery_index(opened, data, split, device="cpu")
+    return Searcher(scorer, index, candidates=len(index))

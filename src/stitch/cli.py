@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from stitch import registries
+
 
 def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--data", help="paired file: .npz (Flickr8k or AML layout) or .pt dict")
@@ -35,16 +37,15 @@ def cmd_train(args) -> int:
         overrides=args.overrides,
         resume=args.resume,
         force=args.force,
+        force_config=args.force_config,
         progress=not args.quiet,
         data_source=str(args.data or args.captions),
     )
-    m = result.dev_metrics
+    from stitch.retrieval.evaluate import format_reports
+
     print(f"run: {out}")
     print(f"split: {result.split}; best epoch {result.best_epoch}")
-    print(
-        f"dev text->image, full dev gallery: R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  "
-        f"R@10 {m['recall@10']:.4f}  MRR {m['mrr']:.4f}"
-    )
+    print(format_reports(result.dev_reports))
     return 0
 
 
@@ -68,13 +69,16 @@ def cmd_evaluate(args) -> int:
         seed=args.seed,
         rerank=args.rerank,
         rerank_params=_params(args.rerank_param),
+        allow_train_overlap=args.allow_train_overlap,
     )
     if args.json:
-        print(json.dumps(summary_json(reports)))
+        print(json.dumps(summary_json(reports), allow_nan=False))
     else:
         where = f"split {args.split!r} of {args.data}" if args.split else str(args.data or args.captions)
         print(f"evaluating {args.run} on {where}")
         print(format_reports(reports))
+        if reports[0].train_overlap:
+            print(f"WARNING: {reports[0].train_overlap} evaluated captions are training captions of this run")
     return 0
 
 
@@ -87,7 +91,13 @@ def _params(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise ValueError(f"parameter {pair!r} must look like name=value")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e9 as a string; numbers are what parameters take
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key] = parsed
     return out
 
 
@@ -113,15 +123,19 @@ def cmd_index_build(args) -> int:
 def cmd_search(args) -> int:
     import numpy as np
 
+    from stitch import api
     from stitch.data import load_queries
-    from stitch.retrieval.search import Searcher
 
-    searcher = Searcher.open(args.run, args.index, candidates=args.candidates)
+    if args.embedding is None and args.query_file is None:
+        raise ValueError("give queries: --query-file FILE (with --rows) or --embedding '[...]'")
+    searcher = api.open_searcher(args.run, index_dir=args.index, candidates=args.candidates)
     if args.embedding is not None:
         rows, labels = np.array([json.loads(args.embedding)], dtype=np.float32), ["embedding"]
     else:
         queries = load_queries(args.query_file)
         picked = np.arange(len(queries))[_slice(args.rows)]
+        if len(picked) == 0:
+            raise ValueError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.query_file}")
         rows = queries.embeddings[picked]
         labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
     for label, hits in zip(labels, searcher.search(rows, args.k)):
@@ -277,7 +291,7 @@ def cmd_demo(args) -> int:
 def _add_rerank_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rerank",
-        choices=("none", "csls", "is", "qbnorm", "dbnorm", "center", "whiten"),
+        choices=registries.RESCORERS.names(),
         help="hubness-aware scoring, with the file's train captions as query bank",
     )
     parser.add_argument("--rerank-param", nargs="*", metavar="NAME=VALUE", help="e.g. beta=20 or k=10")
@@ -296,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
+    p.add_argument(
+        "--force-config", action="store_true", help="with --resume: continue with a config that differs from the run's"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.name=mlp")
     p.set_defaults(func=cmd_train)
@@ -304,10 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder")
     _add_data_args(p)
     p.add_argument("--split", help="evaluate only on this split of the file (e.g. dev)")
-    p.add_argument("--protocol", choices=("full", "kaggle100"), default="full")
+    p.add_argument("--protocol", choices=registries.PROTOCOLS.names(), default="full")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory ~ chunk x gallery)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kaggle100 candidates")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--allow-train-overlap",
+        action="store_true",
+        help="score captions that are in the run's query bank (training captions) instead of refusing",
+    )
     _add_rerank_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -317,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--run", required=True)
     _add_data_args(b)
     b.add_argument("--split", help="index only this split's images (e.g. dev)")
-    b.add_argument("--kind", choices=("exact", "flat", "ivf", "hnsw", "ivfpq"), default="exact")
+    b.add_argument("--kind", choices=registries.INDEX_KINDS.names(), default="exact")
     b.add_argument("--param", nargs="*", metavar="NAME=VALUE", help="index parameters, e.g. nlist=1024 nprobe=32")
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--force", action="store_true")
@@ -362,13 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metric", help="classic metric learning on labelled vectors (siamese / triplet)")
     p.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or an npz with x, labels")
     p.add_argument("--loss", choices=("triplet", "contrastive"), default="triplet")
-    p.add_argument("--miner", choices=("none", "all", "hardest", "semihard", "distance-weighted"), default="semihard")
+    p.add_argument("--miner", choices=registries.MINERS.names(), default="semihard")
     p.add_argument("--margin", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5, help="neighbours for kNN classification / regression")
     p.add_argument("--test-fraction", type=float, default=0.5)
-    p.add_argument("--projection", choices=("tsne", "pca", "umap", "none"), default="tsne")
+    p.add_argument("--projection", choices=(*registries.PROJECTIONS.names(), "none"), default="tsne")
     p.add_argument("--out", help="folder for the weights, metrics.json and the t-SNE plot")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_metric)
@@ -426,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="dev", help="split to report on (default dev; 'none' for the whole file)")
     p.add_argument("--images", help="thumbnail folder: adds retrieval grids of the best and worst queries")
-    p.add_argument("--projection", choices=("tsne", "pca", "umap"), default="tsne")
+    p.add_argument("--projection", choices=registries.PROJECTIONS.names(), default="tsne")
     p.add_argument("--out", default="report.html")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_report)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from stitch.losses.base import PairLoss
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
 from stitch.losses.memory import MemoryQueue
@@ -9,8 +11,7 @@ from stitch.losses.metric import ContrastiveLoss, EmbeddingNormRegularizer, Trip
 from stitch.losses.miners import BatchHardMiner, DistanceWeightedMiner, TripletMiner, build_miner
 from stitch.losses.regression import CosineLoss, MSELoss
 from stitch.losses.siglip import SigLIPLoss
-
-LOSS_NAMES = ("mse", "cosine", "infonce", "siglip", "contrastive", "triplet")
+from stitch.registries import LOSSES
 
 
 class MinedLoss(PairLoss):
@@ -44,25 +45,18 @@ def build_loss(
     hard_negatives: int = 0,
     norm_weight: float = 0.0,
     dim: int | None = None,
+    sinkhorn_temperature: float = 0.2,
+    sinkhorn_iters: int = 10,
+    sinkhorn_stop_grad: bool = True,
 ) -> PairLoss:
-    """A loss by its config name, optionally mined, queued and norm-regularised."""
-    if name == "mse":
-        loss: PairLoss = MSELoss()
-    elif name == "cosine":
-        loss = CosineLoss()
-    elif name == "infonce":
-        loss = InfoNCELoss(temperature=temperature, learnable=learnable_temperature)
-    elif name == "siglip":
-        loss = SigLIPLoss(temperature=temperature, learnable=learnable_temperature)
-    elif name == "contrastive":
-        loss = ContrastiveLoss(neg_margin=margin)
-    elif name == "triplet":
-        loss = TripletMarginLoss(margin=margin)
-    else:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+    """A loss by its registry name, optionally mined, queued and norm-regularised."""
+    settings = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("name", "dim")})
+    loss: PairLoss = LOSSES.get(name, "loss.name").from_config(settings)
     if queue_size:
-        if loss.needs_aligned_targets or dim is None:
-            raise ValueError("a memory queue needs a contrastive loss and the embedding dimension")
+        if LOSSES.tag(name, "kind") != "pair" or dim is None:
+            raise ValueError(
+                "a memory queue needs a loss with negatives (infonce, siglip, ...) and the embedding dimension"
+            )
         loss = MemoryQueue(loss, dim, queue_size, hard_negatives or None)
     if miner not in (None, "none") or norm_weight:
         loss = MinedLoss(loss, build_miner(miner), norm_weight)
@@ -76,7 +70,6 @@ __all__ = [
     "DistanceWeightedMiner",
     "EmbeddingNormRegularizer",
     "InfoNCELoss",
-    "LOSS_NAMES",
     "MSELoss",
     "MemoryQueue",
     "MinedLoss",

@@ -26,6 +26,11 @@ class PairLoss(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def from_config(cls, c) -> PairLoss:
+        """The loss from a config section ``c`` (temperature, margin, ...); parameterless by default."""
+        return cls()
+
     def extra_state(self) -> dict[str, float]:
         """Scalars worth logging per epoch (e.g. a learnt temperature)."""
         return {}

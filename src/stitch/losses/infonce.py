@@ -34,6 +34,10 @@ class InfoNCELoss(PairLoss):
     ``1/temperature`` is learnt in log space and clamped at 100, as CLIP does.
     """
 
+    @classmethod
+    def from_config(cls, c) -> InfoNCELoss:
+        return cls(temperature=c.temperature, learnable=c.learnable_temperature)
+
     def __init__(self, temperature: float = 0.05, learnable: bool = True, symmetric: bool = True) -> None:
         super().__init__()
         log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)

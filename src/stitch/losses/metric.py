@@ -22,6 +22,10 @@ class ContrastiveLoss(PairLoss):
     Positive and negative pair terms are each averaged over their non-zero entries and summed.
     """
 
+    @classmethod
+    def from_config(cls, c) -> ContrastiveLoss:
+        return cls(neg_margin=c.margin)
+
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: str = "euclidean") -> None:
         super().__init__()
         self.pos_margin, self.neg_margin, self.distance = pos_margin, neg_margin, distance
@@ -37,6 +41,10 @@ class ContrastiveLoss(PairLoss):
 
 class TripletMarginLoss(PairLoss):
     """``max(0, d(a, p) - d(a, n) + margin)`` over all or mined triplets, averaged over non-zero ones."""
+
+    @classmethod
+    def from_config(cls, c) -> TripletMarginLoss:
+        return cls(margin=c.margin)
 
     def __init__(self, margin: float = 0.05, distance: str = "euclidean") -> None:
         super().__init__()

@@ -81,13 +81,21 @@ class DistanceWeightedMiner:
         return a, p, n
 
 
+def no_miner(**params) -> None:
+    """``miner: none``: the loss forms its own pairs."""
+    return None
+
+
+def AllTripletMiner(**params) -> TripletMiner:  # noqa: N802 - registry name of a TripletMiner kind
+    return TripletMiner(kind="all", **params)
+
+
+def SemiHardTripletMiner(**params) -> TripletMiner:  # noqa: N802 - registry name of a TripletMiner kind
+    return TripletMiner(kind="semihard", **params)
+
+
 def build_miner(name: str | None, **params):
-    if name in (None, "none"):
-        return None
-    if name in ("semihard", "all"):
-        return TripletMiner(kind=name, **params)
-    if name == "hardest":
-        return BatchHardMiner(**params)
-    if name == "distance-weighted":
-        return DistanceWeightedMiner(**params)
-    raise ValueError(f"unknown miner {name!r}; choose all, hardest, semihard or distance-weighted")
+    """A miner by its registry name (``none`` gives None)."""
+    from stitch.registries import MINERS
+
+    return MINERS.get(name or "none", "loss.miner")(**params)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from stitch.losses.base import PairLoss
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
-from stitch.translators.sinkhorn import sinkhorn
+from stitch.losses.sinkhorn import sinkhorn
 
 
 def batch_set_similarity(slots, images, temperature, iters, stop_gradient):
@@ -28,6 +28,10 @@ def batch_set_similarity(slots, images, temperature, iters, stop_gradient):
 
 
 class SetTripletLoss(PairLoss):
+    @classmethod
+    def from_config(cls, c) -> SetTripletLoss:
+        return cls(c.margin, c.sinkhorn_temperature, c.sinkhorn_iters, c.sinkhorn_stop_grad)
+
     def __init__(self, margin: float = 0.2, temperature: float = 0.2, iters: int = 10, stop_gradient: bool = True):
         super().__init__()
         self.margin, self.temperature, self.iters, self.stop_gradient = margin, temperature, iters, stop_gradient

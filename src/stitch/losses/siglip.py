@@ -31,6 +31,10 @@ class SigLIPLoss(PairLoss):
     Initialised as in the SigLIP paper (t = 10, b = -10); ``chunk`` columns are processed at a time.
     """
 
+    @classmethod
+    def from_config(cls, c) -> SigLIPLoss:
+        return cls(temperature=c.temperature, learnable=c.learnable_temperature)
+
     def __init__(self, temperature: float = 0.1, bias: float = -10.0, learnable: bool = True, chunk: int = 256) -> None:
         super().__init__()
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)), requires_grad=learnable)

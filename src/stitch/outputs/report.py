@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitch.io.atomic import atomic_write_text, ensure_writable
+from stitch.io.atomic import atomic_write_text, ensure_writable, safe_member
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 24px 48px;color:#222}
@@ -41,9 +41,14 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _thumb(path: Path) -> str | None:
+def _thumb(folder: Path, name: str) -> str | None:
+    """A small JPEG data URI of ``folder/name``; names from data files are checked like the service does."""
     from PIL import Image
 
+    try:
+        path = safe_member(folder, name)
+    except ValueError:
+        return None
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -62,9 +67,7 @@ def _metrics_table(reports) -> str:
         from stitch.retrieval.evaluate import describe_protocol
 
         cells = "".join(f"<td>{r.metrics[k]:.4f}</td>" if k in r.metrics else "<td></td>" for k in keys)
-        label = (
-            f"{r.direction}<br><span class=muted>{describe_protocol(r.protocol, r.gallery)}; {r.queries} queries</span>"
-        )
+        label = f"{r.direction}<br><span class=muted>{describe_protocol(r.protocol, r.gallery, r.gallery_kind)}; {r.queries} queries</span>"
         rows.append(f"<tr><td>{label}</td>{cells}</tr>")
         rand = "".join(f"<td>{r.random[k]:.4f}</td>" if k in r.random else "<td></td>" for k in keys)
         rows.append(f"<tr class=muted><td>random</td>{rand}</tr>")
@@ -138,7 +141,7 @@ def _grids(title: str, rows: np.ndarray, ranks, topk, texts, names, owner, image
         if true not in shown:
             shown.append(true)
         for position, item in enumerate(shown):
-            uri = _thumb(images_dir / str(names[item]))
+            uri = _thumb(images_dir, str(names[item]))
             mark = " class=true" if item == true else ""
             label = f"#{position + 1}" if position < len(topk[row]) else f"true (#{int(ranks[row])})"
             img = f"<img{mark} src='{uri}' alt='{html.escape(str(names[item]))}'>" if uri else "(missing)"
@@ -148,7 +151,7 @@ def _grids(title: str, rows: np.ndarray, ranks, topk, texts, names, owner, image
 
 
 def build_report(
-    run: str | Path,
+    run,
     data_path: str | Path,
     out: str | Path,
     split: str | None = "dev",
@@ -159,81 +162,75 @@ def build_report(
     force: bool = False,
     seed: int = 0,
 ) -> Path:
+    """One self-contained HTML page of a run on ``data_path`` (or its split), under the run's own scoring:
+    the tables, histogram, map and example grids all come from one fitted :class:`Scorer`."""
     from stitch import api
     from stitch.retrieval.evaluate import evaluate_embeddings
-    from stitch.retrieval.ranks import cosine_ready, score, text_to_image_ranks
-    from stitch.training import load_model
-    from stitch.training.run import read_metrics
-    from stitch.translators import embed_rows
+    from stitch.retrieval.ranks import text_to_image_ranks
 
     out = ensure_writable(out, force)
-    run = Path(run)
+    opened = api.open(run)
     data = api.load(data_path)
     target = data.split(split) if split else data
-    model, info = load_model(run)
-    q = cosine_ready(embed_rows(model.embed_queries, target.captions))
-    g = cosine_ready(embed_rows(model.embed_gallery, target.images))
-    rescorer, bank = api.scoring_setup(run, model, None, None, None, "cpu")
-    scorer = None
-    if rescorer is not None:
-        rescorer.fit(cosine_ready(bank), g)
-        scorer = lambda start, s: rescorer.adjust(s)  # noqa: E731
-    own = evaluate_embeddings(q, g, target.caption_image, rescorer=rescorer, query_bank=bank)
-    plain = evaluate_embeddings(q, g, target.caption_image) if rescorer is not None else []
+    scorer = opened.scorer()
+    q, g = scorer.embed_queries(target.captions), scorer.embed_gallery(target.images)
+    scorer.fit(g)
+    own = evaluate_embeddings(q, g, target.caption_image, scorer=scorer)
+    plain = evaluate_embeddings(q, g, target.caption_image, scorer=scorer.plain()) if scorer.rescorer else []
     kaggle = (
-        evaluate_embeddings(q, g, target.caption_image, protocol="kaggle100", rescorer=rescorer, query_bank=bank)
-        if target.n_images >= 100
-        else []
+        evaluate_embeddings(q, g, target.caption_image, "kaggle100", scorer=scorer) if target.n_images >= 100 else []
     )
-    ranks = text_to_image_ranks(q, g, target.caption_image, scorer=scorer)
-
+    q_s, g_s = scorer.prepare_queries(q), scorer.prepare_gallery(g)
+    ranks = text_to_image_ranks(q_s, g_s, target.caption_image, similarity=scorer.similarity, adjust=scorer.adjust)
+    title = html.escape(opened.name)
     sections = [
-        f"<h1>stitch report — {html.escape(run.name)}</h1>",
+        f"<h1>stitch report — {title}</h1>",
         f"<p class=muted>data {html.escape(str(data_path))}, split {html.escape(str(split))}: "
-        f"{target.n_captions} captions, {target.n_images} images. Ranks are pessimistic on ties.</p>",
+        f"{target.n_captions} captions, {target.n_images} images, scored with {html.escape(scorer.name)}. "
+        "Ranks are pessimistic on ties.</p>",
+        "<h2>Retrieval</h2>" + _metrics_table(own),
     ]
-    sections.append("<h2>Retrieval</h2>" + _metrics_table(own))
     if plain:
         sections.append("<p class=muted>The same run scored with plain cosine:</p>" + _metrics_table(plain[:1]))
     if kaggle:
         sections.append(_metrics_table(kaggle))
-    curves = _curves(read_metrics(run))
+    curves = _curves(opened.metrics)
     if curves:
         sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
-    sections.append(
-        f"<h2>Rank histogram</h2><img class=fig src='{_rank_histogram(ranks, target.n_images)}' alt='rank histogram'>"
-    )
-    rng = np.random.default_rng(seed)
-    shown_images = np.sort(rng.choice(target.n_images, min(300, target.n_images), replace=False))
-    caption_rows = np.flatnonzero(np.isin(target.caption_image, shown_images))[:600]
-    flat_q = q if q.ndim == 2 else cosine_ready(q.mean(dim=1))
-    sections.append(
-        f"<h2>Map of the scoring space</h2><img class=fig src='"
-        f"{_map(flat_q[caption_rows].numpy(), g[shown_images].numpy(), projection, seed)}' alt='map'>"
-    )
+    histogram = _rank_histogram(ranks, target.n_images)
+    sections.append(f"<h2>Rank histogram</h2><img class=fig src='{histogram}' alt='rank histogram'>")
+    sections.append(_map_section(opened.model, q, g, target, projection, seed))
     if images_dir is not None and target.image_names is not None:
-        with torch.no_grad():
-            scores = score(q, g)
-            if rescorer is not None:
-                scores = rescorer.adjust(scores)
-            topk = scores.topk(k, dim=1).indices.numpy()
-            margin = (
-                scores.gather(1, torch.as_tensor(target.caption_image)[:, None]).squeeze(1)
-                - scores.topk(2, dim=1).values[:, 1]
-            ).numpy()
-        best = np.argsort(-np.where(ranks == 1, margin, -np.inf), kind="stable")[:n_examples]
-        worst = np.argsort(-ranks, kind="stable")[:n_examples]
-        sections.append("<h2>Retrieval examples</h2><p class=muted>Green border: the true image.</p>")
-        texts, names = target.caption_texts, target.image_names
-        sections.append(_grids("Best queries", best, ranks, topk, texts, names, target.caption_image, Path(images_dir)))
-        sections.append(
-            _grids("Worst queries", worst, ranks, topk, texts, names, target.caption_image, Path(images_dir))
-        )
-    config = json.dumps(info.config.to_dict(), indent=2)
-    sections.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
+        scores = torch.cat([scorer.scores(q_s[i : i + 1024], g_s) for i in range(0, len(q_s), 1024)])
+        sections.append(_examples(scores, ranks, target, Path(images_dir), n_examples, k))
+    sections.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(opened.config.to_dict(), indent=2))}</pre>")
     page = (
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stitch report — {html.escape(run.name)}"
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stitch report — {title}"
         f"</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
     atomic_write_text(out, page)
     return out
+
+
+def _map_section(model, q, g, target, projection: str, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    shown_images = np.sort(rng.choice(target.n_images, min(300, target.n_images), replace=False))
+    caption_rows = np.flatnonzero(np.isin(target.caption_image, shown_images))[:600]
+    flat_q = model.single_vector(q)
+    figure = _map(flat_q[caption_rows].numpy(), g[shown_images].numpy(), projection, seed)
+    return f"<h2>Map of the scoring space</h2><img class=fig src='{figure}' alt='map'>"
+
+
+def _examples(scores: torch.Tensor, ranks: np.ndarray, target, images_dir: Path, n_examples: int, k: int) -> str:
+    """Grids of the best (widest margin at rank 1) and the worst queries under the run's scoring."""
+    topk = scores.topk(k, dim=1).indices.numpy()
+    true = scores.gather(1, torch.as_tensor(target.caption_image)[:, None]).squeeze(1)
+    margin = (true - scores.topk(2, dim=1).values[:, 1]).numpy()
+    best = np.argsort(-np.where(ranks == 1, margin, -np.inf), kind="stable")[:n_examples]
+    worst = np.argsort(-ranks, kind="stable")[:n_examples]
+    texts, names, owner = target.caption_texts, target.image_names, target.caption_image
+    return (
+        "<h2>Retrieval examples</h2><p class=muted>Green border: the true image.</p>"
+        + _grids("Best queries", best, ranks, topk, texts, names, owner, images_dir)
+        + _grids("Worst queries", worst, ranks, topk, texts, names, owner, images_dir)
+    )

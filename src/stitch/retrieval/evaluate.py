@@ -7,18 +7,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from stitch.retrieval.hubness import Rescorer
+from stitch.registries import PROTOCOLS
 from stitch.retrieval.metrics import random_baseline, rank_metrics
 from stitch.retrieval.ranks import (
     DEFAULT_CHUNK,
+    check_chunk,
     cosine_ready,
+    dot,
     image_to_text_ndcg,
     image_to_text_ranks,
     sampled_candidate_ranks,
     text_to_image_ranks,
 )
-
-PROTOCOLS = ("full", "kaggle100")
+from stitch.retrieval.scorer import Scorer
 
 
 @dataclass
@@ -31,41 +32,67 @@ class DirectionReport:
     queries: int
     metrics: dict[str, float]
     random: dict[str, float]
+    gallery_kind: str = "images"
+    train_overlap: int = 0  # evaluated queries that are training captions of the run (allowed knowingly)
 
     def label(self) -> str:
-        return f"{self.direction}, {self.protocol} ({self.queries} queries, gallery {self.gallery})"
+        return (
+            f"{self.direction}, {self.protocol} ({self.queries} queries, gallery of {self.gallery} {self.gallery_kind})"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def describe_protocol(protocol: str, gallery: int) -> str:
+def describe_protocol(protocol: str, gallery: int, gallery_kind: str = "images") -> str:
     base, _, rerank = protocol.partition("+")
-    text = (
-        f"full gallery of {gallery} images" if base == "full" else "true image + 99 seeded random other images (Kaggle)"
-    )
-    return text + (f", rescored with {rerank} (bank: training queries)" if rerank else "")
+    if base == "full":
+        text = f"full gallery of {gallery} {gallery_kind}"
+    else:
+        text = f"true item + {PROTOCOLS.tag(base, 'candidates', 100) - 1} seeded random other {gallery_kind} (Kaggle)"
+    return text + (f", rescored with {rerank} (bank: training queries)" if rerank else ", cosine scores")
 
 
-def rescored_space(
-    q: torch.Tensor,
-    g: torch.Tensor,
-    rescorer: Rescorer | None,
-    query_bank: np.ndarray | torch.Tensor | None,
-    gallery_bank: np.ndarray | torch.Tensor | None = None,
-    device: str | torch.device = "cpu",
-):
-    """Fit ``rescorer`` on its banks; return the queries, gallery and score adjustment to rank with
-    (``q``, ``g`` and None for plain cosine)."""
-    if rescorer is None or rescorer.name == "none":
-        return q, g, None
-    if q.ndim == 3 and rescorer.name in ("center", "whiten"):
-        raise ValueError(f"{rescorer.name} transforms single query vectors; use model.aggregation=mean")
-    if query_bank is None:
-        raise ValueError(f"rerank {rescorer.name!r} needs a query bank (e.g. the translated training captions)")
-    g_bank = None if gallery_bank is None else cosine_ready(gallery_bank, device)
-    rescorer.fit(cosine_ready(query_bank, device), g, g_bank)
-    return rescorer.queries(q), rescorer.gallery(g), (lambda start, scores: rescorer.adjust(scores))
+def full_protocol(q, g, caption_image, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
+    """Every query against the whole gallery, both directions (image->text when every image has captions)."""
+    similarity = dot if scorer is None else scorer.similarity
+    adjust = None if scorer is None else scorer.adjust
+    tag = _tag("full", scorer)
+    q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
+    t2i = rank_metrics(text_to_image_ranks(q_s, g_s, caption_image, chunk, similarity, adjust))
+    if scorer is None or scorer.model.vectors_per_query == 1:
+        true = g[torch.as_tensor(caption_image, device=g.device)]
+        t2i["mean_l2"] = float(torch.linalg.vector_norm(q.reshape(len(q), -1) - true, dim=1).mean())
+    reports = [DirectionReport(tag, "text->image", len(g), len(q), t2i, random_baseline(len(g)))]
+    if len(np.unique(caption_image)) == len(g):  # image->text needs every gallery image to have a caption
+        i2t = rank_metrics(image_to_text_ranks(g, q, caption_image, chunk, similarity))
+        i2t["ndcg@10"] = image_to_text_ndcg(g, q, caption_image, 10, chunk, similarity)
+        random = _i2t_random(caption_image, len(q))
+        reports.append(DirectionReport("full", "image->text", len(q), len(g), i2t, random, "captions"))
+    return reports
+
+
+def text_to_image_metrics(q, g, caption_image, scorer: Scorer, chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
+    """Text->image metrics over the full gallery under a fitted ``scorer`` (the trainer's dev metric)."""
+    q_s, g_s = scorer.prepare_queries(q), scorer.prepare_gallery(g)
+    return rank_metrics(text_to_image_ranks(q_s, g_s, caption_image, chunk, scorer.similarity, scorer.adjust))
+
+
+def kaggle_protocol(q, g, caption_image, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
+    """Each query against its true image plus 99 seeded random others (the AML competition)."""
+    n = PROTOCOLS.tag("kaggle100", "candidates")
+    similarity = dot if scorer is None else scorer.similarity
+    adjust = None if scorer is None else scorer.adjust
+    q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
+    ranks = sampled_candidate_ranks(q_s, g_s, caption_image, n, seed, chunk, similarity, adjust)
+    metrics = rank_metrics(ranks, ks=(1, 5, 10))
+    return [
+        DirectionReport(_tag("kaggle100", scorer), "text->image", n, len(q), metrics, random_baseline(n, (1, 5, 10)))
+    ]
+
+
+def _tag(protocol: str, scorer: Scorer | None) -> str:
+    return protocol if scorer is None or scorer.rescorer is None else f"{protocol}+{scorer.name}"
 
 
 def evaluate_embeddings(
@@ -76,43 +103,21 @@ def evaluate_embeddings(
     chunk: int = DEFAULT_CHUNK,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    rescorer: Rescorer | None = None,
-    query_bank: np.ndarray | torch.Tensor | None = None,
-    gallery_bank: np.ndarray | torch.Tensor | None = None,
+    scorer: Scorer | None = None,
 ) -> list[DirectionReport]:
-    """Text->image (and, for the full protocol, image->text) metrics in the scoring space.
+    """Metrics of query embeddings against gallery embeddings (both in the scoring space) under a protocol.
 
-    A ``rescorer`` (hubness-aware scoring, fitted on ``query_bank``) changes text->image scores;
-    image->text is always reported with plain cosine scores.
+    Without a ``scorer`` the scores are cosines of single vectors. A fitted ``scorer`` supplies the model's
+    similarity and its rescoring of text->image; image->text is always scored without rescoring.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-    q = cosine_ready(queries, device)
+    run_protocol = PROTOCOLS.get(protocol, "protocol")
+    check_chunk(chunk)
+    q = queries if scorer is not None else cosine_ready(queries, device)
     g = cosine_ready(gallery, device)
     caption_image = np.asarray(caption_image, dtype=np.int64)
-    q_scored, g_scored, scorer = rescored_space(q, g, rescorer, query_bank, gallery_bank, device)
-    tag = protocol if scorer is None else f"{protocol}+{rescorer.name}"
-    if protocol == "kaggle100":
-        ranks = sampled_candidate_ranks(
-            q_scored, g_scored, caption_image, n_candidates=100, seed=seed, chunk=chunk, scorer=scorer
-        )
-        metrics = rank_metrics(ranks, ks=(1, 5, 10))
-        return [DirectionReport(tag, "text->image", 100, len(q), metrics, random_baseline(100, ks=(1, 5, 10)))]
-    ranks = text_to_image_ranks(q_scored, g_scored, caption_image, chunk=chunk, scorer=scorer)
-    t2i = rank_metrics(ranks)
-    if q.ndim == 2:
-        true = g[torch.as_tensor(caption_image, device=g.device)]
-        t2i["mean_l2"] = float(torch.linalg.vector_norm(q - true, dim=1).mean())
-    reports = [DirectionReport(tag, "text->image", len(g), len(q), t2i, random_baseline(len(g)))]
-    described = np.unique(caption_image)
-    if len(described) == len(g):  # image->text needs every gallery image to have a caption
-        i2t_ranks = image_to_text_ranks(g, q, caption_image, chunk=chunk)
-        i2t = rank_metrics(i2t_ranks)
-        i2t["ndcg@10"] = image_to_text_ndcg(g, q, caption_image, k=10, chunk=chunk)
-        reports.append(
-            DirectionReport(protocol, "image->text", len(q), len(g), i2t, _i2t_random(caption_image, len(q)))
-        )
-    return reports
+    if scorer is not None and not scorer.fitted:
+        scorer.fit(g)
+    return run_protocol(q, g, caption_image, scorer, chunk, seed)
 
 
 def _i2t_random(caption_image: np.ndarray, n_captions: int) -> dict[str, float]:
@@ -141,7 +146,7 @@ def format_reports(reports: list[DirectionReport]) -> str:
     keys = ["recall@1", "recall@5", "recall@10", "recall@50", "mrr", "ndcg@10", "median_rank", "mean_rank", "mean_l2"]
     lines = []
     for report in reports:
-        lines.append(f"{report.label()}: {describe_protocol(report.protocol, report.gallery)}")
+        lines.append(f"{report.label()}: {describe_protocol(report.protocol, report.gallery, report.gallery_kind)}")
         lines.append(f"  {'metric':<12} {'model':>10} {'random':>10}")
         for key in keys:
             if key in report.metrics:
@@ -158,7 +163,7 @@ def summary_json(reports: list[DirectionReport]) -> dict:
         **head.metrics,
         "gallery": head.gallery,
         "queries": head.queries,
-        "protocol": f"{head.direction}, {describe_protocol(head.protocol, head.gallery)}",
+        "protocol": f"{head.direction}, {describe_protocol(head.protocol, head.gallery, head.gallery_kind)}",
         "random": head.random,
     }
     for extra in reports[1:]:

@@ -22,11 +22,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stitch.retrieval.ranks import DEFAULT_CHUNK, score
+from stitch.registries import RESCORERS
+from stitch.retrieval.ranks import DEFAULT_CHUNK, dot
 
 
 def _column_stat(
-    bank: torch.Tensor, gallery: torch.Tensor, reduce, chunk: int = DEFAULT_CHUNK, bank_is_gallery: bool = False
+    bank: torch.Tensor,
+    gallery: torch.Tensor,
+    reduce,
+    chunk: int = DEFAULT_CHUNK,
+    bank_is_gallery: bool = False,
+    similarity=dot,
 ) -> torch.Tensor:
     """Per-gallery statistic over bank similarities, computed in gallery chunks (memory bank x chunk).
 
@@ -34,7 +40,7 @@ def _column_stat(
     """
     parts = []
     for i in range(0, len(gallery), chunk):
-        scores = score(bank, gallery[i : i + chunk])
+        scores = similarity(bank, gallery[i : i + chunk])
         if bank_is_gallery:
             cols = torch.arange(scores.shape[1], device=scores.device)
             scores[i + cols, cols] = float("-inf")
@@ -49,7 +55,12 @@ class Rescorer:
     scale = 1.0
     offset: torch.Tensor | None = None
 
-    def fit(self, query_bank: torch.Tensor, gallery: torch.Tensor, gallery_bank: torch.Tensor | None = None):
+    def fit(
+        self, query_bank: torch.Tensor, gallery: torch.Tensor, gallery_bank: torch.Tensor | None = None, similarity=dot
+    ):
+        """Learn gallery statistics from a bank of queries that are not the evaluated ones.
+
+        ``similarity(queries, gallery)`` is the model's score (a query may be a slot set)."""
         return self
 
     def queries(self, q: torch.Tensor) -> torch.Tensor:
@@ -73,9 +84,11 @@ class CSLS(Rescorer):
     def __init__(self, k: int = 10) -> None:
         self.k = k
 
-    def fit(self, query_bank, gallery, gallery_bank=None):
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
         k = min(self.k, len(query_bank))
-        self.offset = _column_stat(query_bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0))
+        self.offset = _column_stat(
+            query_bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0), similarity=similarity
+        )
         return self
 
 
@@ -85,8 +98,10 @@ class InvertedSoftmax(Rescorer):
     def __init__(self, beta: float = 20.0) -> None:
         self.beta = self.scale = beta
 
-    def fit(self, query_bank, gallery, gallery_bank=None):
-        self.log_norm = _column_stat(query_bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0))
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
+        self.log_norm = _column_stat(
+            query_bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0), similarity=similarity
+        )
         self.offset = self.log_norm
         return self
 
@@ -98,11 +113,11 @@ class QBNorm(InvertedSoftmax):
         super().__init__(beta)
         self.top_k = top_k
 
-    def fit(self, query_bank, gallery, gallery_bank=None):
-        super().fit(query_bank, gallery)
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
+        super().fit(query_bank, gallery, similarity=similarity)
         hubs = torch.zeros(len(gallery), dtype=torch.bool, device=gallery.device)
         for i in range(0, len(query_bank), DEFAULT_CHUNK):
-            top = score(query_bank[i : i + DEFAULT_CHUNK], gallery).topk(self.top_k, dim=1).indices
+            top = similarity(query_bank[i : i + DEFAULT_CHUNK], gallery).topk(self.top_k, dim=1).indices
             hubs[top.flatten()] = True
         self.activation = hubs
         return self
@@ -121,8 +136,8 @@ class DBNorm(InvertedSoftmax):
         super().__init__(beta)
         self.gallery_weight = gallery_weight
 
-    def fit(self, query_bank, gallery, gallery_bank=None):
-        super().fit(query_bank, gallery)
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
+        super().fit(query_bank, gallery, similarity=similarity)
         bank = gallery if gallery_bank is None else gallery_bank
         self.log_norm_gallery = _column_stat(
             bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0), bank_is_gallery=gallery_bank is None
@@ -134,7 +149,7 @@ class DBNorm(InvertedSoftmax):
 class Center(Rescorer):
     name = "center"
 
-    def fit(self, query_bank, gallery, gallery_bank=None):
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
         self.query_mean = query_bank.mean(0)
         self.gallery_mean = (gallery if gallery_bank is None else gallery_bank).mean(0)
         return self
@@ -152,7 +167,7 @@ class Whiten(Center):
     def __init__(self, eps: float = 1e-2) -> None:
         self.eps = eps
 
-    def fit(self, query_bank, gallery, gallery_bank=None):
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
         super().fit(query_bank, gallery, gallery_bank)
         centred = (query_bank - self.query_mean).double()
         cov = centred.T @ centred / max(1, len(centred) - 1)
@@ -165,36 +180,37 @@ class Whiten(Center):
         return F.normalize((q - self.query_mean) @ self.whitener, dim=1)
 
 
-RESCORERS = {
-    "none": Rescorer,
-    "csls": CSLS,
-    "is": InvertedSoftmax,
-    "qbnorm": QBNorm,
-    "dbnorm": DBNorm,
-    "center": Center,
-    "whiten": Whiten,
-}
-
-
 def build_rescorer(name: str, **params) -> Rescorer:
-    """``name`` from RESCORERS, with parameters such as ``k`` (csls) or ``beta`` (is/qbnorm/dbnorm)."""
-    if name not in RESCORERS:
-        raise ValueError(f"unknown rerank method {name!r}; choose from {sorted(RESCORERS)}")
+    """A rescorer by its registry name, with parameters such as ``k`` (csls) or ``beta`` (is/qbnorm/dbnorm),
+    each checked: a bad value is an error naming it, never a NaN score later."""
+    cls = RESCORERS.get(name, "rerank")
     try:
-        rescorer = RESCORERS[name](**params)
+        rescorer = cls(**params)
     except TypeError as err:
         raise ValueError(f"bad parameters for rerank {name!r}: {err}") from err
+    for key, value in params.items():
+        _check_param(name, key, value)
     rescorer.params = dict(params)
     return rescorer
+
+
+def _check_param(name: str, key: str, value) -> None:
+    bounds = {"beta": (1e-6, 1e4), "k": (1, 10**6), "top_k": (1, 10**6), "gallery_weight": (0, 10), "eps": (1e-12, 1e3)}
+    low, high = bounds.get(key, (None, None))
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if low is not None and (not is_number or not low <= value <= high):
+        raise ValueError(f"rerank {name} parameter {key} must be a number in [{low}, {high}], got {value!r}")
+    if key in ("k", "top_k") and int(value) != value:
+        raise ValueError(f"rerank {name} parameter {key} must be a whole number, got {value!r}")
 
 
 def configured_rescorer(name: str, params: dict | None, inference=None, temperature: float | None = None) -> Rescorer:
     """A rescorer with a run's defaults filled in: β of IS/QB-Norm/DBNorm = the configured β, else
     1 / the learnt temperature, else 20; k of CSLS from the config. ``inference`` is an InferenceConfig."""
     params = dict(params or {})
-    if name in ("is", "qbnorm", "dbnorm") and "beta" not in params:
+    if RESCORERS.tag(name, "beta") and "beta" not in params:
         configured = inference.beta if inference is not None else 0.0
         params["beta"] = configured or (1.0 / temperature if temperature else 20.0)
-    if name == "csls" and "k" not in params and inference is not None:
+    if RESCORERS.tag(name, "k") and "k" not in params and inference is not None:
         params["k"] = inference.k
     return build_rescorer(name, **params)

@@ -17,14 +17,24 @@ import torch
 import torch.nn.functional as F
 
 from stitch.io.atomic import atomic_write, atomic_write_text
+from stitch.registries import INDEX_KINDS
 
-KINDS = ("exact", "flat", "ivf", "hnsw", "ivfpq")
 DEFAULT_PARAMS = {
     "exact": {},
     "flat": {},
     "ivf": {"nlist": 1024, "nprobe": 32},
     "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
     "ivfpq": {"nlist": 1024, "nprobe": 32, "m": 32, "nbits": 8, "refine_factor": 10},
+}
+# inclusive bounds of every parameter: FAISS takes out-of-range values and overflows or eats the memory
+PARAM_BOUNDS = {
+    "nlist": (1, 1 << 20),
+    "nprobe": (1, 1 << 20),
+    "m": (2, 512),
+    "ef_construction": (1, 1 << 16),
+    "ef_search": (1, 1 << 16),
+    "nbits": (1, 16),
+    "refine_factor": (0, 1000),
 }
 
 
@@ -45,6 +55,7 @@ class GalleryIndex:
     params: dict = field(default_factory=dict)
     vectors: np.ndarray | None = None  # exact only
     faiss_index: object | None = None
+    meta: dict = field(default_factory=dict)  # what the caller records with it (e.g. the run it indexes)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -82,20 +93,24 @@ class GalleryIndex:
             import faiss
 
             atomic_write(folder / "index.faiss", lambda tmp: faiss.write_index(self.faiss_index, str(tmp)))
-        meta = {"kind": self.kind, "dim": self.dim, "params": self.params, "names": [str(n) for n in self.names]}
+        meta = {
+            "kind": self.kind,
+            "dim": self.dim,
+            "params": self.params,
+            "names": [str(n) for n in self.names],
+            "meta": self.meta,
+        }
         atomic_write_text(folder / "index.json", json.dumps(meta))
         return folder
 
 
 def build_index(gallery: np.ndarray, kind: str = "exact", names: np.ndarray | None = None, **params) -> GalleryIndex:
     """Index the rows of ``gallery`` (normalised here) for inner-product search."""
-    if kind not in KINDS:
-        raise IndexFileError(f"unknown index kind {kind!r}; choose from {KINDS}")
-    unknown = set(params) - set(DEFAULT_PARAMS[kind])
-    if unknown:
-        raise IndexFileError(
-            f"unknown parameter(s) {sorted(unknown)} for {kind}; valid: {sorted(DEFAULT_PARAMS[kind])}"
-        )
+    try:
+        INDEX_KINDS.check(kind, "index kind")
+    except ValueError as err:
+        raise IndexFileError(str(err)) from err
+    _check_params(kind, params)
     gallery = np.asarray(gallery, dtype=np.float32)
     if gallery.ndim != 2 or len(gallery) == 0:
         raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape {gallery.shape}")
@@ -109,6 +124,20 @@ def build_index(gallery: np.ndarray, kind: str = "exact", names: np.ndarray | No
     if kind == "exact":
         return GalleryIndex(kind, gallery.shape[1], names, merged, vectors=vectors)
     return GalleryIndex(kind, gallery.shape[1], names, merged, faiss_index=_faiss_index(kind, vectors, merged))
+
+
+def _check_params(kind: str, params: dict) -> None:
+    unknown = set(params) - set(DEFAULT_PARAMS[kind])
+    if unknown:
+        raise IndexFileError(
+            f"unknown parameter(s) {sorted(unknown)} for {kind}; valid: {sorted(DEFAULT_PARAMS[kind])}"
+        )
+    for key, value in params.items():
+        low, high = PARAM_BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise IndexFileError(f"index parameter {key} must be a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise IndexFileError(f"index parameter {key} must be in [{low}, {high}], got {value}")
 
 
 def _faiss_index(kind: str, vectors: np.ndarray, p: dict):
@@ -153,6 +182,7 @@ def load_index(folder: str | Path) -> GalleryIndex:
     try:
         meta = json.loads(meta_path.read_text())
         kind, dim, names, params = meta["kind"], int(meta["dim"]), np.array(meta["names"]), meta["params"]
+        extra = dict(meta.get("meta", {}))
     except (KeyError, ValueError, TypeError) as err:
         raise IndexFileError(f"{meta_path} is corrupt: {err}") from err
     if kind == "exact":
@@ -164,7 +194,7 @@ def load_index(folder: str | Path) -> GalleryIndex:
             raise IndexFileError(f"{folder / 'vectors.safetensors'} cannot be read: {err}") from err
         if vectors.shape != (len(names), dim):
             raise IndexFileError(f"vectors {vectors.shape} do not match {len(names)} names x {dim} dims")
-        return GalleryIndex(kind, dim, names, params, vectors=vectors)
+        return GalleryIndex(kind, dim, names, params, vectors=vectors, meta=extra)
     import faiss
 
     try:
@@ -174,7 +204,7 @@ def load_index(folder: str | Path) -> GalleryIndex:
     if index.ntotal != len(names) or index.d != dim:
         raise IndexFileError(f"index has {index.ntotal} x {index.d}, names/meta say {len(names)} x {dim}")
     _restore_search_params(index, kind, params)
-    return GalleryIndex(kind, dim, names, params, faiss_index=index)
+    return GalleryIndex(kind, dim, names, params, faiss_index=index, meta=extra)
 
 
 def _restore_search_params(index, kind: str, params: dict) -> None:

@@ -5,28 +5,94 @@
 - ``GET /images/{name}``: a gallery picture, served from the image folder only (names are checked
   against the gallery, so no path can escape the folder);
 - ``GET /health``; ``GET /``: a page with a search box and a grid of result thumbnails.
-Input limits answer with 4xx and a message, never a 500.
+Input limits answer with 4xx and a message, never a 500; one bad request fails alone, never its batch
+(:mod:`stitch.service.batcher`). Bodies are capped and timed (:mod:`stitch.service.guard`), connections
+too (:mod:`stitch.service.server`), and :func:`serve` checks its arguments before loading any model.
 """
 
 from __future__ import annotations
 
+import html
+import json
+import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from stitch.service.batcher import MicroBatcher
-from stitch.service.page import PAGE
+from stitch.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
+from stitch.service.page import render_page
+from stitch.service.server import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_HEADER_BYTES,
+    check_port,
+    check_server_limits,
+    is_number,
+    server_config,
+)
+from stitch.service.validation import check_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Limits:
+    """Per-request limits. ``max_body_bytes=None``: 64 KiB, or more when the run's raw-embedding queries
+    need it (a JSON float takes up to ~24 bytes, so a 4096-d embedding needs ~100 KB)."""
+
     max_query_chars: int = 500
     max_k: int = 100
+    max_body_bytes: int | None = None
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes is not None and (not is_number(self.max_body_bytes, int) or self.max_body_bytes < 1):
+            raise ValueError(f"max_body_bytes must be a positive int, got {self.max_body_bytes!r}")
+        if not is_number(self.body_timeout_s) or not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be a positive number of seconds, got {self.body_timeout_s!r}")
+
+    def body_cap(self, text_dim: int) -> int:
+        """The body cap in bytes for a searcher taking ``text_dim``-d embeddings."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return max(DEFAULT_MAX_BODY_BYTES, 32 * text_dim + 1024)
+
+
+def json_safe(value: object) -> object:
+    """``value`` with non-finite floats as strings: JSON has no NaN, and Starlette refuses to write one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422, written so that the input it echoes cannot break it: its default handler failed with a
+    500 on a lone surrogate (not UTF-8 encodable) or a NaN in the echoed input. ASCII JSON escapes both."""
+    detail = json_safe(jsonable_encoder(exc.errors()))
+    return Response(json.dumps({"detail": detail}, ensure_ascii=True), 422, media_type="application/json")
+
+
+def check_images_dir(images_dir: str | Path) -> Path:
+    """The images folder, resolved; a clear ValueError naming it when it is missing or not a folder (checked
+    before any model loads, so a typo fails in a second rather than after the encoder is up)."""
+    path = Path(images_dir)
+    if not path.exists():
+        raise ValueError(f"images folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"images folder {str(path)!r} is not a directory")
+    return path.resolve()
 
 
 class SearchRequest(BaseModel):
@@ -49,10 +115,20 @@ class SearchResponse(BaseModel):
     results: list[Hit]
 
 
-def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limits = Limits(), title: str = "stitch"):
-    images_dir = Path(images_dir).resolve()
+def create_app(
+    searcher, images_dir: str | Path, text_encoder=None, limits: Limits = Limits(), title: str = "stitch"
+) -> FastAPI:
+    """The service app over ``searcher``; every request body passes :class:`BodyLimit` before parsing."""
+    images_dir = check_images_dir(images_dir)
     gallery = {str(n) for n in searcher.index.names}
-    app = FastAPI(title=f"{title} search", version="1", description="Cross-modal search over a stitch run's gallery.")
+    # FastAPI writes the title into the /docs and /redoc HTML unescaped: a run name is not trusted markup
+    app = FastAPI(
+        title=html.escape(f"{title} search"), version="1", description="Cross-modal search over a stitch run's gallery."
+    )
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(
+        BodyLimit, max_body_bytes=limits.body_cap(searcher.text_dim), body_timeout_s=limits.body_timeout_s
+    )
 
     batcher = MicroBatcher(searcher, text_encoder)
 
@@ -62,8 +138,11 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
         start = time.perf_counter()
         try:
             hits = await batcher.submit(text, embedding, k)
-        except ValueError as err:
+        except ValueError as err:  # this query's own fault (checked alone, or isolated from its batch)
             raise HTTPException(422, str(err)) from err
+        except Exception as err:  # a server fault, for this query only
+            log.exception("search failed for one query")
+            raise HTTPException(500, "internal error while searching") from err
         took = (time.perf_counter() - start) * 1000  # text encoding included
         results = [Hit(rank=i + 1, name=h.name, score=h.score, url=f"/images/{h.name}") for i, h in enumerate(hits)]
         return SearchResponse(query=label, k=k, took_ms=round(took, 3), results=results)
@@ -76,7 +155,10 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
             raise HTTPException(422, f"the query is longer than {limits.max_query_chars} characters")
         if text_encoder is None:
             raise HTTPException(400, "this service has no text encoder: send a raw embedding to POST /search")
-        return text
+        try:
+            return check_text(text)  # before it can join a batch: lone surrogates, control characters
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from err
 
     @app.get("/health")
     def health() -> dict:
@@ -100,10 +182,7 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
             raise HTTPException(422, "send exactly one of 'text' or 'embedding'")
         if body.text is not None:
             return await run_search(checked_text(body.text), None, body.text, body.k)
-        if len(body.embedding) != searcher.text_dim:
-            raise HTTPException(422, f"embedding must have {searcher.text_dim} dimensions, got {len(body.embedding)}")
-        if not all(math.isfinite(v) for v in body.embedding):
-            raise HTTPException(422, "embedding contains NaN or Inf")
+        # dimension and float32 finiteness are checked by the batcher before the query joins a batch (-> 422)
         return await run_search(None, body.embedding, "embedding", body.k)
 
     @app.get("/images/{name}")
@@ -117,7 +196,7 @@ def create_app(searcher, images_dir: str | Path, text_encoder=None, limits: Limi
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.replace("{{TITLE}}", title).replace("{{GALLERY}}", str(len(searcher.index)))
+        return render_page(title=title, gallery=len(searcher.index))
 
     return app
 
@@ -130,12 +209,14 @@ def build_app(
     index: str | Path | None = None,
     text_encoder: str | None = None,
     text_precision: str = "fp32",
-):
+    limits: Limits = Limits(),
+) -> FastAPI:
     """Load the run, its gallery (an exact index with the run's rescoring, or ``index``) and the text encoder
     the data records (or ``text_encoder``)."""
     from stitch import api
     from stitch.encoders.text import TextEncoder
 
+    check_images_dir(images_dir)  # before the data and models load
     data = api.load(data_path)
     searcher = api.open_searcher(run, data, split, index)
     spec = text_encoder or data.encoders.get("text")
@@ -144,22 +225,36 @@ def build_app(
     encoder = TextEncoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
-    return create_app(searcher, images_dir, encoder, title=Path(run).name)
+    return create_app(searcher, images_dir, encoder, limits=limits, title=Path(run).name)
 
 
 def serve(
-    run,
-    data_path,
-    images_dir,
-    split=None,
+    run: str | Path,
+    data_path: str | Path,
+    images_dir: str | Path,
+    split: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    index=None,
-    text_encoder=None,
+    index: str | Path | None = None,
+    text_encoder: str | None = None,
     text_precision: str = "fp32",
+    max_body_bytes: int | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> None:
+    """Serve a run until interrupted. Limits: request bodies over ``max_body_bytes`` (default 64 KiB, more
+    for wide embeddings) get 413 and bodies slower than ``body_timeout_s`` 408; request heads over
+    ``max_header_bytes`` get 400 and heads slower than ``header_timeout_s`` are closed; idle kept-alive
+    connections close after ``keep_alive_s``. Arguments are checked before any model loads."""
     import uvicorn
 
-    app = build_app(run, data_path, images_dir, split, index, text_encoder, text_precision)
+    check_port(port)
+    check_images_dir(images_dir)
+    check_server_limits(header_timeout_s, keep_alive_s, max_header_bytes)
+    limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)  # checks them
+    app = build_app(run, data_path, images_dir, split, index, text_encoder, text_precision, limits=limits)
+    config = server_config(app, host, port, header_timeout_s, keep_alive_s, max_header_bytes)
     print(f"serving {run} on http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(config).run()

@@ -4,17 +4,25 @@ By default nothing waits: the worker takes every query queued when it is free, s
 straight through and, under load, the queries that arrive while a batch is encoded form the next one
 (continuous batching). ``max_wait_ms > 0`` holds a batch open that long for more arrivals.
 
+One request must not break its neighbours: each query is checked on its own before it joins a batch
+(:mod:`stitch.service.validation`), and a batch whose shared call still fails is split in halves and
+retried until the error reaches only the query at fault (``log2(batch)`` extra calls for one bad query).
+
 Encoded queries are kept in a small LRU cache (``cache_size`` texts): repeated searches — a page
 reload, a popular query, the next page of results — skip the encoder, the costly part."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from stitch.service.validation import QueryError, check_embedding, check_text
 
 
 class MicroBatcher:
@@ -34,11 +42,22 @@ class MicroBatcher:
             self.queue = asyncio.Queue()
             self.worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, text: str | None, embedding: list[float] | None, k: int):
-        """Hits for one query (text, or a raw caption embedding); raises ValueError on bad input."""
+    async def submit(self, text: str | None, embedding: Sequence[float] | np.ndarray | None, k: int) -> list:
+        """Hits for one query (text, or a raw caption embedding); raises ValueError on bad input.
+
+        The query is checked here, before it is queued, so a bad one is refused without touching a batch."""
+        if (text is None) == (embedding is None):
+            raise QueryError("send exactly one of a text or an embedding")
+        if text is not None:
+            if self.text_encoder is None:
+                raise QueryError("this service has no text encoder: send a raw embedding")
+            row = None
+            text = check_text(text)
+        else:
+            row = check_embedding(embedding, self.searcher.text_dim)
         self._ensure_started()
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((text, embedding, k, future))
+        await self.queue.put((text, row, k, future))
         return await future
 
     async def _run(self) -> None:
@@ -57,16 +76,27 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     break
             try:
-                results = await loop.run_in_executor(self.executor, self._process, batch)
-            except Exception as err:  # one bad batch must not stop the worker
+                results = await loop.run_in_executor(self.executor, self._settle, batch)
+            except Exception as err:  # the executor itself failed: nothing ran, so no query is at fault
                 results = [err] * len(batch)
             for (_, _, _, future), result in zip(batch, results):
-                if future.done():
+                if future.done():  # the caller went away
                     continue
                 if isinstance(result, Exception):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    def _settle(self, batch: list) -> list:
+        """One result (hits or the exception) per query. A failing shared call is retried on each half, so a
+        query that breaks the encoder or the searcher fails alone and its neighbours still get their hits."""
+        try:
+            return self._process(batch)
+        except Exception as err:
+            if len(batch) == 1:
+                return [err]
+            middle = len(batch) // 2
+            return self._settle(batch[:middle]) + self._settle(batch[middle:])
 
     def _process(self, batch: list) -> list:
         rows: list[np.ndarray | None] = [None] * len(batch)
@@ -81,6 +111,8 @@ class MicroBatcher:
                 missing.setdefault(text, []).append(i)
         if missing:
             encoded = self.text_encoder.encode(list(missing))
+            if len(encoded) != len(missing):
+                raise RuntimeError(f"the text encoder returned {len(encoded)} rows for {len(missing)} texts")
             for (text, positions), row in zip(missing.items(), encoded):
                 for i in positions:
                     rows[i] = row
@@ -88,9 +120,19 @@ class MicroBatcher:
                     self.cache[text] = row.copy()  # a copy: a view would keep the whole batch alive
                     if len(self.cache) > self.cache_size:
                         self.cache.popitem(last=False)
-        for i, (_, embedding, _, _) in enumerate(batch):
-            if embedding is not None:
-                rows[i] = np.asarray(embedding, dtype=np.float32)
+        for i, (_, row, _, _) in enumerate(batch):
+            if row is not None:
+                rows[i] = row
         k_max = max(k for _, _, k, _ in batch)
         hits = self.searcher.search(np.stack(rows), k_max)
-        return [row_hits[:k] for row_hits, (_, _, k, _) in zip(hits, batch)]
+        return [self._checked_hits(row_hits[:k], text) for row_hits, (text, _, k, _) in zip(hits, batch)]
+
+    @staticmethod
+    def _checked_hits(hits: list, text: str | None) -> list | Exception:
+        """The hits, or the error for this query alone when its scores are not finite (JSON cannot carry NaN):
+        the sender's fault for a raw embedding (huge values overflow the translator), ours for a text."""
+        if all(math.isfinite(getattr(h, "score", 0.0)) for h in hits):
+            return hits
+        if text is None:
+            return QueryError("the embedding gives non-finite scores (are its values far too large?)")
+        return RuntimeError("a text query gave non-finite scores")

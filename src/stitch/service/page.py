@@ -1,4 +1,12 @@
-"""The search page: one self-contained HTML document (no external assets)."""
+"""The search page: one self-contained HTML document (no external assets).
+
+Values go in through :func:`render_page` only, HTML-escaped: a run name is a folder name, and a folder can
+be called ``<script>...``."""
+
+from __future__ import annotations
+
+import html
+import re
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -66,3 +74,13 @@ form.addEventListener('submit', async (event) => {
 </body>
 </html>
 """
+
+
+_SLOT = re.compile(r"\{\{([A-Z]+)\}\}")
+
+
+def render_page(title: str, gallery: int) -> str:
+    """The page with its slots filled, each value escaped, in one pass (a title holding ``{{GALLERY}}``
+    stays literal text instead of being filled in turn)."""
+    values = {"TITLE": str(title), "GALLERY": str(gallery)}
+    return _SLOT.sub(lambda m: html.escape(values[m.group(1)], quote=True), PAGE)

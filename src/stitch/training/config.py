@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -105,22 +106,68 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-TOWERS = ("identity", "linear", "mlp", "align", "attention", "crossattn")
-CHOICES = {
-    "model.name": ("ridge", "procrustes", "mlp", "resmlp", "dual", "set"),
-    "loss.name": ("mse", "cosine", "infonce", "siglip", "contrastive", "triplet", "set-triplet", "set-infonce"),
-    "loss.miner": ("none", "all", "hardest", "semihard", "distance-weighted"),
-    "model.activation": ("gelu", "relu", "silu", "tanh"),
-    "model.text_tower": TOWERS,
-    "model.image_tower": TOWERS,
-    "model.aggregation": ("winner", "mean"),
-    "model.init": ("ridge", "procrustes"),
-    "inference.rerank": ("none", "csls", "is", "qbnorm", "dbnorm", "center", "whiten"),
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Settings whose values are registry names (the registries are the one spelling of each)."""
+    from stitch import registries as r
+
+    return {
+        "model.name": r.MODELS.names(),
+        "loss.name": r.LOSSES.names(),
+        "loss.miner": r.MINERS.names(),
+        "model.activation": r.ACTIVATIONS.names(),
+        "model.text_tower": r.TOWERS.names(),
+        "model.image_tower": r.TOWERS.names(),
+        "model.aggregation": ("winner", "mean"),
+        "model.init": ("ridge", "procrustes"),
+        "inference.rerank": r.RESCORERS.names(),
+    }
+
+
+# inclusive numeric bounds of every numeric setting; None = unbounded on that side. A value outside
+# them is an error naming the setting, never a silent NaN or an empty training.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "model.hidden": (1, 1 << 16),
+    "model.depth": (1, 64),
+    "model.dropout": (0.0, 0.999),
+    "model.ridge_alpha": (0.0, 1e12),
+    "model.shared_dim": (1, 1 << 16),
+    "model.momentum": (0.0, 0.99999),
+    "model.distill_weight": (0.0, 1e6),
+    "model.distill_temperature": (1e-6, 1e3),
+    "model.slots": (1, 1024),
+    "model.slot_dropout": (0.0, 0.999),
+    "model.diversity_weight": (0.0, 1e6),
+    "model.diversity_margin": (-1.0, 1.0),
+    "model.global_weight": (0.0, 1e6),
+    "model.global_margin": (-1.0, 1.0),
+    "model.mmd_weight": (0.0, 1e6),
+    "model.uniformity_weight": (0.0, 1e6),
+    "loss.temperature": (1e-4, 100.0),
+    "loss.margin": (0.0, 100.0),
+    "loss.queue_size": (0, 1 << 24),
+    "loss.hard_negatives": (0, 1 << 24),
+    "loss.norm_weight": (0.0, 1e6),
+    "loss.sinkhorn_temperature": (1e-4, 100.0),
+    "loss.sinkhorn_iters": (1, 10_000),
+    "optim.lr": (1e-9, 10.0),
+    "optim.weight_decay": (0.0, 100.0),
+    "optim.epochs": (1, 100_000),
+    "optim.batch_size": (2, 1 << 20),
+    "optim.warmup_fraction": (0.0, 0.999),
+    "optim.grad_clip": (0.0, 1e9),
+    "inference.beta": (0.0, 1e4),
+    "inference.k": (1, 1 << 20),
+    "inference.bank_size": (1, 1 << 26),
+    "seed": (0, 2**63 - 1),
+    "patience": (1, 100_000),
+    "dev_fraction": (0.0, 0.99),
+    "eval_chunk": (1, 1 << 24),
 }
-POSITIVE = {"optim.lr", "optim.epochs", "optim.batch_size", "model.hidden", "loss.temperature", "eval_chunk"}
 
 
 def _coerce(key: str, kind: type, value):
+    if kind is not bool and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a {kind.__name__}, got the boolean {value!r}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -128,10 +175,14 @@ def _coerce(key: str, kind: type, value):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if kind in (int, float):
+        if isinstance(value, str) and kind is int and value.strip().lower() in ("nan", "inf", "-inf", "infinity"):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
         try:
             number = kind(value) if not isinstance(value, str) else kind(float(value)) if kind is int else kind(value)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{key} must be a number ({kind.__name__}), got {value!r}") from err
+        if kind is float and not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if kind is int and float(value) != int(number):
             raise ConfigError(f"{key} must be a whole number, got {value!r}")
         return number
@@ -154,34 +205,40 @@ def _apply(target, data: dict, prefix: str = "") -> None:
             setattr(target, key, _coerce(full, hints[key], value))
 
 
+def _get(config: TrainConfig, key: str):
+    obj = config
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def validate(config: TrainConfig) -> TrainConfig:
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
-    for key in POSITIVE:
-        obj = config
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        if obj <= 0:
-            raise ConfigError(f"{key} must be positive, got {obj}")
-    if not 0 <= config.model.dropout < 1:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {config.model.dropout}")
-    if not 0 <= config.optim.warmup_fraction < 1:
-        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {config.optim.warmup_fraction}")
-    set_loss = config.loss.name.startswith("set-")
-    if set_loss != (config.model.name == "set"):
-        raise ConfigError(
-            "set-triplet / set-infonce losses go with model.name=set, and model.name=set needs one of them"
-        )
-    if config.model.name == "dual" and config.loss.name in ("mse", "cosine"):
-        raise ConfigError("dual heads learn a shared space: use a contrastive loss (infonce, siglip, triplet, ...)")
-    if config.model.depth < 1:
-        raise ConfigError(f"model.depth must be at least 1, got {config.model.depth}")
+    """Every name against its registry, every number against its range, and the pairs that must agree."""
+    for key, allowed in _choices().items():
+        if _get(config, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {list(allowed)}, got {_get(config, key)!r}")
+    for key, (low, high) in RANGES.items():
+        value = _get(config, key)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
+    _check_task(config)
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     return config
+
+
+def _check_task(config: TrainConfig) -> None:
+    """The model's training task decides which kinds of loss it can train with (registry tags)."""
+    from stitch.registries import LOSSES, MODELS, TASKS
+
+    task = MODELS.tag(config.model.name, "task")
+    kind = LOSSES.tag(config.loss.name, "kind")
+    accepted = TASKS.tag(task, "losses")
+    if kind not in accepted:
+        fitting = [name for name in LOSSES.names() if LOSSES.tag(name, "kind") in accepted]
+        raise ConfigError(
+            f"model.name={config.model.name} trains with loss.name in {fitting}, got {config.loss.name!r}"
+        )
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -1,23 +1,30 @@
-"""A run folder: safetensors weights, the JSON config, per-epoch metrics CSV and a resume checkpoint.
+"""A run: its model, config, query bank and the folder that holds them (as a model is a
+``SentenceTransformer``).
 
-Weights load with ``safetensors`` and checkpoints with ``torch.load(weights_only=True)``: opening a
-run never executes code from it.
+The folder holds ``model.safetensors`` (best epoch), ``config.json`` (the config, dimensions, split,
+data), ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (resume state), ``bank.safetensors``
+(training captions for hubness-aware scoring, and the learnt temperature) and ``summary.json``.
+Weights load with ``safetensors`` and checkpoints with ``torch.load(weights_only=True)``: opening a run
+never executes code from it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from stitch.io.atomic import atomic_write, atomic_write_text
-from stitch.training.config import TrainConfig, config_from_dict
-from stitch.translators import StitchModel, build_model
+from stitch.retrieval.scorer import Scorer
+from stitch.training.config import ConfigError, TrainConfig, config_from_dict
+from stitch.translators import Translator, build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -25,10 +32,11 @@ METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 BANK = "bank.safetensors"
+RUN_FILES = (WEIGHTS, CONFIG, METRICS, CHECKPOINT, SUMMARY, BANK)
 
 
 class RunError(ValueError):
-    """A run folder is missing or incomplete."""
+    """A run folder is missing, incomplete, or does not fit what was asked of it."""
 
 
 @dataclass
@@ -44,129 +52,235 @@ class RunInfo:
         body = {"config": self.config.to_dict(), "text_dim": self.text_dim, "image_dim": self.image_dim, **self.meta}
         return json.dumps(body, indent=2, sort_keys=True, default=str)
 
-
-def save_weights(model: StitchModel, run_dir: Path) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
-
-
-def save_info(info: RunInfo, run_dir: Path) -> None:
-    atomic_write_text(run_dir / CONFIG, info.to_json())
-
-
-def read_info(run_dir: str | Path) -> RunInfo:
-    """A run's config and facts; for an ensemble, its first member's (meta lists the members)."""
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        from stitch.training.ensemble import read_ensemble
-
-        members, weights = read_ensemble(run_dir)
-        info = read_info(members[0])
-        info.meta = {**info.meta, "ensemble": [str(m) for m in members], "weights": weights}
-        return info
-    path = run_dir / CONFIG
-    if not path.exists():
-        raise RunError(f"{run_dir} is not a stitch run: {CONFIG} is missing")
-    try:
-        body = json.loads(path.read_text())
-        config = config_from_dict(body.pop("config"))
-        return RunInfo(config, int(body.pop("text_dim")), int(body.pop("image_dim")), body)
-    except (KeyError, ValueError, TypeError) as err:
-        raise RunError(f"{path} is not a valid run config: {err}") from err
+    @classmethod
+    def read(cls, run_dir: Path) -> RunInfo:
+        path = run_dir / CONFIG
+        if not path.exists():
+            raise RunError(f"{run_dir} is not a stitch run: {CONFIG} is missing")
+        try:
+            body = json.loads(path.read_text())
+            config = config_from_dict(body.pop("config"))
+            return cls(config, int(body.pop("text_dim")), int(body.pop("image_dim")), body)
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise RunError(f"{path} is not a valid run config: {err}") from err
 
 
-def is_ensemble(run_dir: str | Path) -> bool:
-    from stitch.training.ensemble import ENSEMBLE
+@dataclass
+class Checkpoint:
+    """Everything ``--resume`` needs to continue exactly where an epoch ended."""
 
-    return (Path(run_dir) / ENSEMBLE).exists()
+    model: dict
+    loss: dict
+    optimizer: dict
+    scheduler: dict
+    sampler: torch.Tensor
+    torch_rng: torch.Tensor
+    epoch: int
+    best: float
+    best_epoch: int
+    stale: int
+    best_model: dict | None
+
+    def state(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, state: dict, path: Path) -> Checkpoint:
+        missing = [f.name for f in fields(cls) if f.name not in state]
+        if missing:
+            raise RunError(f"{path} is not a stitch checkpoint of this version: missing {missing}")
+        return cls(**{f.name: state[f.name] for f in fields(cls)})
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[StitchModel, RunInfo]:
-    """The trained model of a run (or an ensemble folder), in eval mode, on ``device``."""
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        from stitch.training.ensemble import Ensemble, read_ensemble
+class Run:
+    """A model with its config, query bank and learnt temperature; ``path`` is its folder (None in memory)."""
 
-        members, weights = read_ensemble(run_dir)
-        return Ensemble([load_model(m)[0] for m in members], weights).to(device).eval(), read_info(run_dir)
-    info = read_info(run_dir)
-    weights = run_dir / WEIGHTS
+    def __init__(
+        self,
+        model: Translator,
+        info: RunInfo,
+        path: str | Path | None = None,
+        bank: np.ndarray | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        self.model, self.info, self.bank, self.temperature = model, info, bank, temperature
+        self.path = None if path is None else Path(path)
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.info.config
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else "in-memory run"
+
+    # -- opening and creating --------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+        """The trained run in ``path`` (model in eval mode on ``device``)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"{path} is not a run folder")
+        info = RunInfo.read(path)
+        model = build_model(info.config.model, info.text_dim, info.image_dim)
+        model.load_state_dict(_read_weights(path, model))
+        bank, temperature = _read_bank(path)
+        return cls(model.to(device).eval(), info, path, bank, temperature)
+
+    @staticmethod
+    def create(path: str | Path, force: bool = False) -> Path:
+        """An empty folder for a new run; an existing run is replaced only with ``force``."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path} exists and is not a folder")
+        if path.exists() and any(path.iterdir()) and not force:
+            raise RunError(f"{path} already holds a run; pass --resume to continue it or --force to replace it")
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- what a run is used for ------------------------------------------------------------------
+    def scorer(
+        self,
+        rerank: str | None = None,
+        params: dict | None = None,
+        bank: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Scorer:
+        """The run's scoring (its ``inference.rerank`` unless ``rerank`` names another), unfitted.
+
+        ``bank`` (raw caption embeddings) replaces the run's kept training captions; it must not hold
+        the queries being evaluated."""
+        name = rerank if rerank is not None else self.config.inference.rerank
+        captions = bank if bank is not None else self.bank
+        return Scorer.configured(self.model, name, params, self.config.inference, self.temperature, captions, device)
+
+    @property
+    def metrics(self) -> list[dict]:
+        """Per-epoch rows of ``metrics.csv`` (empty in memory or before the first epoch)."""
+        if self.path is None or not (self.path / METRICS).exists():
+            return []
+        with (self.path / METRICS).open() as handle:
+            return list(csv.DictReader(handle))
+
+    @property
+    def run_id(self) -> str:
+        """A content hash of the weights and config: indexes record it and refuse other runs."""
+        digest = hashlib.sha256(self.info.to_json().encode())
+        for key, value in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    # -- writing (training only) -----------------------------------------------------------------
+    def save_info(self) -> None:
+        atomic_write_text(self.path / CONFIG, self.info.to_json())
+
+    def save_weights(self) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write(self.path / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+
+    def append_metrics(self, row: dict) -> None:
+        """Add one epoch's row to the metrics CSV (rewritten atomically)."""
+        rows = self.metrics + [dict(row)]
+        header = list(dict.fromkeys(k for r in rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path / METRICS, buffer.getvalue())
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(checkpoint.state(), tmp))
+
+    def load_checkpoint(self) -> Checkpoint:
+        path = self.path / CHECKPOINT
+        if not path.exists():
+            raise RunError(f"cannot resume: {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise RunError(f"{path} cannot be loaded safely (truncated or corrupt?): {err}") from err
+        return Checkpoint.from_state(state, path)
+
+    def save_bank(self) -> None:
+        """Keep raw training captions as the run's query bank for hubness-aware scoring."""
+        state = {"captions": torch.as_tensor(self.bank, dtype=torch.float32).contiguous()}
+        meta = {"temperature": "" if self.temperature is None else repr(float(self.temperature))}
+        atomic_write(self.path / BANK, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+    def write_summary(self, body: dict) -> None:
+        atomic_write_text(self.path / SUMMARY, json.dumps(body, indent=2, allow_nan=False))
+
+
+def read_resume_config(path: str | Path, overrides: TrainConfig | None, force_config: bool) -> TrainConfig:
+    """The config a resumed run continues with: its own. A differing ``overrides`` config is refused
+    (listing the differences) unless ``force_config``; nothing in the folder changes here."""
+    path = Path(path)
+    if not (path / CHECKPOINT).exists():
+        raise RunError(f"cannot resume: {path} has no {CHECKPOINT} (finished runs drop nothing; was it trained?)")
+    own = RunInfo.read(path).config
+    if overrides is None:
+        return own
+    differences = _differences(own.to_dict(), overrides.to_dict())
+    if differences and not force_config:
+        listed = ", ".join(f"{k}: run {a!r} vs given {b!r}" for k, a, b in differences)
+        raise ConfigError(
+            f"--resume continues the run's own config; the given one differs ({listed}); "
+            "drop the overrides or pass --force-config"
+        )
+    return overrides if differences else own
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    out = []
+    for key in a:
+        if isinstance(a[key], dict):
+            out += _differences(a[key], b.get(key, {}), f"{prefix}{key}.")
+        elif a[key] != b.get(key):
+            out.append((prefix + key, a[key], b.get(key)))
+    return out
+
+
+def _read_weights(path: Path, model: Translator) -> dict:
+    weights = path / WEIGHTS
     if not weights.exists():
-        raise RunError(f"{run_dir} has no {WEIGHTS}; was training interrupted before the first epoch?")
-    model = build_model(info.config.model, info.text_dim, info.image_dim)
+        raise RunError(f"{path} has no {WEIGHTS}; was training interrupted before the first epoch?")
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error type for corrupt files
         raise RunError(f"{weights} cannot be read (truncated or corrupt?): {err}") from err
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise RunError(f"{weights} does not match the config: missing {missing}, unexpected {unexpected}")
-    return model.to(device).eval(), info
+    return state
 
 
-def append_metrics(run_dir: Path, row: dict) -> None:
-    """Add one epoch's row to the metrics CSV (rewritten atomically, header from the first row)."""
-    path = run_dir / METRICS
-    rows = read_metrics(run_dir) if path.exists() else []
-    rows.append({k: row[k] for k in row})
-    header = list(rows[0].keys())
-    for extra in rows[-1]:
-        if extra not in header:
-            header.append(extra)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    atomic_write(run_dir / CHECKPOINT, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        raise RunError(f"cannot resume: {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RunError(f"{path} cannot be loaded safely (truncated or corrupt?): {err}") from err
-
-
-def save_bank(run_dir: Path, captions, temperature: float | None) -> None:
-    """Keep raw training captions as the run's query bank for hubness-aware scoring."""
-    state = {"captions": torch.as_tensor(captions, dtype=torch.float32).contiguous()}
-    meta = {"temperature": "" if temperature is None else repr(float(temperature))}
-    atomic_write(run_dir / BANK, lambda tmp: save_file(state, str(tmp), metadata=meta))
-
-
-def load_bank(run_dir: str | Path):
-    """``(captions, learnt temperature or None)``, or ``(None, None)`` when the run has no bank."""
+def _read_bank(path: Path) -> tuple[np.ndarray | None, float | None]:
     from safetensors import safe_open
 
-    if is_ensemble(run_dir):
-        from stitch.training.ensemble import read_ensemble
-
-        banks = [load_bank(m) for m in read_ensemble(run_dir)[0]]
-        temps = [t for _, t in banks if t is not None]
-        kept = next((b for b, _ in banks if b is not None), None)
-        return kept, (sum(temps) / len(temps) if temps else None)
-    path = Path(run_dir) / BANK
-    if not path.exists():
+    bank = path / BANK
+    if not bank.exists():
         return None, None
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(bank), framework="pt") as handle:
             captions = handle.get_tensor("captions").numpy()
             temperature = (handle.metadata() or {}).get("temperature", "")
     except Exception as err:
-        raise RunError(f"{path} cannot be read (truncated or corrupt?): {err}") from err
+        raise RunError(f"{bank} cannot be read (truncated or corrupt?): {err}") from err
     return captions, float(temperature) if temperature else None
+
+
+def run_summary(best_epoch: int, metrics: dict, split: str, scoring: str) -> dict:
+    """The body of ``summary.json``: the best epoch's dev metrics with their protocol."""
+    return {
+        "best_epoch": best_epoch,
+        "dev": metrics,
+        "split": split,
+        "protocol": f"text->image, full dev gallery, {scoring} scores, ranks pessimistic on ties",
+    }
+
+
+__all__ = ["Checkpoint", "Run", "RunError", "RunInfo", "read_resume_config", "run_summary"]

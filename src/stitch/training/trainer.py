@@ -1,43 +1,73 @@
-"""The training loop: image-level train/dev split, closed-form start, AdamW with warmup + cosine,
-early stopping on dev MRR, and a run folder that can be resumed."""
+"""The training loop: a :class:`Task` trained by a small :class:`Trainer` with callbacks.
+
+``train`` splits the data by image, fits the closed-form start, and runs the Trainer: AdamW with warmup
++ cosine, early stopping on dev MRR (never on a non-finite epoch), a run folder written every epoch and
+resumable exactly, progress, TensorBoard and tuning callbacks. Device choice lives in ``device``.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stitch.data import PairedEmbeddings, train_dev_split
-from stitch.losses import build_loss
-from stitch.losses.set_losses import SetInfoNCELoss, SetTripletLoss
-from stitch.io.atomic import atomic_write_text
-from stitch.retrieval.evaluate import rescored_space
-from stitch.retrieval.hubness import Rescorer, configured_rescorer
-from stitch.retrieval.metrics import rank_metrics
-from stitch.retrieval.ranks import cosine_ready, text_to_image_ranks
-from stitch.training import run as runfiles
+from stitch.registries import MODELS
+from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings, text_to_image_metrics
 from stitch.training.batching import CaptionBatches
+from stitch.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    EpochHook,
+    ProgressBar,
+    RunWriter,
+    TensorBoardLogger,
+)
 from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
-from stitch.translators import CLOSED_FORM, StitchModel, build_model, embed_rows, initialise, output_dim
+from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
+from stitch.training.tasks import Task
+from stitch.translators import build_model
+
+# per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
+SCORED_MRR_PREFIX = "dev_mrr_"
+
+
+def scored_mrr_key(row: dict) -> str | None:
+    """The key of a metrics row's dev MRR under the run's own scoring, if it has one."""
+    return next((k for k in row if k.startswith(SCORED_MRR_PREFIX)), None)
 
 
 @dataclass
 class TrainResult:
-    model: StitchModel
+    run: Run
     best_epoch: int
     dev_metrics: dict[str, float]
     history: list[dict]
     split: str
-    run_dir: Path | None
-    bank: np.ndarray | None = None  # raw training captions kept as the query bank
-    temperature: float | None = None  # learnt temperature of the contrastive loss, if any
-    config: TrainConfig | None = None  # what trained it (its inference settings choose the scoring)
+    dev_reports: list[DirectionReport] = field(default_factory=list)
+
+    @property
+    def model(self):
+        return self.run.model
+
+
+@dataclass
+class TrainState:
+    """Where training stands; restored from a :class:`Checkpoint` on resume."""
+
+    epoch: int = 0  # the next epoch to train
+    best: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0
+    best_model: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    stop: bool = False
+    improved: bool = False  # whether the last epoch became the best (set by EarlyStopping)
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -53,38 +83,261 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
     return factor
 
 
-# per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
-SCORED_MRR_PREFIX = "dev_mrr_"
+class DevEvaluator:
+    """Dev text->image metrics after each epoch: plain cosine (early stopping) and the run's own scoring."""
+
+    def __init__(self, dev: PairedEmbeddings, config: TrainConfig, bank: np.ndarray, device: torch.device) -> None:
+        self.dev, self.config, self.bank, self.device = dev, config, bank, device
+
+    @torch.no_grad()
+    def __call__(self, model, temperature: float | None) -> dict[str, float]:
+        model.eval()
+        rerank = self.config.inference.rerank
+        scorer = _scorer(model, self.config, rerank, temperature, self.bank, self.device)
+        plain = scorer.plain()
+        q, g = plain.embed_queries(self.dev.captions, "translated dev captions"), plain.embed_gallery(self.dev.images)
+        metrics = text_to_image_metrics(q, g, self.dev.caption_image, plain.fit(g), self.config.eval_chunk)
+        if scorer.rescorer is not None:
+            scored = text_to_image_metrics(q, g, self.dev.caption_image, scorer.fit(g), self.config.eval_chunk)
+            metrics[SCORED_MRR_PREFIX + rerank] = scored["mrr"]
+        return metrics
 
 
-def scored_mrr_key(row: dict) -> str | None:
-    """The key of a metrics row's dev MRR under the run's own scoring, if it has one."""
-    return next((k for k in row if k.startswith(SCORED_MRR_PREFIX)), None)
+def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device):
+    from stitch.retrieval.scorer import Scorer
+
+    single = model.vectors_per_query == 1
+    if rerank != "none" and not single and rerank in ("center", "whiten"):
+        rerank = "none"  # per-query transforms do not apply to slot sets; evaluate refuses them with a message
+    return Scorer.configured(model, rerank, None, config.inference, temperature, bank, device)
 
 
-@torch.no_grad()
-def dev_retrieval(
-    model: StitchModel,
-    dev: PairedEmbeddings,
-    device: torch.device,
-    chunk: int = 1024,
-    rescorer: Rescorer | None = None,
-    bank: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Text->image metrics over the dev gallery with plain cosine scores (used for early stopping).
+class Trainer:
+    """Epochs of ``task`` over ``batches`` with AdamW + warmup/cosine; callbacks see every epoch."""
 
-    With a ``rescorer`` (fitted on the translated query ``bank``) it adds ``scored_mrr``, the dev MRR
-    under the run's own scoring — what ``stitch evaluate`` reports — so that tuning can prune on it."""
-    model.eval()
-    queries = cosine_ready(embed_rows(model.embed_queries, dev.captions, device), device)
-    gallery = cosine_ready(embed_rows(model.embed_gallery, dev.images, device), device)
-    metrics = rank_metrics(text_to_image_ranks(queries, gallery, dev.caption_image, chunk=chunk))
-    if rescorer is not None and not (queries.ndim == 3 and rescorer.name in ("center", "whiten")):
-        bank_queries = embed_rows(model.embed_queries, bank, device)
-        q, g, scorer = rescored_space(queries, gallery, rescorer, bank_queries, device=device)
-        ranks = text_to_image_ranks(q, g, dev.caption_image, chunk=chunk, scorer=scorer)
-        metrics["scored_mrr"] = rank_metrics(ranks)["mrr"]
-    return metrics
+    def __init__(self, task: Task, batches: CaptionBatches, config: TrainConfig, device, evaluate, callbacks) -> None:
+        self.task, self.batches, self.config, self.device = task, batches, config, device
+        self.evaluate, self.callbacks = evaluate, list(callbacks)
+        optim = config.optim
+        self.params = [p for p in task.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in self.params if p.ndim >= 2], "weight_decay": optim.weight_decay},
+            {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr)
+        self.total_steps = optim.epochs * len(batches)
+        schedule = warmup_cosine(self.total_steps, optim.warmup_fraction)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    def fit(self, state: TrainState) -> TrainState:
+        self._notify("on_train_start", state)
+        for epoch in range(state.epoch, self.config.optim.epochs):
+            if state.stop:
+                break
+            started = time.time()
+            loss = self.train_epoch(epoch, state)
+            row = self.epoch_row(epoch, loss, time.time() - started)
+            state.history.append(row)
+            state.epoch = epoch + 1
+            self._notify("on_epoch_end", state, row)
+        self._notify("on_train_end", state)
+        return state
+
+    def train_epoch(self, epoch: int, state: TrainState) -> float:
+        self.task.train()
+        running, count = 0.0, 0
+        for captions, labels, images, ref_labels in self.batches.epoch():
+            with autocast(self.device, self.config.amp):
+                loss = self.task.training_step(captions, labels, images, ref_labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.task.after_step()
+            running, count = running + loss.item(), count + 1
+            self._notify("on_step_end", state, epoch, running / count)
+        return running / max(count, 1)
+
+    def epoch_row(self, epoch: int, loss: float, seconds: float) -> dict:
+        extra = self.task.extra_state()
+        metrics = self.evaluate(self.task.model, extra.get("temperature"))
+        row = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "dev_mrr": metrics["mrr"],
+            "dev_recall@1": metrics["recall@1"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": round(seconds, 2),
+            **extra,
+        }
+        row.update({k: v for k, v in metrics.items() if k.startswith(SCORED_MRR_PREFIX)})
+        return row
+
+    def checkpoint(self, state: TrainState) -> Checkpoint:
+        return Checkpoint(
+            model=self.task.model.state_dict(),
+            loss=self.task.loss.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            sampler=self.batches.get_state(),
+            torch_rng=torch.get_rng_state(),
+            epoch=state.epoch - 1,
+            best=state.best,
+            best_epoch=state.best_epoch,
+            stale=state.stale,
+            best_model=state.best_model,
+        )
+
+    def restore(self, checkpoint: Checkpoint, history: list[dict]) -> TrainState:
+        try:
+            self.task.model.load_state_dict(checkpoint.model)
+            self.task.loss.load_state_dict(checkpoint.loss)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            self.scheduler.load_state_dict(checkpoint.scheduler)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise RunError(f"the checkpoint does not fit this run's model and config: {err}") from err
+        self.batches.set_state(checkpoint.sampler)
+        torch.set_rng_state(checkpoint.torch_rng)
+        return TrainState(
+            int(checkpoint.epoch) + 1,
+            float(checkpoint.best),
+            int(checkpoint.best_epoch),
+            int(checkpoint.stale),
+            checkpoint.best_model,
+            history,
+        )
+
+    def _notify(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+
+def train(
+    data: PairedEmbeddings,
+    config: TrainConfig | None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    data_source: str = "",
+    epoch_callback=None,
+    force_config: bool = False,
+) -> TrainResult:
+    """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
+
+    With ``resume`` the run continues with its own config (a differing ``config`` is refused unless
+    ``force_config``), and nothing in the folder changes before the checkpoint is verified to fit.
+    ``epoch_callback(epoch, row)`` is called after each epoch (tuning reports and prunes with it).
+    """
+    if resume:
+        if run_dir is None:
+            raise RunError("--resume needs the run folder (--out)")
+        config = read_resume_config(run_dir, config, force_config)
+    elif run_dir is not None:
+        Run.create(run_dir, force)
+    _seed_everything(config.seed)
+    device = resolve_device(config.device)
+    train_set, dev_set, how = train_dev_split(data, config.dev_fraction, config.seed)
+    if resume:
+        _check_same_data(Path(run_dir), data, train_set, dev_set, how)
+    run = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source)
+    run.model.to(device)
+    if MODELS.tag(config.model.name, "closed_form", False):
+        return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None)
+    task = Task.for_config(run.model, config).to(device)
+    batches = CaptionBatches(
+        train_set.captions,
+        train_set.caption_image,
+        train_set.images,
+        config.optim.batch_size,
+        device,
+        seed=config.seed,
+        aligned_targets=task.needs_aligned_targets,
+    )
+    evaluator = DevEvaluator(dev_set, config, run.bank, device)
+    trainer = Trainer(task, batches, config, device, evaluator, _callbacks(run, config, progress, epoch_callback))
+    state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
+    if resume:
+        run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
+    state = trainer.fit(state)
+    return _finish(run, state, dev_set, device, how, task.temperature)
+
+
+def _initial_run(data, train_set, dev_set, how, config, run_dir, data_source) -> Run:
+    """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved."""
+    model = build_model(config.model, data.text_dim, data.image_dim)
+    if config.model.standardize_target:
+        model.space.fit(train_set.images)
+    with torch.no_grad():
+        targets = model.space(torch.as_tensor(train_set.images)).numpy()
+    model.initialise(train_set.captions, targets[train_set.caption_image], config.model)
+    meta = {
+        "split": how,
+        "train_images": train_set.n_images,
+        "train_captions": train_set.n_captions,
+        "dev_images": dev_set.n_images,
+        "dev_captions": dev_set.n_captions,
+        "data": data_source,
+        "encoders": data.encoders,
+    }
+    run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, _keep_bank(train_set, config))
+    if run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
+        run.save_info()
+    return run
+
+
+def _check_same_data(run_dir: Path, data, train_set, dev_set, how: str) -> None:
+    """A resumed run must see the data it started on (dimensions, split, sizes)."""
+    info = RunInfo.read(run_dir)
+    now = {
+        "text_dim": data.text_dim,
+        "image_dim": data.image_dim,
+        "split": how,
+        "train_captions": train_set.n_captions,
+        "dev_images": dev_set.n_images,
+    }
+    was = {"text_dim": info.text_dim, "image_dim": info.image_dim, **{k: info.meta.get(k) for k in list(now)[2:]}}
+    differences = [f"{k}: run {was[k]!r} vs data {now[k]!r}" for k in now if was[k] != now[k]]
+    if differences:
+        raise RunError(f"cannot resume {run_dir} on other data ({'; '.join(differences)})")
+
+
+def _callbacks(run: Run, config: TrainConfig, progress: bool, epoch_callback) -> list[Callback]:
+    callbacks: list[Callback] = [EarlyStopping(config.patience)]
+    if run.path is not None:
+        callbacks.append(RunWriter(run))
+    callbacks.append(ProgressBar(progress))
+    if config.tensorboard:
+        callbacks.append(TensorBoardLogger(run.path))
+    if epoch_callback is not None:
+        callbacks.append(EpochHook(epoch_callback))
+    return callbacks
+
+
+def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature) -> TrainResult:
+    """Best weights back in the model, the final labelled dev table, and the run folder completed."""
+    if state.best_model is not None:
+        run.model.load_state_dict(state.best_model)
+    run.model.eval()
+    run.temperature = temperature
+    scorer = run.scorer(device=device)
+    q, g = scorer.embed_queries(dev_set.captions, "translated dev captions"), scorer.embed_gallery(dev_set.images)
+    reports = evaluate_embeddings(
+        q, g, dev_set.caption_image, chunk=run.config.eval_chunk, device=device, scorer=scorer
+    )
+    plain = text_to_image_metrics(q, g, dev_set.caption_image, scorer.plain().fit(g), run.config.eval_chunk)
+    if run.path is not None:
+        if not state.history:  # closed-form fits have one row, epoch 0
+            state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
+            run.save_weights()
+            run.append_metrics(state.history[0])
+        run.write_summary(run_summary(state.best_epoch, reports[0].metrics, how, scorer.name))
+        run.save_bank()
+    if not state.history:
+        state.history = [{"epoch": 0, "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
+    return TrainResult(run, state.best_epoch, plain, state.history, how, reports)
 
 
 def _seed_everything(seed: int) -> None:
@@ -92,274 +345,8 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _check_run_dir(run_dir: Path | None, resume: bool, force: bool) -> None:
-    if run_dir is None:
-        return
-    if resume:
-        if not (run_dir / runfiles.CHECKPOINT).exists():
-            raise runfiles.RunError(f"cannot resume: {run_dir} has no {runfiles.CHECKPOINT}")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise runfiles.RunError(f"{run_dir} already holds a run; pass --resume to continue it or --force to replace it")
-    if force and run_dir.exists():
-        for name in (
-            runfiles.WEIGHTS,
-            runfiles.CONFIG,
-            runfiles.METRICS,
-            runfiles.CHECKPOINT,
-            runfiles.SUMMARY,
-            runfiles.BANK,
-        ):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def train(
-    data: PairedEmbeddings,
-    config: TrainConfig,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    data_source: str = "",
-    epoch_callback=None,
-) -> TrainResult:
-    """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
-
-    ``epoch_callback(epoch, row)`` is called after each epoch with its metrics row (tuning uses it to
-    report and prune); an exception it raises stops training.
-    """
-    run_dir = Path(run_dir) if run_dir is not None else None
-    _check_run_dir(run_dir, resume, force)
-    _seed_everything(config.seed)
-    device = resolve_device(config.device)
-    train_set, dev_set, how = train_dev_split(data, config.dev_fraction, config.seed)
-
-    model = build_model(config.model, data.text_dim, data.image_dim)
-    if config.model.standardize_target:
-        model.space.fit(train_set.images)
-    with torch.no_grad():
-        train_targets = model.space(torch.as_tensor(train_set.images)).numpy()
-    initialise(model, config.model, train_set.captions, train_targets[train_set.caption_image])
-    model.to(device)
-
-    info = runfiles.RunInfo(
-        config,
-        data.text_dim,
-        data.image_dim,
-        {
-            "split": how,
-            "train_images": train_set.n_images,
-            "train_captions": train_set.n_captions,
-            "dev_images": dev_set.n_images,
-            "dev_captions": dev_set.n_captions,
-            "data": data_source,
-            "encoders": data.encoders,
-        },
-    )
-    if run_dir is not None:
-        runfiles.save_info(info, run_dir)
-
-    if config.model.name in CLOSED_FORM:
-        metrics = dev_retrieval(model, dev_set, device, config.eval_chunk)
-        row = {"epoch": 0, "train_loss": float("nan"), "dev_mrr": metrics["mrr"], "dev_recall@1": metrics["recall@1"]}
-        if run_dir is not None:
-            runfiles.save_weights(model, run_dir)
-            runfiles.append_metrics(run_dir, row)
-            _write_summary(run_dir, 0, metrics, how)
-        bank = _keep_bank(train_set, config)
-        if run_dir is not None:
-            runfiles.save_bank(run_dir, bank, None)
-        return TrainResult(model.eval(), 0, metrics, [row], how, run_dir, bank, None, config)
-
-    return _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback)
-
-
-REGRESSION_LOSSES = ("mse", "cosine")
-
-
-def make_loss(config: TrainConfig, dim: int):
-    """The configured loss (set losses for set heads, else the shared metric-learning builder)."""
-    lc = config.loss
-    if lc.name == "set-triplet":
-        return SetTripletLoss(lc.margin, lc.sinkhorn_temperature, lc.sinkhorn_iters, lc.sinkhorn_stop_grad)
-    if lc.name == "set-infonce":
-        return SetInfoNCELoss(lc.temperature, lc.learnable_temperature)
-    return build_loss(
-        lc.name,
-        lc.temperature,
-        lc.learnable_temperature,
-        lc.margin,
-        lc.miner,
-        0 if lc.name in REGRESSION_LOSSES else lc.queue_size,  # a queue holds negatives: none to hold here
-        lc.hard_negatives,
-        lc.norm_weight,
-        dim,
-    )
-
-
-def _fit(model, train_set, dev_set, config, device, run_dir, resume, progress, how, epoch_callback) -> TrainResult:
-    optim_cfg = config.optim
-    loss_fn = make_loss(config, output_dim(model)).to(device)
-    batches = CaptionBatches(
-        train_set.captions,
-        train_set.caption_image,
-        train_set.images,
-        optim_cfg.batch_size,
-        device,
-        seed=config.seed,
-        aligned_targets=loss_fn.needs_aligned_targets,
-    )
-    training_queries = getattr(model, "training_queries", model.embed_queries)
-    auxiliary = getattr(model, "auxiliary_loss", None)
-    after_step = getattr(model, "after_step", None)
-    params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim_cfg.lr,
-    )
-    total_steps = optim_cfg.epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, optim_cfg.warmup_fraction))
-
-    bank = _keep_bank(train_set, config)
-    start_epoch, best, best_epoch, stale, history = 0, -1.0, -1, 0, []
-    best_state = None
-    if resume:
-        ckpt = runfiles.load_checkpoint(run_dir)
-        model.load_state_dict(ckpt["model"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        batches.set_state(ckpt["sampler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        start_epoch, best, best_epoch, stale = (
-            int(ckpt["epoch"]) + 1,
-            float(ckpt["best"]),
-            int(ckpt["best_epoch"]),
-            int(ckpt["stale"]),
-        )
-        best_state = ckpt["best_model"]
-        history = runfiles.read_metrics(run_dir)
-
-    bar = _progress(total_steps, start_epoch * len(batches), progress)
-    writer = _tensorboard(run_dir) if config.tensorboard else None
-    for epoch in range(start_epoch, optim_cfg.epochs):
-        if stale >= config.patience:
-            break
-        model.train()
-        started, running, count = time.time(), 0.0, 0
-        for x, labels, images, ref_labels in batches.epoch():
-            with autocast(device, config.amp):
-                queries, gallery = training_queries(x), model.embed_gallery(images)
-                loss = loss_fn(queries.float(), labels, None, gallery.float(), ref_labels)
-                if auxiliary is not None:
-                    loss = loss + auxiliary(x, queries, images, gallery, labels, ref_labels, config.model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if optim_cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if after_step is not None:
-                after_step()
-            running, count = running + loss.item(), count + 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}", dev_mrr=f"{max(best, 0):.4f}")
-        extra = loss_fn.extra_state()
-        rescorer = None
-        if config.inference.rerank != "none":
-            rescorer = configured_rescorer(config.inference.rerank, None, config.inference, extra.get("temperature"))
-        metrics = dev_retrieval(model, dev_set, device, config.eval_chunk, rescorer, bank)
-        row = {
-            "epoch": epoch,
-            "train_loss": running / count,
-            "dev_mrr": metrics["mrr"],
-            "dev_recall@1": metrics["recall@1"],
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": round(time.time() - started, 2),
-            **extra,
-        }
-        if "scored_mrr" in metrics:
-            row[SCORED_MRR_PREFIX + config.inference.rerank] = metrics["scored_mrr"]
-        history.append(row)
-        if writer is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, epoch)
-        if metrics["mrr"] > best:
-            best, best_epoch, stale = metrics["mrr"], epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if run_dir is not None:
-                runfiles.save_weights(model, run_dir)
-        else:
-            stale += 1
-        if run_dir is not None:
-            runfiles.append_metrics(run_dir, row)
-            runfiles.save_checkpoint(
-                run_dir,
-                {
-                    "model": model.state_dict(),
-                    "loss": loss_fn.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "sampler": batches.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "stale": stale,
-                    "best_model": best_state,
-                },
-            )
-        if epoch_callback is not None:
-            epoch_callback(epoch, row)
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    dev_metrics = dev_retrieval(model, dev_set, device, config.eval_chunk)
-    if run_dir is not None:
-        _write_summary(run_dir, best_epoch, dev_metrics, how)
-    temperature = loss_fn.extra_state().get("temperature")
-    if run_dir is not None:
-        runfiles.save_bank(run_dir, bank, temperature)
-    return TrainResult(model, best_epoch, dev_metrics, history, how, run_dir, bank, temperature, config)
-
-
 def _keep_bank(train_set: PairedEmbeddings, config: TrainConfig) -> np.ndarray:
     """A seeded sample of training captions: the query bank of hubness-aware scoring."""
     size = min(config.inference.bank_size, train_set.n_captions)
     rows = np.sort(np.random.default_rng(config.seed).choice(train_set.n_captions, size, replace=False))
     return train_set.captions[rows]
-
-
-def _write_summary(run_dir: Path, best_epoch: int, metrics: dict, how: str) -> None:
-
-    body = {
-        "best_epoch": best_epoch,
-        "dev": metrics,
-        "split": how,
-        "protocol": "text->image, full dev gallery, ranks pessimistic on ties",
-    }
-    atomic_write_text(run_dir / runfiles.SUMMARY, json.dumps(body, indent=2))
-
-
-def _tensorboard(run_dir: Path | None):
-    """A TensorBoard writer in ``run_dir/tensorboard`` (needs the tensorboard package)."""
-    if run_dir is None:
-        raise ValueError("tensorboard logging needs a run folder (--out)")
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise ValueError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", desc="train", dynamic_ncols=True)

@@ -18,12 +18,17 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from stitch.translators.space import Standardizer
+from stitch.registries import TOWERS
+from stitch.translators.base import Translator
 
-TOWERS = ("identity", "linear", "mlp", "align", "attention", "crossattn")
+
+class LinearTower(nn.Linear):
+    """One linear layer (as in simple two-tower InfoNCE notebooks)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        super().__init__(in_dim, out_dim)
 
 
 class ProjectionMLP(nn.Module):
@@ -40,6 +45,7 @@ class ProjectionMLP(nn.Module):
 class AlignHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
+        hidden = 2 * hidden  # ALIGN's head is wider than the other towers
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden),
             nn.BatchNorm1d(hidden),
@@ -91,24 +97,27 @@ class TokenAttentionHead(nn.Module):
         return self.skip(x) + self.out(h.flatten(1))
 
 
+class AttentionTower(TokenAttentionHead):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.1) -> None:
+        super().__init__(in_dim, out_dim, dropout=dropout)
+
+
+class CrossAttentionTower(TokenAttentionHead):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.1) -> None:
+        super().__init__(in_dim, out_dim, dropout=dropout, prototypes=16)
+
+
 def build_tower(kind: str, in_dim: int, out_dim: int, hidden: int, dropout: float) -> nn.Module:
-    if kind == "identity":
-        return nn.Identity()
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if kind == "mlp":
-        return ProjectionMLP(in_dim, out_dim, hidden, dropout)
-    if kind == "align":
-        return AlignHead(in_dim, out_dim, 2 * hidden, dropout)
-    if kind == "attention":
-        return TokenAttentionHead(in_dim, out_dim, dropout=dropout)
-    if kind == "crossattn":
-        return TokenAttentionHead(in_dim, out_dim, dropout=dropout, prototypes=16)
-    raise ValueError(f"unknown tower {kind!r}; choose from {TOWERS}")
+    """A tower by its registry name; every tower takes ``(in_dim, out_dim, hidden, dropout)``."""
+    return TOWERS.get(kind, "tower")(in_dim, out_dim, hidden, dropout)
 
 
-class DualEncoder(nn.Module):
-    """Text and image towers into a shared space; the image side is z-scored first."""
+class DualEncoder(Translator):
+    """Text and image towers into a shared space; the image side is z-scored first.
+
+    Its gallery space is learnt, so it has no image-space predictions for submissions."""
+
+    has_image_space = False
 
     def __init__(
         self,
@@ -122,12 +131,10 @@ class DualEncoder(nn.Module):
         freeze_image: bool = False,
         momentum: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.text_dim, self.image_dim = text_dim, image_dim
+        super().__init__(text_dim, image_dim)
         if image_tower == "identity":
             shared_dim = image_dim
         self.shared_dim = shared_dim
-        self.space = Standardizer(image_dim)
         self.text_tower = build_tower(text_tower, text_dim, shared_dim, hidden, dropout)
         self.image_tower = build_tower(image_tower, image_dim, shared_dim, hidden, dropout)
         if freeze_image:
@@ -137,6 +144,24 @@ class DualEncoder(nn.Module):
         if momentum > 0:
             self.text_momentum = copy.deepcopy(self.text_tower).requires_grad_(False)
             self.image_momentum = copy.deepcopy(self.image_tower).requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, c, text_dim: int, image_dim: int) -> DualEncoder:
+        return cls(
+            text_dim,
+            image_dim,
+            c.shared_dim,
+            c.text_tower,
+            c.image_tower,
+            c.hidden,
+            c.dropout,
+            c.freeze_image,
+            c.momentum,
+        )
+
+    @property
+    def space_dim(self) -> int:
+        return self.shared_dim
 
     def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
         return self.text_tower(captions)
@@ -155,17 +180,7 @@ class DualEncoder(nn.Module):
             for b, c in zip(online.buffers(), ema.buffers()):
                 c.copy_(b)
 
-    def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels, weights) -> torch.Tensor:
-        """Momentum distillation (when momentum > 0): cross-entropy of the online similarities against
-        the momentum towers' soft targets mixed with the hard multi-positive targets (ALBEF/BLIP)."""
-        if self.momentum <= 0 or not weights.distill_weight:
-            return captions.new_zeros(())
-        scale = 1.0 / weights.distill_temperature
+    def momentum_embeddings(self, captions: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides through the momentum (EMA) towers, without gradients: distillation targets."""
         with torch.no_grad():
-            tq = F.normalize(self.text_momentum(captions), dim=1)
-            tg = F.normalize(self.image_momentum(self.space(images)), dim=1)
-            soft = (scale * tq @ tg.T).softmax(dim=1)
-            hard = (labels[:, None] == ref_labels[None, :]).float()
-            target = 0.5 * soft + 0.5 * hard / hard.sum(1, keepdim=True).clamp(min=1)
-        logits = scale * F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T
-        return weights.distill_weight * -(target * logits.log_softmax(dim=1)).sum(1).mean()
+            return self.text_momentum(captions), self.image_momentum(self.space(images))

@@ -12,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.translators.space import Standardizer
+from stitch.translators.base import Translator
+from stitch.translators.mapped import closed_form_start
 
 
-class SetPredictionHead(nn.Module):
+class SetPredictionHead(Translator):
+    """Its queries are slot sets (n, K, D) with ``winner`` aggregation, single vectors with ``mean``."""
+
     def __init__(
         self,
         text_dim: int,
@@ -25,11 +28,11 @@ class SetPredictionHead(nn.Module):
         slot_dropout: float = 0.1,
         aggregation: str = "winner",
     ) -> None:
-        super().__init__()
+        super().__init__(text_dim, image_dim)
         if aggregation not in ("winner", "mean"):
-            raise ValueError(f"aggregation must be winner or mean, got {aggregation!r}")
-        self.text_dim, self.image_dim, self.slots, self.aggregation = text_dim, image_dim, slots, aggregation
-        self.space = Standardizer(image_dim)
+            raise ValueError(f"model.aggregation must be winner or mean, got {aggregation!r}")
+        self.slots, self.aggregation = slots, aggregation
+        self.vectors_per_query = slots if aggregation == "winner" else 1
         self.global_map = nn.Linear(text_dim, image_dim)
         self.slot_queries = nn.Parameter(torch.randn(slots, image_dim) * 0.02)
         self.gates = nn.Linear(text_dim, slots)
@@ -39,7 +42,13 @@ class SetPredictionHead(nn.Module):
         self.norm = nn.LayerNorm(image_dim)
         self.slot_dropout = slot_dropout
 
-    def init_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    @classmethod
+    def from_config(cls, c, text_dim: int, image_dim: int) -> SetPredictionHead:
+        return cls(text_dim, image_dim, c.slots, c.hidden, c.slot_dropout, c.aggregation)
+
+    def initialise(self, captions, targets, model_cfg) -> None:
+        """Start the global translation from the configured closed-form fit."""
+        weight, bias = closed_form_start(model_cfg, captions, targets)
         with torch.no_grad():
             self.global_map.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
             self.global_map.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
@@ -66,26 +75,6 @@ class SetPredictionHead(nn.Module):
     def training_queries(self, captions: torch.Tensor) -> torch.Tensor:
         """Slot sets (B, K, D) whatever the aggregation: the set losses need every slot."""
         return self.slot_embeddings(captions)[0]
-
-    def embed_gallery(self, images: torch.Tensor) -> torch.Tensor:
-        return self.space(images)
-
-    def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels, weights) -> torch.Tensor:
-        """Weighted set regularisers (intra-set diversity, global discrimination, MMD, uniformity)."""
-        from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
-
-        slots, global_vec = self.slot_embeddings(captions)
-        total = captions.new_zeros(())
-        if weights.diversity_weight:
-            total = total + weights.diversity_weight * intra_set_diversity(slots, weights.diversity_margin)
-        if weights.global_weight:
-            total = total + weights.global_weight * global_discrimination(slots, global_vec, weights.global_margin)
-        if weights.mmd_weight:
-            mean = F.normalize(slots.mean(dim=1), dim=-1)[:256]
-            total = total + weights.mmd_weight * mmd_rbf(mean, F.normalize(gallery, dim=-1)[:256])
-        if weights.uniformity_weight:
-            total = total + weights.uniformity_weight * uniformity(slots.reshape(-1, slots.shape[-1])[:512])
-        return total
 
     def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
         """One vector per caption for submissions: the mean slot, de-standardised."""

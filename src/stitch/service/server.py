@@ -1,0 +1,124 @@
+"""The uvicorn server the service runs under, with the connection-level limits uvicorn leaves open.
+
+uvicorn only arms its keep-alive timer *after* a response, so a connection that sends nothing, or half a
+request line and some headers, is held for ever (200 such connections were all still open after 30 s).
+Its httptools parser has no header-size limit either. So the service runs on h11, whose
+``h11_max_incomplete_event_size`` caps the request line plus headers (larger: 400, connection closed),
+through :class:`HeaderTimeoutProtocol`, which closes a connection whose request headers are not complete
+``header_timeout_s`` after the connection opened or after the request's first byte arrived. Body size and
+body read time are :class:`stitch.service.guard.BodyLimit`'s job; idle keep-alive connections close after
+``timeout_keep_alive``.
+
+Not covered: a client that reads the *response* very slowly (uvicorn has no write timeout), and the number
+of open connections (uvicorn's ``limit_concurrency`` answers 503 past a count; not set here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_S = 5.0
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request's headers.
+
+    The deadline starts when the connection opens and again when the first byte of a later request on a
+    kept-alive connection arrives; it is cancelled once h11 has parsed the request head."""
+
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            self._cancel_header_timer()
+        elif self.conn.their_state is h11.IDLE:  # the request head is still incomplete
+            self._arm_header_timer()
+        else:
+            self._cancel_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            try:
+                self.conn.send(h11.ConnectionClosed())
+            except h11.LocalProtocolError:
+                pass
+            self.transport.close()
+
+
+def protocol_with(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
+    """A :class:`HeaderTimeoutProtocol` subclass with this deadline (uvicorn builds protocols from a class)."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
+
+
+def is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    """Whether ``value`` is a real number of ``kind`` (``True`` is an int to Python, not a setting here)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def check_port(port: Any) -> int:
+    """``port`` if it can be bound: an int in 1-65535 (uvicorn would only fail later, with an OverflowError)."""
+    if not is_number(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1-65535, got {port!r}")
+    return port
+
+
+def check_server_limits(header_timeout_s: Any, keep_alive_s: Any, max_header_bytes: Any) -> None:
+    """Raise ValueError for a limit uvicorn would take but misapply (a zero or negative timeout closes every
+    connection at once; h11 cannot parse a request head in under 1 KiB)."""
+    for name, value in (("header_timeout_s", header_timeout_s), ("keep_alive_s", keep_alive_s)):
+        if not is_number(value) or not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    if not is_number(max_header_bytes, int) or max_header_bytes < 1024:
+        raise ValueError(f"max_header_bytes must be an int of at least 1024, got {max_header_bytes!r}")
+
+
+def server_config(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    log_level: str = "warning",
+) -> Any:
+    """The ``uvicorn.Config`` for the service: h11 with a header-size cap, a header deadline and a keep-alive
+    timeout. Values are checked here so a bad one fails at start, not on the first connection."""
+    import uvicorn
+
+    check_port(port)
+    check_server_limits(header_timeout_s, keep_alive_s, max_header_bytes)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol_with(header_timeout_s),
+        timeout_keep_alive=keep_alive_s,
+        h11_max_incomplete_event_size=max_header_bytes,
+        log_level=log_level,
+    )

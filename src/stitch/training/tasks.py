@@ -1,0 +1,115 @@
+"""Training tasks: a model together with the loss that trains it (open_clip's ``TrainingTask``).
+
+Which losses a model can train with is a tag of its task in :data:`stitch.registries.TASKS`; the task
+builds the loss, adds the auxiliary terms its model family needs, and computes one training step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stitch.losses import build_loss
+from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
+from stitch.registries import LOSSES, MODELS, TASKS
+from stitch.translators import Translator
+
+
+class Task(nn.Module):
+    """``training_step(captions, labels, images, ref_labels) -> loss`` for one batch."""
+
+    def __init__(self, model: Translator, config) -> None:
+        super().__init__()
+        self.model, self.config = model, config
+        self.loss = self.build_loss(config.loss)
+
+    @staticmethod
+    def for_config(model: Translator, config) -> Task:
+        """The task of the configured model kind (registry tag ``task``)."""
+        return TASKS.get(MODELS.tag(config.model.name, "task"))(model, config)
+
+    def build_loss(self, lc) -> nn.Module:
+        with_negatives = LOSSES.tag(lc.name, "kind") == "pair"
+        return build_loss(
+            lc.name,
+            lc.temperature,
+            lc.learnable_temperature,
+            lc.margin,
+            lc.miner,
+            lc.queue_size if with_negatives else 0,  # a queue holds negatives: none to hold otherwise
+            lc.hard_negatives,
+            lc.norm_weight,
+            self.model.space_dim,
+            lc.sinkhorn_temperature,
+            lc.sinkhorn_iters,
+            lc.sinkhorn_stop_grad,
+        )
+
+    @property
+    def needs_aligned_targets(self) -> bool:
+        """Regression losses compare each caption with its own image row, not a deduplicated batch."""
+        return LOSSES.tag(self.config.loss.name, "kind") == "regression"
+
+    def training_step(self, captions, labels, images, ref_labels) -> torch.Tensor:
+        queries, gallery = self.model.training_queries(captions), self.model.embed_gallery(images)
+        loss = self.loss(queries.float(), labels, None, gallery.float(), ref_labels)
+        return loss + self.auxiliary_loss(captions, queries, images, gallery, labels, ref_labels)
+
+    def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels) -> torch.Tensor:
+        return captions.new_zeros(())
+
+    def after_step(self) -> None:
+        self.model.after_step()
+
+    def extra_state(self) -> dict[str, float]:
+        """Scalars worth logging per epoch (a learnt temperature)."""
+        return self.loss.extra_state()
+
+    @property
+    def temperature(self) -> float | None:
+        return self.extra_state().get("temperature")
+
+
+class TranslateTask(Task):
+    """Translated captions against (z-scored) images."""
+
+
+class DualTask(Task):
+    """Dual towers; with momentum towers, ALBEF/BLIP momentum distillation: cross-entropy of the online
+    similarities against the momentum towers' soft targets mixed with the hard multi-positive targets."""
+
+    def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels) -> torch.Tensor:
+        mc = self.config.model
+        if self.model.momentum <= 0 or not mc.distill_weight:
+            return captions.new_zeros(())
+        scale = 1.0 / mc.distill_temperature
+        with torch.no_grad():
+            tq, tg = (F.normalize(x, dim=1) for x in self.model.momentum_embeddings(captions, images))
+            soft = (scale * tq @ tg.T).softmax(dim=1)
+            hard = (labels[:, None] == ref_labels[None, :]).float()
+            target = 0.5 * soft + 0.5 * hard / hard.sum(1, keepdim=True).clamp(min=1)
+        logits = scale * F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T
+        return mc.distill_weight * -(target * logits.log_softmax(dim=1)).sum(1).mean()
+
+
+class SetTask(Task):
+    """Slot sets with the weighted set regularisers (intra-set diversity, global discrimination, MMD,
+    uniformity)."""
+
+    def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels) -> torch.Tensor:
+        w = self.config.model
+        total = captions.new_zeros(())
+        if not (w.diversity_weight or w.global_weight or w.mmd_weight or w.uniformity_weight):
+            return total
+        slots, global_vec = self.model.slot_embeddings(captions)
+        if w.diversity_weight:
+            total = total + w.diversity_weight * intra_set_diversity(slots, w.diversity_margin)
+        if w.global_weight:
+            total = total + w.global_weight * global_discrimination(slots, global_vec, w.global_margin)
+        if w.mmd_weight:
+            mean = F.normalize(slots.mean(dim=1), dim=-1)[:256]
+            total = total + w.mmd_weight * mmd_rbf(mean, F.normalize(gallery, dim=-1)[:256])
+        if w.uniformity_weight:
+            total = total + w.uniformity_weight * uniformity(slots.reshape(-1, slots.shape[-1])[:512])
+        return total
