@@ -43,9 +43,13 @@ def test_evaluate_json_has_the_promised_keys(trained_run, data_file, capsys, sma
 
 def test_evaluate_table_names_protocol_and_sizes(trained_run, data_file, capsys):
     capsys.readouterr()
-    assert main(["evaluate", "--run", str(trained_run), "--data", str(data_file), "--protocol", "kaggle100"]) == 0
+    whole_file = ["evaluate", "--run", str(trained_run), "--data", str(data_file), "--protocol", "kaggle100"]
+    assert main(whole_file) == 2  # the whole file holds the run's training captions: refused without a word
+    assert "query bank" in capsys.readouterr().err
+    assert main([*whole_file, "--allow-train-overlap"]) == 0
     text = capsys.readouterr().out
-    assert "kaggle100+is (900 queries, gallery 100)" in text and "99 seeded random" in text
+    assert "kaggle100+is (900 queries, gallery of 100 images)" in text and "99 seeded random" in text
+    assert "WARNING" in text and "flattered" in text
     assert "rescored with is" in text  # the run's default hubness-aware scoring is named
 
 

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from stitch import api
 from stitch.cli import main
-from stitch.training import load_model
+from stitch.training import RunError, open_run
+from stitch.training.ensemble import ENSEMBLE, EnsembleRun, read_ensemble, write_ensemble
+from stitch.translators.ensemble import Ensemble
 
 FAST = ["model.hidden=32", "optim.epochs=3", "optim.batch_size=128"]
 
@@ -24,9 +26,9 @@ def runs(tmp_path_factory, small_data):
 
 def test_ensemble_scores_are_the_mean_of_member_scores(runs, small_data):
     assert main(["ensemble", str(runs / "a"), str(runs / "b"), "--out", str(runs / "ens"), "--weights", "1", "3"]) == 0
-    ens, _ = load_model(runs / "ens")
-    a, _ = load_model(runs / "a")
-    b, _ = load_model(runs / "b")
+    ens_run = open_run(runs / "ens")
+    assert isinstance(ens_run, EnsembleRun) and isinstance(ens_run.model, Ensemble)
+    ens, a, b = ens_run.model, open_run(runs / "a").model, open_run(runs / "b").model
     dev = small_data.split("dev")
     x, y = torch.as_tensor(dev.captions), torch.as_tensor(dev.images)
     with torch.no_grad():
@@ -58,3 +60,23 @@ def test_ensemble_refuses_members_from_other_spaces(runs, small_data, tmp_path):
     )
     assert main(["ensemble", str(runs / "a"), str(tmp_path / "dual"), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad" / "ensemble.json").exists()
+
+
+def test_write_ensemble_refuses_run_folders_members_and_bad_weights(runs, tmp_path):
+    weights_before = (runs / "a" / "model.safetensors").read_bytes()
+    with pytest.raises(RunError, match="holds a trained run"):
+        write_ensemble(runs / "a", [runs / "a", runs / "b"])
+    assert not (runs / "a" / ENSEMBLE).exists()
+    assert (runs / "a" / "model.safetensors").read_bytes() == weights_before
+    ens = write_ensemble(tmp_path / "ens", [runs / "a", runs / "b"])
+    with pytest.raises(RunError, match="member of itself"):
+        write_ensemble(ens, [ens, runs / "a"], force=True)
+    assert read_ensemble(ens) == ([(runs / "a").resolve(), (runs / "b").resolve()], [1.0, 1.0])
+    for bad in ([-1.0, 2.0], [0.0, 0.0], [float("nan"), 1.0], [float("inf"), 1.0]):
+        with pytest.raises(ValueError, match="finite, non-negative and not all zero"):
+            write_ensemble(tmp_path / "bad", [runs / "a", runs / "b"], bad)
+    assert not (tmp_path / "bad" / ENSEMBLE).exists()
+    assert (
+        main(["ensemble", str(runs / "a"), str(runs / "b"), "--out", str(tmp_path / "bad"), "--weights", "0", "0"]) == 2
+    )
+    assert not (tmp_path / "bad" / ENSEMBLE).exists()

@@ -8,10 +8,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from stitch import api
+from stitch.losses.sinkhorn import set_similarity, sinkhorn
 from stitch.retrieval.ranks import text_to_image_ranks
 from stitch.training.config import ModelConfig
-from stitch.translators import DualEncoder, build_model
-from stitch.losses.sinkhorn import set_similarity, sinkhorn
+from stitch.translators import DualEncoder, SetPredictionHead, build_model
 
 # a scaled-down model: 64 hidden units want less dropout than the default recipe's 0.535 on 3072
 FAST = ["model.hidden=64", "model.dropout=0.1", "optim.batch_size=128", "optim.lr=2e-3", "optim.epochs=8", "patience=8"]
@@ -54,7 +54,8 @@ def test_winner_slot_ranks_match_brute_force():
     owner = np.random.default_rng(0).integers(0, 9, 20)
     best = torch.stack([(q[i] @ g.T).max(0).values for i in range(20)])
     expected = [(best[i] >= best[i, owner[i]]).sum().item() for i in range(20)]
-    assert list(text_to_image_ranks(q, g, owner, chunk=7)) == expected
+    head = SetPredictionHead(4, 5, slots=3)  # its score: the best slot
+    assert list(text_to_image_ranks(q, g, owner, chunk=7, similarity=head.score)) == expected
 
 
 @pytest.mark.parametrize(
@@ -142,9 +143,11 @@ def test_dual_heads_have_no_submission(small_data):
 def test_config_pairs_set_losses_with_set_heads():
     from stitch.training import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="model.name=set"):
+    with pytest.raises(ConfigError, match=r"model.name=resmlp trains with loss.name in \['mse'.*got 'set-triplet'"):
         load_config(None, ["loss.name=set-triplet"])
-    with pytest.raises(ConfigError, match="shared space"):
+    with pytest.raises(ConfigError, match=r"model.name=set trains with loss.name in \['set-triplet', 'set-infonce'\]"):
+        load_config(None, ["model.name=set", "loss.name=infonce"])
+    with pytest.raises(ConfigError, match=r"model.name=dual trains with loss.name in \['infonce'"):
         load_config(None, ["model.name=dual", "loss.name=mse"])
 
 

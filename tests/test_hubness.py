@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from stitch.retrieval.evaluate import evaluate_embeddings
 from stitch.retrieval.hubness import build_rescorer
+from stitch.retrieval.scorer import Scorer
+from stitch.translators.mapped import IdentityTranslator
 
 
 def unit(x):
@@ -89,15 +91,16 @@ def test_a_planted_hub_is_demoted(method):
     queries = gallery[owner] + 0.9 * rng.standard_normal((300, 16)) + 1.2 * hub_direction
     bank = gallery[rng.integers(1, 50, size=600)] + 0.9 * rng.standard_normal((600, 16)) + 1.2 * hub_direction
     plain = evaluate_embeddings(queries, gallery, owner)[0].metrics["mrr"]
-    fixed = evaluate_embeddings(queries, gallery, owner, rescorer=build_rescorer(method), query_bank=bank)[0]
+    scorer = Scorer(IdentityTranslator(16), build_rescorer(method), bank=bank)
+    fixed = evaluate_embeddings(queries, gallery, owner, scorer=scorer)[0]
     assert fixed.metrics["mrr"] > plain + 0.02
     assert fixed.protocol == f"full+{method}"
 
 
 def test_rescoring_needs_a_bank():
     with pytest.raises(ValueError, match="query bank"):
-        evaluate_embeddings(np.eye(3), np.eye(3), np.arange(3), rescorer=build_rescorer("is"))
-    with pytest.raises(ValueError, match="unknown rerank"):
+        Scorer(IdentityTranslator(3), build_rescorer("is"))
+    with pytest.raises(ValueError, match="rerank must be one of"):
         build_rescorer("magic")
 
 

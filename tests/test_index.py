@@ -49,7 +49,7 @@ def test_save_load_search_round_trip(tmp_path, kind):
 def test_bad_index_input():
     with pytest.raises(IndexFileError, match="NaN"):
         build_index(np.array([[1.0, np.nan]]), "exact")
-    with pytest.raises(IndexFileError, match="unknown index kind"):
+    with pytest.raises(IndexFileError, match="index kind must be one of"):
         build_index(np.eye(3), "lsh")
     with pytest.raises(IndexFileError, match="unknown parameter"):
         build_index(np.eye(3), "hnsw", nprobe=3)

@@ -82,5 +82,5 @@ def test_regression_losses():
 
 def test_build_loss_rejects_unknown_names():
     assert isinstance(build_loss("cosine"), CosineLoss)
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(ValueError, match="loss.name must be one of"):
         build_loss("hinge")

@@ -12,10 +12,10 @@ from conftest import write_flickr_like
 from stitch import api
 from stitch.cli import main
 from stitch.retrieval.hubness import build_rescorer
-from stitch.retrieval.ranks import cosine_ready
+from stitch.retrieval.index import IndexFileError, load_index
+from stitch.retrieval.ranks import cosine_ready, dot
 from stitch.retrieval.search import Searcher
-from stitch.training import load_model
-from stitch.training.run import load_bank
+from stitch.training import open_run
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,16 @@ def run_and_data(tmp_path_factory, small_data):
 
 
 def _expected_top(run, data, k, rerank=None):
-    model, _ = load_model(run)
-    bank, _ = load_bank(run)
+    opened = open_run(run)
+    model, bank = opened.model, opened.bank
     dev = data.split("dev")
     with torch.no_grad():
         q = cosine_ready(model.embed_queries(torch.as_tensor(dev.captions)))
         g = cosine_ready(model.embed_gallery(torch.as_tensor(dev.images)))
-        scores = q @ g.T
+        scores = dot(q, g)
         if rerank != "none":
             r = build_rescorer(rerank, **({"beta": 20.0} if rerank in ("is", "dbnorm") else {}))
-            r.fit(cosine_ready(model.embed_queries(torch.as_tensor(bank))), g)
+            r.fit(cosine_ready(model.embed_queries(torch.as_tensor(bank))), g, similarity=dot)
             scores = r.adjust(scores)
     return scores.topk(k, dim=1).indices.numpy(), dev
 
@@ -47,11 +47,18 @@ def test_searcher_matches_evaluator_scores(run_and_data, rerank):
     folder = root / f"idx-{rerank}"
     api.build_index(root / "run", data, folder, split="dev", kind="exact", rerank=rerank)
     expected, dev = _expected_top(root / "run", data, 5, rerank)
-    searcher = Searcher.open(root / "run", folder, candidates=1000)
+    run = open_run(root / "run")
+    assert load_index(folder).meta["run_id"] == run.run_id
+    searcher = Searcher.open(run.model, folder, run.run_id, candidates=1000)
     hits = searcher.search(dev.captions[:40], k=5)
     got = np.array([[h.row for h in row] for row in hits])
     assert np.array_equal(got, expected[:40])
     assert hits[0][0].name == dev.image_names[expected[0, 0]]
+    # the API's searcher (from the run) answers the same, and an index built for another run is refused
+    via_api = api.open_searcher(root / "run", index_dir=folder, candidates=1000).search(dev.captions[:40], k=5)
+    assert np.array_equal(np.array([[h.row for h in row] for row in via_api]), expected[:40])
+    with pytest.raises(IndexFileError, match="built for another run"):
+        Searcher.open(run.model, folder, "0" * 16, candidates=1000)
 
 
 def test_cli_index_and_search(run_and_data, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import statistics
 import time
@@ -92,6 +93,34 @@ def test_nan_embedding_is_refused(ridge_service):
     with httpx.Client(base_url=url, timeout=30) as client:
         response = client.post("/search", content=body, headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
+
+
+POISONS = {
+    "lone surrogate": '{"text": "\\ud800 evil", "k": 5}',  # the real tokenizer raises TypeError on it
+    "float32 overflow": json.dumps({"embedding": [1e39] + [0.0] * 383, "k": 5}),  # finite as a Python float
+    "overflowing translation": json.dumps({"embedding": [3e38] * 384, "k": 5}),  # finite even in float32
+}
+
+
+@pytest.mark.parametrize("kind", list(POISONS))
+def test_a_poisoned_request_among_30_fails_alone(ridge_service, kind):
+    """With the real encoder and searcher: 29 innocent queries, sent at once beside one poisoned one, are all
+    answered (before: 29 of 30 failed with the poisoned one's 500 or 422)."""
+    url, data = ridge_service
+    texts = [str(t) for t in data.split("dev").caption_texts[:29]]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=30)) as client:
+            poisoned = client.post(
+                "/search", content=POISONS[kind].encode(), headers={"content-type": "application/json"}
+            )
+            innocents = [client.post("/search", json={"text": t, "k": 5}) for t in texts]
+            return await asyncio.gather(poisoned, *innocents)
+
+    poisoned, *innocents = asyncio.run(fire())
+    assert poisoned.status_code == 422, poisoned.text
+    assert [r.status_code for r in innocents] == [200] * 29
+    assert all(len(r.json()["results"]) == 5 for r in innocents)
 
 
 def test_training_images_are_not_served_from_a_dev_gallery(ridge_service):

@@ -90,17 +90,23 @@ def test_bad_text_is_refused_on_get_too(service):
         assert client.get("/search?q=%ED%A0%80%20dog").status_code == 200
 
 
+JSON = "application/json"
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("content_type", "body"),
     [
-        '{"embedding": ["\\ud800"]}',  # FastAPI's 422 echoes its input: a lone surrogate made that a 500
-        '{"text": "a", "k": NaN}',  # and so did a NaN
-        '{"text": "a", "k": 1e999}',
+        (JSON, b'{"embedding": ["\\ud800"]}'),  # FastAPI's 422 echoes its input: a lone surrogate made it a 500
+        (JSON, b'{"text": "a", "k": NaN}'),  # and so did a NaN
+        (JSON, b'{"text": "a", "k": 1e999}'),
+        ("text/plain", b"\xff\xfe"),  # and bytes that are not UTF-8
+        (None, b'{"text": "\xff"}'),
     ],
 )
-def test_validation_errors_that_echo_poison_are_still_422(service, body):
+def test_validation_errors_that_echo_poison_are_still_422(service, content_type, body):
     url, _ = service
+    headers = {"content-type": content_type} if content_type else {}
     with httpx.Client(base_url=url, timeout=30) as client:
-        response = client.post("/search", content=body.encode(), headers={"content-type": "application/json"})
+        response = client.post("/search", content=body, headers=headers)
     assert response.status_code == 422
     assert response.json()["detail"]

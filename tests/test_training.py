@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from stitch import api
-from stitch.training import RunError, load_config, load_model, train
-from stitch.training.run import read_metrics
-from stitch.training.trainer import warmup_cosine
+from stitch.training import ConfigError, Run, RunError, load_config, open_run, train
+from stitch.training.run import RunInfo
+from stitch.training.trainer import DevEvaluator, warmup_cosine
 
 # a scaled-down model: 64 hidden units want less dropout than the default recipe's 0.535 on 3072
 FAST = ["model.hidden=64", "model.dropout=0.1", "optim.batch_size=128", "optim.lr=2e-3"]
@@ -42,12 +42,16 @@ def test_run_folder_is_complete_and_reloads_to_the_same_predictions(tmp_path, sm
     result = api.train(small_data, None, out=run, overrides=[*FAST, "optim.epochs=3"], progress=False)
     for name in ("model.safetensors", "config.json", "metrics.csv", "checkpoint.pt", "summary.json"):
         assert (run / name).exists(), name
-    model, info = load_model(run)
+    opened = open_run(run)
+    model, info = opened.model, opened.info
     assert info.config.model.hidden == 64 and info.meta["split"] == "the file's split column"
+    assert RunInfo.read(run).config.model.hidden == 64 and not model.training
+    assert result.run.path == run and result.run.config.model.hidden == 64
     x = torch.tensor(small_data.captions[:20])
     with torch.no_grad():
         assert torch.allclose(model.embed_queries(x), result.model.embed_queries(x), atol=1e-6)
-    assert len(read_metrics(run)) == 3
+    assert len(opened.metrics) == 3 and len(Run.load(run).metrics) == 3
+    assert np.array_equal(opened.bank, result.run.bank) and opened.temperature == pytest.approx(result.run.temperature)
 
 
 def test_refuses_to_overwrite_a_run_unless_forced(tmp_path, small_data):
@@ -66,34 +70,37 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, small_data):
     # same recipe, stopped after 2 epochs by patience=0-like cut: train 4-epoch schedule but stop early
     cfg = load_config(None, [*FAST, "optim.epochs=4", "patience=9"])
     stopped = _train_epochs(small_data, cfg, part, epochs=2)
-    assert len(read_metrics(part)) == 2 and stopped
-    resumed = train(small_data, cfg, run_dir=part, resume=True, progress=False)
-    a = [float(r["dev_mrr"]) for r in read_metrics(tmp_path / "full")]
-    b = [float(r["dev_mrr"]) for r in read_metrics(part)]
+    assert len(Run.load(part).metrics) == 2 and stopped
+    # a differing config is refused (nothing in the folder changes) unless forced
+    with pytest.raises(ConfigError, match="optim.epochs"):
+        api.train(small_data, None, out=part, overrides=[*FAST, "optim.epochs=5", "patience=9"], resume=True)
+    assert len(Run.load(part).metrics) == 2
+    # resume continues with the run's own config
+    resumed = api.train(small_data, None, out=part, resume=True, progress=False)
+    a = [float(r["dev_mrr"]) for r in Run.load(tmp_path / "full").metrics]
+    b = [float(r["dev_mrr"]) for r in Run.load(part).metrics]
     assert np.allclose(a, b, atol=1e-6)
     assert resumed.dev_metrics["mrr"] == pytest.approx(full.dev_metrics["mrr"], abs=1e-6)
 
 
 def _train_epochs(data, cfg, run_dir, epochs):
     """Interrupt training after ``epochs`` epochs, as a crash would."""
-    import stitch.training.trainer as trainer
-
     calls = {"n": 0}
-    original = trainer.dev_retrieval
+    original = DevEvaluator.__call__
 
-    def crashing(*args, **kwargs):
+    def crashing(self, *args, **kwargs):
         if calls["n"] == epochs:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return original(*args, **kwargs)
+        return original(self, *args, **kwargs)
 
-    trainer.dev_retrieval = crashing
+    DevEvaluator.__call__ = crashing
     try:
         train(data, cfg, run_dir=run_dir, progress=False)
     except KeyboardInterrupt:
         return True
     finally:
-        trainer.dev_retrieval = original
+        DevEvaluator.__call__ = original
     return False
 
 
@@ -122,6 +129,8 @@ def test_per_epoch_scored_mrr_is_what_evaluate_reports(small_data, rerank):
     best = next(row for row in result.history if row["epoch"] == result.best_epoch)
     dev = small_data.split("dev")
     assert best[key] == pytest.approx(api.evaluate(result, dev)[0].metrics["mrr"], abs=1e-6)
+    assert best[key] == pytest.approx(result.dev_reports[0].metrics["mrr"], abs=1e-6)
     assert best["dev_mrr"] == pytest.approx(api.evaluate(result, dev, rerank="none")[0].metrics["mrr"], abs=1e-6)
+    assert best["dev_mrr"] == pytest.approx(result.dev_metrics["mrr"], abs=1e-6)
     plain = api.train(small_data, None, overrides=[*FAST, "optim.epochs=1", "inference.rerank=none"], progress=False)
     assert not any(k.startswith("dev_mrr_") for k in plain.history[0])

@@ -9,7 +9,8 @@ from scipy.stats import ortho_group
 from sklearn.linear_model import Ridge
 
 from stitch.training.config import ModelConfig
-from stitch.translators import ResidualMLP, build_model, fit_procrustes, fit_ridge, initialise
+from stitch.translators import ResidualMLP, Translator, build_model, fit_procrustes, fit_ridge
+from stitch.translators.mapped import ResidualTranslator
 
 
 def test_ridge_matches_scikit_learn():
@@ -40,14 +41,15 @@ def test_residual_mlp_starts_exactly_at_the_ridge_solution():
     x, y = rng.standard_normal((100, 5)).astype(np.float32), rng.standard_normal((100, 9)).astype(np.float32)
     cfg = ModelConfig(name="resmlp", hidden=16, ridge_alpha=0.5, init="ridge")
     model = build_model(cfg, 5, 9)
-    initialise(model, cfg, x, y)
+    model.initialise(x, y, cfg)
     ridge = fit_ridge(x, y, alpha=0.5)
     with torch.no_grad():
         assert torch.allclose(model.embed_queries(torch.tensor(x)), ridge(torch.tensor(x)), atol=1e-5)
+    assert isinstance(model, ResidualTranslator) and isinstance(model, Translator)
     assert isinstance(model.translator, ResidualMLP)
     procrustes_cfg = ModelConfig(name="resmlp", hidden=16, init="procrustes")
     started = build_model(procrustes_cfg, 5, 9)
-    initialise(started, procrustes_cfg, x, y)
+    started.initialise(x, y, procrustes_cfg)
     with torch.no_grad():
         expected = fit_procrustes(x, y)(torch.tensor(x))
         assert torch.allclose(started.embed_queries(torch.tensor(x)), expected, atol=1e-5)

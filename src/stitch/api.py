@@ -88,8 +88,10 @@ def evaluate(
 
     Text->image scores use the run's scoring (its ``inference`` config, with the training captions it
     kept as query bank) unless ``rerank`` names another method or ``"none"``. ``bank`` (raw caption
-    embeddings) replaces the run's bank. Evaluated captions that are in the query bank (training
-    captions) are refused unless ``allow_train_overlap``: their figures would be flattered.
+    embeddings) replaces the run's bank. Without ``split``, evaluated captions that are in the query bank
+    (training captions) are refused unless ``allow_train_overlap``: their figures would be flattered.
+    Within a split, identical caption texts on other images can still match bank rows; every report
+    counts them (``train_overlap``) so the CLI can say so.
     """
     dev = resolve_device(device)
     opened = open(run, dev)
@@ -98,7 +100,7 @@ def evaluate(
     _check_dims(opened, data.text_dim, data.image_dim)
     query_bank = bank if bank is not None else opened.bank
     overlap = _overlap(query_bank, data.captions)
-    if overlap and not allow_train_overlap:
+    if overlap and split is None and not allow_train_overlap:
         raise DataError(
             f"{overlap} of the {data.n_captions} evaluated captions are in the run's query bank (its training "
             "captions): evaluate a held-out split (e.g. --split dev) or pass --allow-train-overlap to score them "

@@ -78,7 +78,10 @@ def cmd_evaluate(args) -> int:
         print(f"evaluating {args.run} on {where}")
         print(format_reports(reports))
         if reports[0].train_overlap:
-            print(f"WARNING: {reports[0].train_overlap} evaluated captions are training captions of this run")
+            print(
+                f"WARNING: {reports[0].train_overlap} evaluated captions equal captions in the run's query bank "
+                "(training captions, or identical texts of other images): their scores are flattered"
+            )
     return 0
 
 

@@ -61,13 +61,14 @@ def _thumb(folder: Path, name: str) -> str | None:
 
 
 def _metrics_table(reports) -> str:
+    from stitch.retrieval.evaluate import describe_protocol
+
     keys = ["recall@1", "recall@5", "recall@10", "recall@50", "mrr", "ndcg@10", "median_rank", "mean_rank"]
     rows = []
     for r in reports:
-        from stitch.retrieval.evaluate import describe_protocol
-
         cells = "".join(f"<td>{r.metrics[k]:.4f}</td>" if k in r.metrics else "<td></td>" for k in keys)
-        label = f"{r.direction}<br><span class=muted>{describe_protocol(r.protocol, r.gallery, r.gallery_kind)}; {r.queries} queries</span>"
+        protocol = html.escape(describe_protocol(r.protocol, r.gallery, r.gallery_kind))
+        label = f"{r.direction}<br><span class=muted>{protocol}; {r.queries} queries</span>"
         rows.append(f"<tr><td>{label}</td>{cells}</tr>")
         rand = "".join(f"<td>{r.random[k]:.4f}</td>" if k in r.random else "<td></td>" for k in keys)
         rows.append(f"<tr class=muted><td>random</td>{rand}</tr>")

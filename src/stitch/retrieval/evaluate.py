@@ -112,8 +112,7 @@ def evaluate_embeddings(
     """
     run_protocol = PROTOCOLS.get(protocol, "protocol")
     check_chunk(chunk)
-    q = queries if scorer is not None else cosine_ready(queries, device)
-    g = cosine_ready(gallery, device)
+    q, g = cosine_ready(queries, device), cosine_ready(gallery, device)
     caption_image = np.asarray(caption_image, dtype=np.int64)
     if scorer is not None and not scorer.fitted:
         scorer.fit(g)

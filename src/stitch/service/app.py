@@ -67,9 +67,12 @@ class Limits:
 
 
 def json_safe(value: object) -> object:
-    """``value`` with non-finite floats as strings: JSON has no NaN, and Starlette refuses to write one."""
+    """``value`` with what JSON cannot carry made text: non-finite floats (Starlette refuses to write NaN) and
+    bytes that are not UTF-8 (``jsonable_encoder`` would raise decoding them)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -78,9 +81,9 @@ def json_safe(value: object) -> object:
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's 422, written so that the input it echoes cannot break it: its default handler failed with a
-    500 on a lone surrogate (not UTF-8 encodable) or a NaN in the echoed input. ASCII JSON escapes both."""
-    detail = json_safe(jsonable_encoder(exc.errors()))
+    """FastAPI's 422, written so that the input it echoes cannot break it: its default handler answered 500
+    to a lone surrogate (not UTF-8 encodable), a NaN, or a body of non-UTF-8 bytes. ASCII JSON escapes all."""
+    detail = jsonable_encoder(json_safe(exc.errors()))
     return Response(json.dumps({"detail": detail}, ensure_ascii=True), 422, media_type="application/json")
 
 
@@ -245,9 +248,9 @@ def serve(
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> None:
     """Serve a run until interrupted. Limits: request bodies over ``max_body_bytes`` (default 64 KiB, more
-    for wide embeddings) get 413 and bodies slower than ``body_timeout_s`` 408; request heads over
-    ``max_header_bytes`` get 400 and heads slower than ``header_timeout_s`` are closed; idle kept-alive
-    connections close after ``keep_alive_s``. Arguments are checked before any model loads."""
+    for wide embeddings) get 413 and bodies slower than ``body_timeout_s`` 408; a request head still
+    incomplete past ``max_header_bytes`` gets 400 and one slower than ``header_timeout_s`` is closed; idle
+    kept-alive connections close after ``keep_alive_s``. Arguments are checked before any model loads."""
     import uvicorn
 
     check_port(port)

@@ -3,7 +3,8 @@
 uvicorn only arms its keep-alive timer *after* a response, so a connection that sends nothing, or half a
 request line and some headers, is held for ever (200 such connections were all still open after 30 s).
 Its httptools parser has no header-size limit either. So the service runs on h11, whose
-``h11_max_incomplete_event_size`` caps the request line plus headers (larger: 400, connection closed),
+``h11_max_incomplete_event_size`` bounds the request line plus headers held while incomplete (past it:
+400, connection closed; a head that arrives whole in one socket read, at most 256 KiB, is still parsed),
 through :class:`HeaderTimeoutProtocol`, which closes a connection whose request headers are not complete
 ``header_timeout_s`` after the connection opened or after the request's first byte arrived. Body size and
 body read time are :class:`stitch.service.guard.BodyLimit`'s job; idle keep-alive connections close after

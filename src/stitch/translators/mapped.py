@@ -33,6 +33,13 @@ def closed_form_start(model_cfg, captions, targets):
     return ridge_solution(captions, targets, model_cfg.ridge_alpha)
 
 
+class IdentityTranslator(MappedTranslator):
+    """Queries and gallery already share one space (precomputed embeddings): score them as they are."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(nn.Identity(), dim, dim)
+
+
 class RidgeTranslator(MappedTranslator):
     @classmethod
     def from_config(cls, model_cfg, text_dim: int, image_dim: int) -> RidgeTranslator:

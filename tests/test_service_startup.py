@@ -1,0 +1,124 @@
+"""``serve`` and ``build_app`` check their arguments before loading anything: a bad port or images folder
+fails in a moment with a message that names it, not after the encoder has loaded (or never, for a port)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from stitch import cli  # noqa: E402
+from stitch.service import app as service  # noqa: E402
+from stitch.service.server import HeaderTimeoutProtocol, check_port  # noqa: E402
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Make any model or data loading fail the test loudly (and record it)."""
+    loads: list[str] = []
+
+    def forbidden(*args, **kwargs):
+        loads.append("build_app")
+        raise AssertionError("build_app ran before the arguments were checked")
+
+    def forbidden_load(*args, **kwargs):
+        loads.append("api.load")
+        raise AssertionError("data loaded before the arguments were checked")
+
+    monkeypatch.setattr(service, "build_app", forbidden)
+    monkeypatch.setattr("stitch.api.load", forbidden_load)
+    return loads
+
+
+@pytest.mark.parametrize("port", [99999, 65536, 0, -1, "8000", True, 8000.5])
+def test_serve_refuses_a_port_out_of_range(tmp_path, nothing_loads, port):
+    with pytest.raises(ValueError, match="port must be 1-65535"):
+        service.serve("run", "data.npz", tmp_path, port=port)
+    assert nothing_loads == []
+
+
+def test_the_port_range_is_inclusive():
+    assert check_port(1) == 1 and check_port(65535) == 65535
+
+
+def test_cli_serve_port_99999_is_a_clear_error(tmp_path, nothing_loads, capsys):
+    argv = ["serve", "--run", "run", "--data", "data.npz", "--images", str(tmp_path), "--port", "99999"]
+    assert cli.main(argv) == 2
+    assert "port must be 1-65535" in capsys.readouterr().err
+    assert nothing_loads == []
+
+
+def images_cases(tmp_path):
+    a_file = tmp_path / "pictures.txt"
+    a_file.write_text("not a folder")
+    return {"missing": (tmp_path / "no-such-folder", "does not exist"), "a file": (a_file, "not a directory")}
+
+
+@pytest.mark.parametrize("case", ["missing", "a file"])
+def test_serve_refuses_a_bad_images_folder_naming_it(tmp_path, nothing_loads, case):
+    path, why = images_cases(tmp_path)[case]
+    with pytest.raises(ValueError, match=why) as err:
+        service.serve("run", "data.npz", path)
+    assert str(path) in str(err.value) and nothing_loads == []
+
+
+@pytest.mark.parametrize("case", ["missing", "a file"])
+def test_build_app_refuses_a_bad_images_folder_before_loading(tmp_path, monkeypatch, case):
+    path, why = images_cases(tmp_path)[case]
+    loads: list[str] = []
+    monkeypatch.setattr("stitch.api.load", lambda *a, **k: loads.append("load"))
+    with pytest.raises(ValueError, match=why) as err:
+        service.build_app("run", "data.npz", path)
+    assert str(path) in str(err.value) and loads == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("max_body_bytes", 0),
+        ("max_body_bytes", 1.5),
+        ("body_timeout_s", 0),
+        ("header_timeout_s", -1),
+        ("keep_alive_s", 0),
+        ("max_header_bytes", 100),
+    ],
+)
+def test_serve_refuses_nonsense_limits(tmp_path, nothing_loads, setting, value):
+    with pytest.raises(ValueError, match=setting):
+        service.serve("run", "data.npz", tmp_path, **{setting: value})
+    assert nothing_loads == []
+
+
+def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch):
+    """What ``serve`` hands uvicorn: the guarded h11 protocol with its deadlines, and an app whose body cap
+    and body deadline are the ones asked for."""
+    import uvicorn
+
+    from service_util import fake_app
+    from stitch.service.guard import BodyLimit
+
+    built: dict = {}
+
+    def fake_build(run, data_path, images_dir, split, index, text_encoder, text_precision, limits):
+        built["app"] = fake_app(images_dir, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
+        return built["app"]
+
+    class CapturingServer:
+        def __init__(self, config):
+            built["config"] = config
+
+        def run(self):
+            built["ran"] = True
+
+    monkeypatch.setattr(service, "build_app", fake_build)
+    monkeypatch.setattr(uvicorn, "Server", CapturingServer)
+    service.serve(
+        "run", "data.npz", tmp_path, port=8123, max_body_bytes=5000, body_timeout_s=3,
+        header_timeout_s=4, keep_alive_s=2, max_header_bytes=8192,
+    )  # fmt: skip
+    config = built["config"]
+    assert built["ran"] and config.port == 8123 and config.app is built["app"]
+    assert issubclass(config.http, HeaderTimeoutProtocol) and config.http.header_timeout_s == 4
+    assert config.timeout_keep_alive == 2 and config.h11_max_incomplete_event_size == 8192
+    guards = [m for m in built["app"].user_middleware if m.cls is BodyLimit]
+    assert len(guards) == 1 and guards[0].kwargs == {"max_body_bytes": 5000, "body_timeout_s": 3}
