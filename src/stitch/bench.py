@@ -14,6 +14,45 @@ from stitch.recipes import RECIPES, recipe_overrides
 DEFAULT_METHODS = tuple(RECIPES)
 
 
+def _train_once(name: str, run_dir: Path, data, extra_overrides, reuse: bool, progress: bool) -> float:
+    """Train ``name`` into ``run_dir`` unless a finished run is there to reuse; its training seconds."""
+    timing = run_dir / "bench_time.json"
+    if not (reuse and (run_dir / "summary.json").exists() and timing.exists()):
+        print(f"[bench] training {name} -> {run_dir}", flush=True)
+        start = time.perf_counter()
+        overrides = [*recipe_overrides(name), *(extra_overrides or [])]
+        api.train(data, None, out=run_dir, overrides=overrides, force=True, progress=progress)
+        timing.write_text(json.dumps({"train_s": time.perf_counter() - start}))
+    return json.loads(timing.read_text())["train_s"]
+
+
+def _bench_row(name: str, run_dir: Path, data, dev, seconds: float) -> dict:
+    """One leaderboard row: plain cosine, inverted softmax, and the run's own scoring on dev."""
+    plain = _dev_report(run_dir, data, dev, "none")
+    rescored = _dev_report(run_dir, data, dev, "is")
+    default = _dev_report(run_dir, data, dev, None)
+    m, r = plain.metrics, rescored.metrics
+    print(
+        f"[bench] {name}: R@1 {m['recall@1']:.4f} MRR {m['mrr']:.4f} | +IS R@1 {r['recall@1']:.4f} "
+        f"MRR {r['mrr']:.4f} ({seconds:.0f} s)",
+        flush=True,
+    )
+    return {
+        "method": name,
+        "reference": RECIPES[name].reference,
+        "R@1": m["recall@1"],
+        "R@5": m["recall@5"],
+        "R@10": m["recall@10"],
+        "MRR": m["mrr"],
+        "R@1 +IS": r["recall@1"],
+        "MRR +IS": r["mrr"],
+        "train_s": round(seconds),
+        "gallery": plain.gallery,
+        "queries": plain.queries,
+        "own_mrr": default.metrics["mrr"],
+    }
+
+
 def run_bench(
     data: PairedEmbeddings,
     out_dir: str | Path,
@@ -32,45 +71,8 @@ def run_bench(
     rows = []
     for name in methods:
         run_dir = out_dir / "runs" / name
-        timing = run_dir / "bench_time.json"
-        if not (reuse and (run_dir / "summary.json").exists() and timing.exists()):
-            print(f"[bench] training {name} -> {run_dir}", flush=True)
-            start = time.perf_counter()
-            api.train(
-                data,
-                None,
-                out=run_dir,
-                overrides=[*recipe_overrides(name), *(extra_overrides or [])],
-                force=True,
-                progress=progress,
-            )
-            timing.write_text(json.dumps({"train_s": time.perf_counter() - start}))
-        seconds = json.loads(timing.read_text())["train_s"]
-        plain = _dev_report(run_dir, data, dev, "none")
-        rescored = _dev_report(run_dir, data, dev, "is")
-        default = _dev_report(run_dir, data, dev, None)
-        m, r = plain.metrics, rescored.metrics
-        rows.append(
-            {
-                "method": name,
-                "reference": RECIPES[name].reference,
-                "R@1": m["recall@1"],
-                "R@5": m["recall@5"],
-                "R@10": m["recall@10"],
-                "MRR": m["mrr"],
-                "R@1 +IS": r["recall@1"],
-                "MRR +IS": r["mrr"],
-                "train_s": round(seconds),
-                "gallery": plain.gallery,
-                "queries": plain.queries,
-                "own_mrr": default.metrics["mrr"],
-            }
-        )
-        print(
-            f"[bench] {name}: R@1 {m['recall@1']:.4f} MRR {m['mrr']:.4f} | +IS R@1 {r['recall@1']:.4f} "
-            f"MRR {r['mrr']:.4f} ({seconds:.0f} s)",
-            flush=True,
-        )
+        seconds = _train_once(name, run_dir, data, extra_overrides, reuse, progress)
+        rows.append(_bench_row(name, run_dir, data, dev, seconds))
         rows.sort(key=lambda row: -row["own_mrr"])
         paths = write_leaderboard(rows, out_dir, protocol)  # after every method: partial results survive
     print(f"[bench] leaderboard: {paths['markdown']}, {paths['csv']}, {paths['plot']}")

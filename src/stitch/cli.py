@@ -300,13 +300,7 @@ def _add_rerank_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank-param", nargs="*", metavar="NAME=VALUE", help="e.g. beta=20 or k=10")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stitch", description="Learn translators between embedding spaces and search across them."
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command")
-
+def _parser_train(sub) -> None:
     p = sub.add_parser("train", help="train a translator (default recipe unless --config)")
     _add_data_args(p)
     p.add_argument("--config", help="YAML config (see configs/)")
@@ -320,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.name=mlp")
     p.set_defaults(func=cmd_train)
 
+
+def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="retrieval metrics of a run on a data file")
     p.add_argument("--run", required=True, help="run folder")
     _add_data_args(p)
@@ -336,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerank_args(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _parser_index(sub) -> None:
     p = sub.add_parser("index", help="build a nearest-neighbour index over a run's gallery")
     isub = p.add_subparsers(dest="index_command", required=True)
     b = isub.add_parser("build", help="index the images of a data file (or one split) in the run's space")
@@ -349,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerank_args(b)
     b.set_defaults(func=cmd_index_build)
 
+
+def _parser_search(sub) -> None:
     p = sub.add_parser("search", help="search an index with queries from a file or a raw embedding")
     p.add_argument("--run", required=True)
     p.add_argument("--index", required=True, help="index folder from `stitch index build`")
@@ -360,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per query")
     p.set_defaults(func=cmd_search)
 
+
+def _parser_predict(sub) -> None:
     p = sub.add_parser("predict", help="translate a queries file into a submission")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True, help="queries file (.npz with captions/embeddings, .pt, .npy)")
@@ -368,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_predict)
 
+
+def _parser_ensemble(sub) -> None:
     p = sub.add_parser("ensemble", help="average several runs (seeds or recipes) into one predictor folder")
     p.add_argument("runs", nargs="+", help="run folders trained on the same data split")
     p.add_argument("--out", required=True, help="ensemble folder (usable as --run anywhere)")
@@ -375,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_ensemble)
 
+
+def _parser_bench(sub) -> None:
     p = sub.add_parser("bench", help="train named recipes on one split and write a leaderboard")
     _add_data_args(p)
     p.add_argument("--methods", nargs="*", help="recipe names (default: all; see stitch.recipes)")
@@ -384,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides applied to every method (e.g. optim.epochs=2)")
     p.set_defaults(func=cmd_bench)
 
+
+def _parser_metric(sub) -> None:
     p = sub.add_parser("metric", help="classic metric learning on labelled vectors (siamese / triplet)")
     p.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or an npz with x, labels")
     p.add_argument("--loss", choices=("triplet", "contrastive"), default="triplet")
@@ -398,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_metric)
 
+
+def _parser_encode(sub) -> None:
     p = sub.add_parser("encode", help="embed raw captions and/or an image folder into a stitch dataset")
     p.add_argument("--captions", help="Kaggle image,caption CSV, or a text file with one caption per line")
     p.add_argument("--images", help="folder of pictures")
@@ -409,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_encode)
 
+
+def _parser_serve(sub) -> None:
     p = sub.add_parser("serve", help="a search service and web page over a run's gallery")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True, help="data file whose images form the gallery")
@@ -426,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
+
+def _parser_tune(sub) -> None:
     p = sub.add_parser("tune", help="Optuna search over a recipe space on the dev split")
     _add_data_args(p)
     p.add_argument("--space", required=True, help="search space YAML (see configs/spaces/)")
@@ -446,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_tune)
 
+
+def _parser_report(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of what a run learned")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
@@ -456,10 +472,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_report)
 
+
+def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")
     p.add_argument("--quick", action="store_true", help="a smaller dataset, seconds instead of minutes")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stitch", description="Learn translators between embedding spaces and search across them."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+    for add in (
+        _parser_train,
+        _parser_evaluate,
+        _parser_index,
+        _parser_search,
+        _parser_predict,
+        _parser_ensemble,
+        _parser_bench,
+        _parser_metric,
+        _parser_encode,
+        _parser_serve,
+        _parser_tune,
+        _parser_report,
+        _parser_demo,
+    ):
+        add(sub)
     return parser
 
 

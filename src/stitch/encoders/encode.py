@@ -117,80 +117,88 @@ def encode_dataset(
     if images is not None and image_spec is None:
         raise DataError("encoding images needs an image encoder (--image-encoder)")
     ensure_writable(out, force)
-    parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "captions": str(captions),
-        "images": str(images),
-        "text": text_spec,
-        "image": image_spec,
-        "chunk": chunk,
-    }
-    manifest_path = parts / "manifest.json"
-    if manifest_path.exists() and json.loads(manifest_path.read_text()) != manifest:
-        raise DataError(f"{parts} holds an interrupted run with other settings; remove it or use the same ones")
-    atomic_write_text(manifest_path, json.dumps(manifest))
-
+    parts = _parts_folder(
+        out, {"captions": str(captions), "images": str(images), "text": text_spec, "image": image_spec, "chunk": chunk}
+    )
     arrays: dict[str, np.ndarray] = {}
     table = read_captions(captions) if captions is not None else None
     skipped: list[str] = []
     if images is not None:
-        folder = Path(images)
-        present = set(list_images(folder))
-        wanted = list(dict.fromkeys(table.images)) if table and table.images else sorted(present)
-        missing = [n for n in wanted if n not in present]
-        names = [n for n in wanted if n in present]
-        from stitch.encoders.image import image_encoder
-
-        encoder = image_encoder(image_spec, device)
-        broken_path = parts / "broken.json"
-        broken_all: list[str] = json.loads(broken_path.read_text()) if broken_path.exists() else []
-
-        def encode_images(batch: list[str]) -> np.ndarray:
-            loaded, broken = _load_images(folder, batch)
-            broken_all.extend(broken)
-            atomic_write_text(broken_path, json.dumps(broken_all))
-            keep = np.array([n not in broken for n in batch])
-            emb = np.full((len(batch), encoder.dim), np.nan, dtype=np.float32)
-            if loaded:
-                emb[keep] = encoder.encode(loaded)
-            return emb
-
-        image_emb = _encode_in_parts("images", names, encode_images, parts, chunk, "images")
-        ok = np.isfinite(image_emb).all(axis=1)
-        skipped = missing + [n for n, good in zip(names, ok) if not good]
-        names = [n for n, good in zip(names, ok) if good]
-        arrays["images/names"] = np.array(names)
-        arrays["images/embeddings"] = image_emb[ok]
-        arrays["meta/image_encoder"] = np.array(encoder.spec)
+        skipped = _encode_images(arrays, Path(images), table, image_spec, device, parts, chunk)
     if table is not None:
-        from stitch.encoders.text import text_encoder
-
-        texts, owners = table.texts, table.images
-        if images is not None and owners is not None:
-            row_of = {n: i for i, n in enumerate(arrays["images/names"])}
-            keep = [i for i, owner in enumerate(owners) if owner in row_of]
-            texts, owners = [texts[i] for i in keep], [owners[i] for i in keep]
-            arrays["captions/image_index"] = np.array([row_of[o] for o in owners], dtype=np.int64)
-        encoder = text_encoder(text_spec, device)
-        arrays["captions/embeddings"] = _encode_in_parts("captions", texts, encoder.encode, parts, chunk, "captions")
-        arrays["captions/text"] = np.array(texts)
-        if owners is not None:
-            counter: dict[str, int] = {}
-            ids = []
-            for owner in owners:
-                ids.append(f"{Path(owner).stem}#{counter.get(owner, 0)}")
-                counter[owner] = counter.get(owner, 0) + 1
-            arrays["captions/ids"] = np.array(ids)
-        else:
-            arrays["captions/ids"] = np.arange(len(texts)).astype(str)
-        arrays["meta/text_encoder"] = np.array(encoder.spec)
+        _encode_captions(arrays, table, images is not None, text_spec, device, parts, chunk)
     atomic_write(out, lambda tmp: _savez(tmp, arrays))
     if skipped:
         atomic_write_text(out.with_name(out.name + ".skipped.txt"), "\n".join(skipped) + "\n")
         print(f"skipped {len(skipped)} image(s) (missing or unreadable), listed in {out.name}.skipped.txt")
     shutil.rmtree(parts)
     return out
+
+
+def _parts_folder(out: Path, manifest: dict) -> Path:
+    """``OUT.parts``: finished chunks of an interrupted run with the same settings, or a new folder."""
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    manifest_path = parts / "manifest.json"
+    if manifest_path.exists() and json.loads(manifest_path.read_text()) != manifest:
+        raise DataError(f"{parts} holds an interrupted run with other settings; remove it or use the same ones")
+    atomic_write_text(manifest_path, json.dumps(manifest))
+    return parts
+
+
+def _encode_images(arrays: dict, folder: Path, table, image_spec: str, device: str, parts: Path, chunk: int) -> list:
+    """Image embeddings into ``arrays``; returns the names skipped (missing or unreadable)."""
+    from stitch.encoders.image import image_encoder
+
+    present = set(list_images(folder))
+    wanted = list(dict.fromkeys(table.images)) if table and table.images else sorted(present)
+    missing = [n for n in wanted if n not in present]
+    names = [n for n in wanted if n in present]
+    encoder = image_encoder(image_spec, device)
+    broken_path = parts / "broken.json"
+    broken_all: list[str] = json.loads(broken_path.read_text()) if broken_path.exists() else []
+
+    def encode_images(batch: list[str]) -> np.ndarray:
+        loaded, broken = _load_images(folder, batch)
+        broken_all.extend(broken)
+        atomic_write_text(broken_path, json.dumps(broken_all))
+        keep = np.array([n not in broken for n in batch])
+        emb = np.full((len(batch), encoder.dim), np.nan, dtype=np.float32)
+        if loaded:
+            emb[keep] = encoder.encode(loaded)
+        return emb
+
+    image_emb = _encode_in_parts("images", names, encode_images, parts, chunk, "images")
+    ok = np.isfinite(image_emb).all(axis=1)
+    arrays["images/names"] = np.array([n for n, good in zip(names, ok) if good])
+    arrays["images/embeddings"] = image_emb[ok]
+    arrays["meta/image_encoder"] = np.array(encoder.spec)
+    return missing + [n for n, good in zip(names, ok) if not good]
+
+
+def _encode_captions(arrays: dict, table, with_images: bool, text_spec: str, device: str, parts: Path, chunk: int):
+    """Caption embeddings, texts, ids (``<image stem>#<n>``) and image rows into ``arrays``."""
+    from stitch.encoders.text import text_encoder
+
+    texts, owners = table.texts, table.images
+    if with_images and owners is not None:
+        row_of = {n: i for i, n in enumerate(arrays["images/names"])}
+        keep = [i for i, owner in enumerate(owners) if owner in row_of]
+        texts, owners = [texts[i] for i in keep], [owners[i] for i in keep]
+        arrays["captions/image_index"] = np.array([row_of[o] for o in owners], dtype=np.int64)
+    encoder = text_encoder(text_spec, device)
+    arrays["captions/embeddings"] = _encode_in_parts("captions", texts, encoder.encode, parts, chunk, "captions")
+    arrays["captions/text"] = np.array(texts)
+    if owners is not None:
+        counter: dict[str, int] = {}
+        ids = []
+        for owner in owners:
+            ids.append(f"{Path(owner).stem}#{counter.get(owner, 0)}")
+            counter[owner] = counter.get(owner, 0) + 1
+        arrays["captions/ids"] = np.array(ids)
+    else:
+        arrays["captions/ids"] = np.arange(len(texts)).astype(str)
+    arrays["meta/text_encoder"] = np.array(encoder.spec)
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
