@@ -184,19 +184,16 @@ def test_served_top10_equals_the_evaluator_top10_for_the_default_run(default_fli
     import torch
 
     from stitch import api
-    from stitch.retrieval.ranks import cosine_ready
     from stitch.service.app import build_app
-    from stitch.training import load_model
 
     data = api.load(FLICKR)
     dev = data.split("dev")
-    model, _ = load_model(default_flickr_run)
-    rescorer, bank = api.scoring_setup(default_flickr_run, model, None, None, None, "cpu")
+    scorer = api.open(default_flickr_run).scorer()  # the run's own scoring, as api.evaluate uses it
     with torch.no_grad():
-        q = cosine_ready(model.embed_queries(torch.as_tensor(dev.captions)))
-        g = cosine_ready(model.embed_gallery(torch.as_tensor(dev.images)))
-        rescorer.fit(cosine_ready(bank), g)
-        expected = rescorer.adjust(q @ g.T).topk(10, dim=1).indices.numpy()
+        q, g = scorer.embed_queries(dev.captions), scorer.embed_gallery(dev.images)
+        scorer.fit(g)
+        scores = scorer.scores(scorer.prepare_queries(q), scorer.prepare_gallery(g))
+        expected = scores.topk(10, dim=1).indices.numpy()
     sample = np.arange(0, dev.n_captions, 50)
     app = build_app(default_flickr_run, FLICKR, IMAGES, split="dev")
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:

@@ -114,7 +114,9 @@ def test_no_function_is_longer_than_sixty_lines():
 
 
 def _mentions_model(node: ast.AST) -> bool:
-    return any(isinstance(n, (ast.Name, ast.Attribute)) and "model" in (getattr(n, "id", "") or n.attr) for n in ast.walk(node))
+    return any(
+        isinstance(n, (ast.Name, ast.Attribute)) and "model" in (getattr(n, "id", "") or n.attr) for n in ast.walk(node)
+    )
 
 
 def test_no_attribute_or_shape_dispatch_on_models_outside_the_model_classes():
