@@ -1,6 +1,6 @@
 """stitch: learn translators between embedding spaces and search across them.
 
-The API (``stitch.load``, ``stitch.train``, ``stitch.evaluate``, ``stitch.predict``) is imported
+The API (``stitch.load``, ``stitch.open``, ``stitch.train``, ``stitch.evaluate``, ``stitch.predict``, ...) is imported
 lazily so that ``import stitch`` and ``stitch --help`` stay fast (no torch at import time).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("load", "train", "evaluate", "predict", "write_submission")
+_API = ("load", "open", "train", "evaluate", "predict", "write_submission", "build_index", "open_searcher")
 
 
 def __getattr__(name: str):
