@@ -213,3 +213,34 @@ def test_unknown_format(tmp_path):
         load_pairs(tmp_path / "x.csv")
     with pytest.raises(DataError, match="no such file"):
         load_pairs(tmp_path / "nope.npz")
+
+
+@pytest.mark.parametrize("value", [0.5, -1.0, np.nan, 2.0])
+def test_label_values_other_than_0_and_1_are_refused(tmp_path, value):
+    labels = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
+    labels[3, 3] = value  # row 3 keeps one mark, but the mark is not 1
+    np.savez(
+        tmp_path / "a.npz",
+        **{"captions/embeddings": np.ones((5, 3)), "images/embeddings": np.ones((4, 2)), "captions/label": labels},
+    )
+    with pytest.raises(DataError, match="row 3 holds .* at column 3; labels must be 0 or 1"):
+        load_pairs(tmp_path / "a.npz")
+
+
+def test_a_label_matrix_wider_than_the_image_list_is_refused(tmp_path):
+    labels = np.eye(6, dtype=bool)[[0, 1, 2, 3, 0]]  # 6 columns, 4 images
+    np.savez(
+        tmp_path / "a.npz",
+        **{"captions/embeddings": np.ones((5, 3)), "images/embeddings": np.ones((4, 2)), "captions/label": labels},
+    )
+    with pytest.raises(DataError, match="6 image columns but the file holds 4 images"):
+        load_pairs(tmp_path / "a.npz")
+
+
+def test_timedelta_embeddings_are_refused(tmp_path):
+    from stitch.data import PairedEmbeddings
+
+    with pytest.raises(DataError, match="must be real numbers, got dtype timedelta64"):
+        PairedEmbeddings(
+            captions=np.ones((2, 3), dtype="timedelta64[s]"), images=np.ones((2, 3)), caption_image=np.array([0, 1])
+        )

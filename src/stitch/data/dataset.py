@@ -36,7 +36,7 @@ def check_matrix(name: str, matrix: np.ndarray) -> np.ndarray:
         raise DataError(f"{name} must be 2-D (rows x dims), got shape {matrix.shape}")
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise DataError(f"{name} is empty (shape {matrix.shape})")
-    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+    if matrix.dtype.kind not in "iuf":  # not bool, complex, timedelta, datetime, strings or objects
         raise DataError(f"{name} must be real numbers, got dtype {matrix.dtype}")
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     check_finite(name, matrix)

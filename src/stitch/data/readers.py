@@ -46,7 +46,9 @@ def _optional(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray | N
     return _member(npz, path, key) if key in npz.files else None
 
 
-def labels_to_index(path: Path, key: str = "captions/label", chunk_rows: int = LABEL_CHUNK_ROWS) -> np.ndarray:
+def labels_to_index(
+    path: Path, key: str = "captions/label", chunk_rows: int = LABEL_CHUNK_ROWS, n_images: int | None = None
+) -> np.ndarray:
     """Caption->image index from a dense one-hot bool matrix stored in an npz, read in row chunks.
 
     The competition matrix is 125k x 25k bools (3.1 GB); streaming it row-chunk by row-chunk from the
@@ -70,6 +72,10 @@ def labels_to_index(path: Path, key: str = "captions/label", chunk_rows: int = L
             if dtype.hasobject:
                 raise DataError(f"{path}: {key!r} holds Python objects; refusing to unpickle")
             rows, cols = shape
+            if n_images is not None and cols != n_images:
+                raise DataError(f"{path}: {key!r} has {cols} image columns but the file holds {n_images} images")
+            if dtype.kind not in "biuf":
+                raise DataError(f"{path}: {key!r} must hold 0/1 marks (bool or numbers), got dtype {dtype}")
             if fortran:  # column-major: rows are not contiguous, so read it whole
                 matrix = _read_exact(stream, rows * cols * dtype.itemsize, path, key)
                 matrix = np.frombuffer(matrix, dtype=dtype).reshape(shape, order="F")
@@ -93,6 +99,13 @@ def _read_exact(stream, size: int, path: Path, key: str) -> bytes:
 
 
 def _one_hot_rows(block: np.ndarray, offset: int, path: Path) -> np.ndarray:
+    marks = (block == 0) | (block == 1)
+    if not marks.all():
+        row, col = (int(v[0]) for v in np.nonzero(~marks))
+        raise DataError(
+            f"{path}: captions/label row {offset + row} holds {block[row, col]!r} at column {col}; "
+            "labels must be 0 or 1"
+        )
     hot = block != 0
     counts = hot.sum(axis=1)
     bad = np.where(counts != 1)[0]
@@ -137,7 +150,7 @@ def read_aml_npz(path: Path, **kwargs) -> PairedEmbeddings:
         raise _missing(path, npz.files, AML_KEYS)
     captions = _member(npz, path, "captions/embeddings")
     images = _member(npz, path, "images/embeddings")
-    index = labels_to_index(path)
+    index = labels_to_index(path, n_images=len(images))
     return PairedEmbeddings(
         captions=captions,
         images=images,
