@@ -166,6 +166,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 
 def _coerce(key: str, kind: type, value):
+    """``value`` as the setting's type, or a ConfigError naming the setting."""
     if kind is not bool and isinstance(value, bool):
         raise ConfigError(f"{key} must be a {kind.__name__}, got the boolean {value!r}")
     if kind is bool:
@@ -175,18 +176,26 @@ def _coerce(key: str, kind: type, value):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if kind in (int, float):
-        if isinstance(value, str) and kind is int and value.strip().lower() in ("nan", "inf", "-inf", "infinity"):
-            raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        try:
-            number = kind(value) if not isinstance(value, str) else kind(float(value)) if kind is int else kind(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{key} must be a number ({kind.__name__}), got {value!r}") from err
-        if kind is float and not math.isfinite(number):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        if kind is int and float(value) != int(number):
-            raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        return number
+        return _number(key, kind, value)
+    if not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key} must be a name, got {value!r}")
     return str(value)
+
+
+def _number(key: str, kind: type, value) -> int | float:
+    if isinstance(value, int) and kind is int:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ConfigError(f"{key} must be a number ({kind.__name__}), got {value!r}") from err
+    if not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if kind is int:
+        if number != int(number):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        return int(number)
+    return number
 
 
 def _apply(target, data: dict, prefix: str = "") -> None:
@@ -252,7 +261,10 @@ def parse_overrides(pairs: list[str]) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {pair!r}: the value is not valid YAML ({err.__class__.__name__})") from err
     return nested
 
 
