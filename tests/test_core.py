@@ -223,3 +223,28 @@ def test_json_output_is_strict(tiny_runs, small_data, tmp_path, capsys):
     data = write_flickr_like(tmp_path / "d.npz", small_data)
     assert main(["evaluate", "--run", str(tiny_runs / "ridge"), "--data", str(data), "--split", "dev", "--json"]) == 0
     json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--chunk", "-1"], "chunk must be a positive number"),
+        (["--rerank", "csls", "--rerank-param", "k=0"], r"k must be a number in \[1, "),
+        (["--rerank", "is", "--rerank-param", "beta=1e9"], r"beta must be a number in \[1e-06, 10000"),
+    ],
+)
+def test_evaluate_options_out_of_range_exit_2_with_the_setting(tiny_runs, small_data, tmp_path, capsys, extra, message):
+    from conftest import write_flickr_like
+
+    data = write_flickr_like(tmp_path / "d.npz", small_data)
+    assert main(["evaluate", "--run", str(tiny_runs / "ridge"), "--data", str(data), "--split", "dev", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert __import__("re").search(message, err), err
+
+
+def test_huge_but_finite_embeddings_do_not_overflow_into_zero_vectors():
+    from stitch.retrieval.ranks import cosine_ready
+
+    rows = torch.tensor([[3e30, 4e30], [1e-30, 0.0]])
+    assert torch.allclose(cosine_ready(rows), torch.tensor([[0.6, 0.8], [1.0, 0.0]]))
