@@ -1,0 +1,7 @@
+"""``python -m stitch``: the same as the ``stitch`` command."""
+
+import sys
+
+from stitch.cli import main
+
+sys.exit(main())
