@@ -95,10 +95,12 @@ def test_nan_embedding_is_refused(ridge_service):
     assert 400 <= response.status_code < 500
 
 
-POISONS = {
-    "lone surrogate": '{"text": "\\ud800 evil", "k": 5}',  # the real tokenizer raises TypeError on it
-    "float32 overflow": json.dumps({"embedding": [1e39] + [0.0] * 383, "k": 5}),  # finite as a Python float
-    "overflowing translation": json.dumps({"embedding": [3e38] * 384, "k": 5}),  # finite even in float32
+POISONS = {  # body, the statuses it may get
+    "lone surrogate": ('{"text": "\\ud800 evil", "k": 5}', {422}),  # the real tokenizer raises TypeError on it
+    "float32 overflow": (json.dumps({"embedding": [1e39] + [0.0] * 383, "k": 5}), {422}),  # finite as a float
+    # finite even in float32, but the translator overflows it to Inf and the searcher raises for the whole
+    # batch: isolated, it is refused alone (were the translator to cope, a 200 would be right too)
+    "overflowing translation": (json.dumps({"embedding": [3e38] * 384, "k": 5}), {200, 422}),
 }
 
 
@@ -112,13 +114,13 @@ def test_a_poisoned_request_among_30_fails_alone(ridge_service, kind):
     async def fire():
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=30)) as client:
             poisoned = client.post(
-                "/search", content=POISONS[kind].encode(), headers={"content-type": "application/json"}
+                "/search", content=POISONS[kind][0].encode(), headers={"content-type": "application/json"}
             )
             innocents = [client.post("/search", json={"text": t, "k": 5}) for t in texts]
             return await asyncio.gather(poisoned, *innocents)
 
     poisoned, *innocents = asyncio.run(fire())
-    assert poisoned.status_code == 422, poisoned.text
+    assert poisoned.status_code in POISONS[kind][1], poisoned.text
     assert [r.status_code for r in innocents] == [200] * 29
     assert all(len(r.json()["results"]) == 5 for r in innocents)
 

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from stitch.data import PairedEmbeddings, train_dev_split
-from stitch.registries import MODELS
+from stitch.registries import MODELS, RESCORERS
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings, text_to_image_metrics
+from stitch.retrieval.scorer import Scorer
 from stitch.training.batching import CaptionBatches
 from stitch.training.callbacks import (
     Callback,
@@ -92,23 +93,21 @@ class DevEvaluator:
     @torch.no_grad()
     def __call__(self, model, temperature: float | None) -> dict[str, float]:
         model.eval()
-        rerank = self.config.inference.rerank
-        scorer = _scorer(model, self.config, rerank, temperature, self.bank, self.device)
+        scorer = _scorer(model, self.config, self.config.inference.rerank, temperature, self.bank, self.device)
         plain = scorer.plain()
         q, g = plain.embed_queries(self.dev.captions, "translated dev captions"), plain.embed_gallery(self.dev.images)
         metrics = text_to_image_metrics(q, g, self.dev.caption_image, plain.fit(g), self.config.eval_chunk)
         if scorer.rescorer is not None:
             scored = text_to_image_metrics(q, g, self.dev.caption_image, scorer.fit(g), self.config.eval_chunk)
-            metrics[SCORED_MRR_PREFIX + rerank] = scored["mrr"]
+            metrics[SCORED_MRR_PREFIX + scorer.name] = scored["mrr"]
         return metrics
 
 
-def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device):
-    from stitch.retrieval.scorer import Scorer
-
-    single = model.vectors_per_query == 1
-    if rerank != "none" and not single and rerank in ("center", "whiten"):
-        rerank = "none"  # per-query transforms do not apply to slot sets; evaluate refuses them with a message
+def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device) -> Scorer:
+    """The run's scoring while training; a per-query transform that cannot apply to this model's slot-set
+    queries falls back to cosine (tables name the scoring; ``evaluate`` refuses it with a message)."""
+    if RESCORERS.tag(rerank, "single_vector") and model.vectors_per_query > 1:
+        rerank = "none"
     return Scorer.configured(model, rerank, None, config.inference, temperature, bank, device)
 
 
@@ -322,21 +321,21 @@ def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature)
         run.model.load_state_dict(state.best_model)
     run.model.eval()
     run.temperature = temperature
-    scorer = run.scorer(device=device)
+    scorer = _scorer(run.model, run.config, run.config.inference.rerank, temperature, run.bank, device)
     q, g = scorer.embed_queries(dev_set.captions, "translated dev captions"), scorer.embed_gallery(dev_set.images)
     reports = evaluate_embeddings(
         q, g, dev_set.caption_image, chunk=run.config.eval_chunk, device=device, scorer=scorer
     )
     plain = text_to_image_metrics(q, g, dev_set.caption_image, scorer.plain().fit(g), run.config.eval_chunk)
+    fitted = not state.history  # closed-form fits have one row, epoch 0
+    if fitted:
+        state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
     if run.path is not None:
-        if not state.history:  # closed-form fits have one row, epoch 0
-            state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
+        if fitted:
             run.save_weights()
             run.append_metrics(state.history[0])
         run.write_summary(run_summary(state.best_epoch, reports[0].metrics, how, scorer.name))
         run.save_bank()
-    if not state.history:
-        state.history = [{"epoch": 0, "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
     return TrainResult(run, state.best_epoch, plain, state.history, how, reports)
 
 
