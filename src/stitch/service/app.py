@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
+from stitch.io.atomic import safe_member
 from stitch.service.batcher import MicroBatcher
 from stitch.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
 from stitch.service.page import render_page
@@ -123,7 +124,6 @@ def create_app(
 ) -> FastAPI:
     """The service app over ``searcher``; every request body passes :class:`BodyLimit` before parsing."""
     images_dir = check_images_dir(images_dir)
-    gallery = {str(n) for n in searcher.index.names}
     # FastAPI writes the title into the /docs and /redoc HTML unescaped: a run name is not trusted markup
     app = FastAPI(
         title=html.escape(f"{title} search"), version="1", description="Cross-modal search over a stitch run's gallery."
@@ -134,6 +134,13 @@ def create_app(
     )
 
     batcher = MicroBatcher(searcher, text_encoder)
+    _search_routes(app, batcher, text_encoder, limits)
+    _gallery_routes(app, searcher, batcher, images_dir, text_encoder, title)
+    return app
+
+
+def _search_routes(app: FastAPI, batcher: MicroBatcher, text_encoder, limits: Limits) -> None:
+    """``GET /search`` and ``POST /search``: every query checked alone before it joins a batch."""
 
     async def run_search(text: str | None, embedding: list[float] | None, label: str, k: int) -> SearchResponse:
         if not 1 <= k <= limits.max_k:
@@ -163,18 +170,6 @@ def create_app(
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
 
-    @app.get("/health")
-    def health() -> dict:
-        return {
-            "status": "ok",
-            "gallery": len(searcher.index),
-            "text_dim": searcher.text_dim,
-            "text_encoder": getattr(text_encoder, "spec", None),
-            "index": searcher.index.kind,
-            "rescoring": getattr(searcher.rescorer, "name", "none"),
-            "query_cache": {"size": len(batcher.cache), "hits": batcher.cache_hits},
-        }
-
     @app.get("/search", response_model=SearchResponse)
     async def search_get(q: str = Query(..., max_length=10_000), k: int = Query(10)) -> SearchResponse:
         return await run_search(checked_text(q), None, q, k)
@@ -188,20 +183,36 @@ def create_app(
         # dimension and float32 finiteness are checked by the batcher before the query joins a batch (-> 422)
         return await run_search(None, body.embedding, "embedding", body.k)
 
+
+def _gallery_routes(app: FastAPI, searcher, batcher: MicroBatcher, images_dir: Path, text_encoder, title: str) -> None:
+    """``/health``, the gallery's pictures (names checked against the gallery and the folder) and the page."""
+    gallery = {str(n) for n in searcher.index.names}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {
+            "status": "ok",
+            "gallery": len(searcher.index),
+            "text_dim": searcher.text_dim,
+            "text_encoder": None if text_encoder is None else text_encoder.spec,
+            "index": searcher.index.kind,
+            "rescoring": "none" if searcher.rescorer is None else searcher.rescorer.name,
+            "query_cache": {"size": len(batcher.cache), "hits": batcher.cache_hits},
+        }
+
     @app.get("/images/{name}")
     def image(name: str) -> FileResponse:
-        if name not in gallery or "/" in name or "\\" in name or name.startswith("."):
-            raise HTTPException(404, "no such image in the gallery")
-        path = (images_dir / name).resolve()
-        if path.parent != images_dir or not path.is_file():
+        try:
+            path = safe_member(images_dir, name)
+        except ValueError:
+            path = None
+        if name not in gallery or path is None or not path.is_file():
             raise HTTPException(404, "no such image in the gallery")
         return FileResponse(path)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return render_page(title=title, gallery=len(searcher.index))
-
-    return app
 
 
 def build_app(
