@@ -234,6 +234,10 @@ def cmd_serve(args) -> int:
         index=args.index,
         text_encoder=args.text_encoder,
         text_precision=args.text_precision,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive,
     )
     return 0
 
@@ -436,6 +440,12 @@ def _parser_serve(sub) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-body-bytes", type=int, help="413 above this request size (default 64 KiB, more for wide embeddings)"
+    )
+    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take (408 after)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request head may take (closed after)")
+    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle kept-alive connection stays open")
     p.set_defaults(func=cmd_serve)
 
 
