@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from stitch.training.config import ConfigError, TrainConfig, config_from_dict, load_config, parse_overrides
@@ -62,6 +60,8 @@ def test_override_parsing_is_nested():
 
 
 def test_shipped_default_yaml_is_the_built_in_default():
-    """`stitch train` with no config and with configs/default.yaml train the same recipe."""
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    """`stitch train` with no config and with the shipped default.yaml train the same recipe."""
+    from stitch.packaged import resolve
+
+    shipped = resolve("default", "config")
     assert load_config(shipped, []).to_dict() == load_config(None, []).to_dict()

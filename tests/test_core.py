@@ -128,7 +128,7 @@ def test_cli_resume_with_another_config_exits_2_and_keeps_the_run(small_data, tm
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--quiet", *TINY]) == 0
     weights = (run / "model.safetensors").read_bytes()
-    assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--config", "configs/ridge.yaml"]) == 2
+    assert main(["train", "--data", str(data), "--out", str(run), "--resume", "--config", "ridge"]) == 2
     assert "--force-config" in capsys.readouterr().err
     assert (run / "model.safetensors").read_bytes() == weights
 

@@ -32,8 +32,11 @@ def space(**params):
 
 
 def test_shipped_spaces_are_valid():
-    for path in ("configs/spaces/default.yaml", "configs/spaces/heads.yaml"):
-        assert load_space(path).params
+    from stitch.packaged import packaged_names, resolve
+
+    assert packaged_names("space") == ["default", "heads"]
+    for name in packaged_names("space"):
+        assert load_space(resolve(name, "space")).params
 
 
 def test_bad_spaces_are_refused():

@@ -27,14 +27,23 @@ def _load_data(args):
 
 def cmd_train(args) -> int:
     from stitch import api
+    from stitch.packaged import resolve
+    from stitch.recipes import recipe_overrides
 
+    config = None if args.config is None else resolve(args.config, "config")
+    overrides = [*(recipe_overrides(args.recipe) if args.recipe else []), *args.overrides]
+    if args.print_config:
+        from stitch.training import load_config
+
+        print(load_config(config, overrides).to_yaml(), end="")
+        return 0
     data = _load_data(args)
     out = args.out or _default_run_dir()
     result = api.train(
         data,
-        args.config,
+        config,
         out=out,
-        overrides=args.overrides,
+        overrides=overrides,
         resume=args.resume,
         force=args.force,
         force_config=args.force_config,
@@ -243,10 +252,18 @@ def cmd_serve(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from stitch.packaged import resolve
     from stitch.tuning import confirm, load_space, tune
 
+    space = load_space(resolve(args.space, "space"))
+    if args.print_space:
+        import dataclasses
+
+        import yaml
+
+        print(yaml.safe_dump(dataclasses.asdict(space), sort_keys=False), end="")
+        return 0
     data = _load_data(args)
-    space = load_space(args.space)
     study = tune(
         data,
         space,
@@ -288,6 +305,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from stitch.packaged import packaged_names
+    from stitch.recipes import RECIPES
+
+    print("recipes (stitch train --recipe NAME, stitch bench --methods NAME ...):")
+    for recipe in RECIPES.values():
+        print(f"  {recipe.name:<16} {recipe.reference:<28} {recipe.notes.split(';')[0][:70]}")
+    print(f"shipped configs (--config NAME): {', '.join(packaged_names('config'))}")
+    print(f"tuning spaces (stitch tune --space NAME): {', '.join(packaged_names('space'))}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -307,7 +336,9 @@ def _add_rerank_args(parser: argparse.ArgumentParser) -> None:
 def _parser_train(sub) -> None:
     p = sub.add_parser("train", help="train a translator (default recipe unless --config)")
     _add_data_args(p)
-    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--config", help="YAML config: a path, or a shipped config's name (stitch recipes lists them)")
+    p.add_argument("--recipe", help="a named recipe (stitch recipes lists them); overrides come after it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--out", help="run folder (default runs/<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
@@ -452,7 +483,8 @@ def _parser_serve(sub) -> None:
 def _parser_tune(sub) -> None:
     p = sub.add_parser("tune", help="Optuna search over a recipe space on the dev split")
     _add_data_args(p)
-    p.add_argument("--space", required=True, help="search space YAML (see configs/spaces/)")
+    p.add_argument("--space", required=True, help="search space: a shipped name (default, heads) or a YAML path")
+    p.add_argument("--print-space", action="store_true", help="print the resolved search space and exit")
     p.add_argument("--out", default="tune", help="folder for best.yaml, trials.csv and the default SQLite study")
     p.add_argument("--storage", help="SQLAlchemy URL of the study (default sqlite:///OUT/study.db)")
     p.add_argument("--study", default="stitch", help="study name (resume by running the same command again)")
@@ -483,6 +515,11 @@ def _parser_report(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _parser_recipes(sub) -> None:
+    p = sub.add_parser("recipes", help="list the named recipes, shipped configs and tuning spaces")
+    p.set_defaults(func=cmd_recipes)
+
+
 def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")
@@ -509,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_serve,
         _parser_tune,
         _parser_report,
+        _parser_recipes,
         _parser_demo,
     ):
         add(sub)

@@ -105,6 +105,10 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def to_yaml(self) -> str:
+        """The full config as YAML: a file ``--config`` takes back unchanged."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Settings whose values are registry names (the registries are the one spelling of each)."""
