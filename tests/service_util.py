@@ -113,14 +113,15 @@ class FakeTextEncoder:
         return rows
 
 
-def fake_app(images_dir: str | Path, title: str = "fake-run", delay_s: float = 0.02, **limits):
-    """A service app over :class:`FakeSearcher` and :class:`FakeTextEncoder` (``limits``: Limits fields); the
-    fakes are on ``app.state.searcher`` and ``app.state.encoder``."""
+def fake_app(images_dir: str | Path, title: str = "fake-run", delay_s: float = 0.02, cors_origins=None, **limits):
+    """A service app over :class:`FakeSearcher` and :class:`FakeTextEncoder` (``limits``: Limits fields;
+    ``cors_origins``: as ``create_app`` takes them); the fakes are on ``app.state.searcher`` and
+    ``app.state.encoder``."""
     from stitch.service.app import Limits, create_app
 
     searcher = FakeSearcher()
     encoder = FakeTextEncoder(dim=searcher.text_dim, delay_s=delay_s)
-    app = create_app(searcher, images_dir, encoder, limits=Limits(**limits), title=title)
+    app = create_app(searcher, images_dir, encoder, limits=Limits(**limits), title=title, cors_origins=cors_origins)
     app.state.searcher, app.state.encoder = searcher, encoder
     return app
 

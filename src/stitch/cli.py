@@ -21,7 +21,7 @@ def _load_data(args):
     from stitch import api
 
     if args.data is None and args.captions is None:
-        raise SystemExit("error: give --data FILE, or --captions X.npy --images Y.npy --index Z.npy")
+        raise ValueError("give --data FILE, or --captions X.npy --images Y.npy --index Z.npy")
     return api.load(args.data, captions=args.captions, images=args.images, index=args.index)
 
 
@@ -138,16 +138,17 @@ def cmd_search(args) -> int:
     from stitch import api
     from stitch.data import load_queries
 
-    if args.embedding is None and args.query_file is None:
-        raise ValueError("give queries: --query-file FILE (with --rows) or --embedding '[...]'")
-    searcher = api.open_searcher(args.run, index_dir=args.index, candidates=args.candidates)
+    if args.embedding is None and args.queries is None:
+        raise ValueError("give queries: --queries FILE (with --rows) or --embedding '[...]'")
+    index_dir = _required(args, "index_dir", "--index-dir")
+    searcher = api.open_searcher(args.run, index_dir=index_dir, candidates=args.candidates)
     if args.embedding is not None:
         rows, labels = np.array([json.loads(args.embedding)], dtype=np.float32), ["embedding"]
     else:
-        queries = load_queries(args.query_file)
+        queries = load_queries(args.queries)
         picked = np.arange(len(queries))[_slice(args.rows)]
         if len(picked) == 0:
-            raise ValueError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.query_file}")
+            raise ValueError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.queries}")
         rows = queries.embeddings[picked]
         labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
     for label, hits in zip(labels, searcher.search(rows, args.k)):
@@ -168,7 +169,8 @@ def _slice(text: str) -> slice:
 def cmd_predict(args) -> int:
     from stitch import api
 
-    path = api.write_submission(args.run, args.data, args.out, fmt=args.format, force=args.force)
+    queries = _required(args, "queries", "--queries")
+    path = api.write_submission(args.run, queries, args.out, fmt=args.format, force=args.force)
     print(f"wrote {path}")
     return 0
 
@@ -219,7 +221,7 @@ def cmd_encode(args) -> int:
     path = encode_dataset(
         args.out,
         captions=args.captions,
-        images=args.images,
+        images=args.image_dir,
         text_spec=args.text_encoder,
         image_spec=args.image_encoder,
         chunk=args.chunk,
@@ -236,11 +238,11 @@ def cmd_serve(args) -> int:
     serve(
         args.run,
         args.data,
-        args.images,
+        _required(args, "image_dir", "--image-dir"),
         split=args.split,
         host=args.host,
         port=args.port,
-        index=args.index,
+        index=args.index_dir,
         text_encoder=args.text_encoder,
         text_precision=args.text_precision,
         max_body_bytes=args.max_body_bytes,
@@ -299,7 +301,13 @@ def cmd_report(args) -> int:
 
     split = None if args.split == "none" else args.split
     path = build_report(
-        args.run, args.data, args.out, split=split, images_dir=args.images, projection=args.projection, force=args.force
+        args.run,
+        args.data,
+        args.out or Path(args.run) / "report.html",
+        split=split,
+        images_dir=args.image_dir,
+        projection=args.projection,
+        force=args.force,
     )
     print(f"wrote {path}")
     return 0
@@ -315,6 +323,33 @@ def cmd_recipes(args) -> int:
     print(f"shipped configs (--config NAME): {', '.join(packaged_names('config'))}")
     print(f"tuning spaces (stitch tune --space NAME): {', '.join(packaged_names('space'))}")
     return 0
+
+
+def cmd_completion(args) -> int:
+    """A bash completion script from the parser itself: ``eval "$(stitch completion)"``."""
+    commands = _subcommands(build_parser())
+    cases = "".join(f'    {name}) opts="{" ".join(options)}";;\n' for name, options in commands.items())
+    print(
+        "_stitch() {\n"
+        "  local cur=${COMP_WORDS[COMP_CWORD]} opts\n"
+        '  if [ "$COMP_CWORD" -eq 1 ]; then opts="' + " ".join(commands) + '"; else\n'
+        '  case "${COMP_WORDS[1]}" in\n' + cases + "  esac; fi\n"
+        '  COMPREPLY=( $(compgen -W "$opts" -- "$cur") )\n'
+        "}\n"
+        "complete -o default -F _stitch stitch"
+    )
+    return 0
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """Each subcommand's visible options (``index build`` as ``index``: its own subcommands and options)."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = {}
+    for name, sub in action.choices.items():
+        options = [o for a in sub._actions if a.help != argparse.SUPPRESS for o in a.option_strings]
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        out[name] = [*(list(nested[0].choices) if nested else []), *options]
+    return out
 
 
 def cmd_demo(args) -> int:
@@ -386,8 +421,10 @@ def _parser_index(sub) -> None:
 def _parser_search(sub) -> None:
     p = sub.add_parser("search", help="search an index with queries from a file or a raw embedding")
     p.add_argument("--run", required=True)
-    p.add_argument("--index", required=True, help="index folder from `stitch index build`")
-    p.add_argument("--query-file", help="queries file (.npz/.pt/.npy with caption embeddings)")
+    p.add_argument("--index-dir", help="index folder from `stitch index build` (required)")
+    p.add_argument("--queries", help="queries file (.npz/.pt/.npy with caption embeddings)")
+    _renamed(p, "--index", "--index-dir", "index_dir")
+    _renamed(p, "--query-file", "--queries", "queries")
     p.add_argument("--rows", default="0:5", help="rows of the query file, as START:STOP or one row number")
     p.add_argument("--embedding", help="one raw caption embedding as a JSON list")
     p.add_argument("--k", type=int, default=10)
@@ -399,7 +436,8 @@ def _parser_search(sub) -> None:
 def _parser_predict(sub) -> None:
     p = sub.add_parser("predict", help="translate a queries file into a submission")
     p.add_argument("--run", required=True)
-    p.add_argument("--data", required=True, help="queries file (.npz with captions/embeddings, .pt, .npy)")
+    p.add_argument("--queries", help="queries file (.npz with captions/embeddings, .pt, .npy; required)")
+    _renamed(p, "--data", "--queries", "queries")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("csv", "pt"), help="default: from --out's suffix")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -445,7 +483,8 @@ def _parser_metric(sub) -> None:
 def _parser_encode(sub) -> None:
     p = sub.add_parser("encode", help="embed raw captions and/or an image folder into a stitch dataset")
     p.add_argument("--captions", help="Kaggle image,caption CSV, or a text file with one caption per line")
-    p.add_argument("--images", help="folder of pictures")
+    p.add_argument("--image-dir", help="folder of pictures")
+    _renamed(p, "--images", "--image-dir", "image_dir")
     p.add_argument("--text-encoder", default="minilm", help="minilm | st:/path/to/sentence-transformer")
     p.add_argument("--image-encoder", help="tflite:/path/model.tflite | hf:/path/to/model[#cls|#mean]")
     p.add_argument("--out", required=True, help="output .npz (resumes from OUT.parts/ if interrupted)")
@@ -459,9 +498,11 @@ def _parser_serve(sub) -> None:
     p = sub.add_parser("serve", help="a search service and web page over a run's gallery")
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True, help="data file whose images form the gallery")
-    p.add_argument("--images", required=True, help="folder of the gallery's pictures (served read-only)")
+    p.add_argument("--image-dir", help="folder of the gallery's pictures (served read-only; required)")
+    _renamed(p, "--images", "--image-dir", "image_dir")
     p.add_argument("--split", help="serve only this split's images (e.g. dev)")
-    p.add_argument("--index", help="a prebuilt index folder (stitch index build); default: exact, built at start")
+    p.add_argument("--index-dir", help="a prebuilt index folder (stitch index build); default: exact, built at start")
+    _renamed(p, "--index", "--index-dir", "index_dir")
     p.add_argument("--text-encoder", help="override the text encoder the data records (e.g. minilm)")
     p.add_argument(
         "--text-precision",
@@ -508,11 +549,17 @@ def _parser_report(sub) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="dev", help="split to report on (default dev; 'none' for the whole file)")
-    p.add_argument("--images", help="thumbnail folder: adds retrieval grids of the best and worst queries")
+    p.add_argument("--image-dir", help="thumbnail folder: adds retrieval grids of the best and worst queries")
+    _renamed(p, "--images", "--image-dir", "image_dir")
     p.add_argument("--projection", choices=registries.PROJECTIONS.names(), default="tsne")
-    p.add_argument("--out", default="report.html")
+    p.add_argument("--out", help="the HTML file (default: RUN/report.html)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_report)
+
+
+def _parser_completion(sub) -> None:
+    p = sub.add_parser("completion", help='print a bash completion script: eval "$(stitch completion)"')
+    p.set_defaults(func=cmd_completion)
 
 
 def _parser_recipes(sub) -> None:
@@ -528,10 +575,10 @@ def _parser_demo(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stitch", description="Learn translators between embedding spaces and search across them."
-    )
+    parser = _Parser(prog="stitch", description="Learn translators between embedding spaces and search across them.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (debug)")
+    parser.add_argument("-q", "--silent", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command")
     for add in (
         _parser_train,
@@ -547,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_tune,
         _parser_report,
         _parser_recipes,
+        _parser_completion,
         _parser_demo,
     ):
         add(sub)
@@ -564,11 +612,57 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _configure_logging(args.verbose, args.silent)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the boundary: anticipated errors become one line
+        from stitch.errors import one_line
+
+        message = one_line(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _configure_logging(verbose: int, silent: bool) -> None:
+    import logging
+
+    level = logging.WARNING if silent else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (with where to look), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: still works for one release, with a warning naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {option_string} is deprecated in {parser.prog}; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS)
+
+
+def _required(args, dest: str, flag: str) -> object:
+    value = getattr(args, dest)
+    if value is None:
+        raise ValueError(f"{flag} is required")
+    return value
 
 
 if __name__ == "__main__":

@@ -169,8 +169,8 @@ def build_report(
     from stitch.retrieval.evaluate import evaluate_embeddings
     from stitch.retrieval.ranks import text_to_image_ranks
 
+    opened = api.open(run)  # before anything is written: a bad run leaves no half-made output
     out = ensure_writable(out, force)
-    opened = api.open(run)
     data = api.load(data_path)
     target = data.split(split) if split else data
     scorer = opened.scorer()

@@ -4,10 +4,12 @@
   ranked image names and scores;
 - ``GET /images/{name}``: a gallery picture, served from the image folder only (names are checked
   against the gallery, so no path can escape the folder);
-- ``GET /health``; ``GET /``: a page with a search box and a grid of result thumbnails.
+- ``GET /health``; ``GET /``: a page with a search box and a grid of result thumbnails;
+- ``GET /metrics``: Prometheus metrics (:mod:`stitch.service.metrics`).
 Input limits answer with 4xx and a message, never a 500; one bad request fails alone, never its batch
 (:mod:`stitch.service.batcher`). Bodies are capped and timed (:mod:`stitch.service.guard`), connections
 too (:mod:`stitch.service.server`), and :func:`serve` checks its arguments before loading any model.
+Browsers on other sites may call it only for the origins given (:mod:`stitch.service.cors`; none by default).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,9 @@ from pydantic import BaseModel, Field
 
 from stitch.io.atomic import safe_member
 from stitch.service.batcher import MicroBatcher
+from stitch.service.cors import add_cors, check_cors_origins
 from stitch.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
+from stitch.service.metrics import CONTENT_TYPE, Reading, RequestMetrics, ServiceMetrics
 from stitch.service.page import render_page
 from stitch.service.server import (
     DEFAULT_HEADER_TIMEOUT_S,
@@ -120,10 +125,20 @@ class SearchResponse(BaseModel):
 
 
 def create_app(
-    searcher, images_dir: str | Path, text_encoder=None, limits: Limits = Limits(), title: str = "stitch"
+    searcher,
+    images_dir: str | Path,
+    text_encoder=None,
+    limits: Limits = Limits(),
+    title: str = "stitch",
+    cors_origins: Sequence[str] | None = None,
 ) -> FastAPI:
-    """The service app over ``searcher``; every request body passes :class:`BodyLimit` before parsing."""
+    """The service app over ``searcher``; every request body passes :class:`BodyLimit` before parsing.
+
+    Middleware, outermost first: :class:`RequestMetrics` (so it counts every answer, refusals included),
+    CORS (only with ``cors_origins``; outside the guard so its 413/408 reach a cross-origin page readable),
+    :class:`BodyLimit`."""
     images_dir = check_images_dir(images_dir)
+    origins = check_cors_origins(cors_origins)
     # FastAPI writes the title into the /docs and /redoc HTML unescaped: a run name is not trusted markup
     app = FastAPI(
         title=html.escape(f"{title} search"), version="1", description="Cross-modal search over a stitch run's gallery."
@@ -132,11 +147,42 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_body_bytes=limits.body_cap(searcher.text_dim), body_timeout_s=limits.body_timeout_s
     )
+    add_cors(app, origins)
+    metrics = ServiceMetrics()
+    app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)  # added last: outermost
 
     batcher = MicroBatcher(searcher, text_encoder)
     _search_routes(app, batcher, text_encoder, limits)
     _gallery_routes(app, searcher, batcher, images_dir, text_encoder, title)
+    _metrics_route(app, metrics, searcher, batcher)
     return app
+
+
+def _metrics_route(app: FastAPI, metrics: ServiceMetrics, searcher, batcher: MicroBatcher) -> None:
+    """``GET /metrics``: the request metrics plus the batcher's and the gallery's, read at scrape time."""
+    metrics.add(batcher.batch_sizes)
+    readings = [
+        (
+            "stitch_query_cache_hits_total",
+            "Text queries whose embedding came from the query cache",
+            "counter",
+            lambda: batcher.cache_hits,
+        ),
+        (
+            "stitch_query_cache_misses_total",
+            "Text queries the encoder had to embed",
+            "counter",
+            lambda: batcher.cache_misses,
+        ),
+        ("stitch_query_cache_entries", "Texts held in the query cache", "gauge", lambda: len(batcher.cache)),
+        ("stitch_gallery_images", "Images in the gallery searched", "gauge", lambda: len(searcher.index)),
+    ]
+    for name, help_text, kind, read in readings:
+        metrics.add(Reading(name, help_text, kind, read))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:  # on the event loop, where the request metrics are written
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
 def _search_routes(app: FastAPI, batcher: MicroBatcher, text_encoder, limits: Limits) -> None:
@@ -197,7 +243,7 @@ def _gallery_routes(app: FastAPI, searcher, batcher: MicroBatcher, images_dir: P
             "text_encoder": None if text_encoder is None else text_encoder.spec,
             "index": searcher.index.kind,
             "rescoring": "none" if searcher.rescorer is None else searcher.rescorer.name,
-            "query_cache": {"size": len(batcher.cache), "hits": batcher.cache_hits},
+            "query_cache": {"size": len(batcher.cache), "hits": batcher.cache_hits, "misses": batcher.cache_misses},
         }
 
     @app.get("/images/{name}")
@@ -224,13 +270,15 @@ def build_app(
     text_encoder: str | None = None,
     text_precision: str = "fp32",
     limits: Limits = Limits(),
+    cors_origins: Sequence[str] | None = None,
 ) -> FastAPI:
     """Load the run, its gallery (an exact index with the run's rescoring, or ``index``) and the text encoder
-    the data records (or ``text_encoder``)."""
+    the data records (or ``text_encoder``); ``cors_origins``: see :func:`create_app`."""
     from stitch import api
     from stitch.encoders.text import TextEncoder
 
     check_images_dir(images_dir)  # before the data and models load
+    check_cors_origins(cors_origins)
     data = api.load(data_path)
     searcher = api.open_searcher(run, data, split, index)
     spec = text_encoder or data.encoders.get("text")
@@ -239,7 +287,7 @@ def build_app(
     encoder = TextEncoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
-    return create_app(searcher, images_dir, encoder, limits=limits, title=Path(run).name)
+    return create_app(searcher, images_dir, encoder, limits=limits, title=Path(run).name, cors_origins=cors_origins)
 
 
 def serve(
@@ -257,18 +305,23 @@ def serve(
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    cors_origins: Sequence[str] | None = None,
 ) -> None:
     """Serve a run until interrupted. Limits: request bodies over ``max_body_bytes`` (default 64 KiB, more
     for wide embeddings) get 413 and bodies slower than ``body_timeout_s`` 408; a request head still
     incomplete past ``max_header_bytes`` gets 400 and one slower than ``header_timeout_s`` is closed; idle
-    kept-alive connections close after ``keep_alive_s``. Arguments are checked before any model loads."""
+    kept-alive connections close after ``keep_alive_s``. ``cors_origins``: the sites whose pages may call the
+    service from a browser (``["*"]``: any; none by default). Arguments are checked before any model loads."""
     import uvicorn
 
     check_port(port)
     check_images_dir(images_dir)
     check_server_limits(header_timeout_s, keep_alive_s, max_header_bytes)
+    origins = check_cors_origins(cors_origins)
     limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)  # checks them
-    app = build_app(run, data_path, images_dir, split, index, text_encoder, text_precision, limits=limits)
+    app = build_app(
+        run, data_path, images_dir, split, index, text_encoder, text_precision, limits=limits, cors_origins=origins
+    )
     config = server_config(app, host, port, header_timeout_s, keep_alive_s, max_header_bytes)
     print(f"serving {run} on http://{host}:{port}/")
     uvicorn.Server(config).run()

@@ -9,7 +9,11 @@ One request must not break its neighbours: each query is checked on its own befo
 retried until the error reaches only the query at fault (``log2(batch)`` extra calls for one bad query).
 
 Encoded queries are kept in a small LRU cache (``cache_size`` texts): repeated searches — a page
-reload, a popular query, the next page of results — skip the encoder, the costly part."""
+reload, a popular query, the next page of results — skip the encoder, the costly part.
+
+For ``GET /metrics`` it keeps ``batch_sizes`` (a histogram of the batches it forms) and the cache's
+``cache_hits`` and ``cache_misses`` (queries answered, counted once a batch's shared calls succeed, so a
+batch split to isolate a bad query is not counted twice)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from stitch.service.metrics import Histogram, powers_of_two
 from stitch.service.validation import QueryError, check_embedding, check_text
 
 
@@ -32,7 +37,10 @@ class MicroBatcher:
         self.searcher, self.text_encoder = searcher, text_encoder
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.cache: OrderedDict[str, np.ndarray] = OrderedDict()  # touched only by the executor's one thread
-        self.cache_size, self.cache_hits = cache_size, 0
+        self.cache_size, self.cache_hits, self.cache_misses = cache_size, 0, 0
+        self.batch_sizes = Histogram(
+            "stitch_search_batch_size", "Queries per batch the micro-batcher formed", powers_of_two(max_batch)
+        )  # observed on the event loop only
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stitch-search")
@@ -75,6 +83,7 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            self.batch_sizes.observe(len(batch))
             try:
                 results = await loop.run_in_executor(self.executor, self._settle, batch)
             except Exception as err:  # the executor itself failed: nothing ran, so no query is at fault
@@ -99,16 +108,7 @@ class MicroBatcher:
             return self._settle(batch[:middle]) + self._settle(batch[middle:])
 
     def _process(self, batch: list) -> list:
-        rows: list[np.ndarray | None] = [None] * len(batch)
-        missing: dict[str, list[int]] = {}
-        for i, (text, _, _, _) in enumerate(batch):
-            if text is None:
-                continue
-            if text in self.cache:
-                self.cache.move_to_end(text)
-                rows[i], self.cache_hits = self.cache[text], self.cache_hits + 1
-            else:
-                missing.setdefault(text, []).append(i)
+        rows, missing, hits = self._cached_rows(batch)
         if missing:
             encoded = self.text_encoder.encode(list(missing))
             if len(encoded) != len(missing):
@@ -124,8 +124,26 @@ class MicroBatcher:
             if row is not None:
                 rows[i] = row
         k_max = max(k for _, _, k, _ in batch)
-        hits = self.searcher.search(np.stack(rows), k_max)
-        return [self._checked_hits(row_hits[:k], text) for row_hits, (text, _, k, _) in zip(hits, batch)]
+        hits_by_row = self.searcher.search(np.stack(rows), k_max)
+        # counted once the shared calls succeeded: a batch that fails is retried in halves, counted there
+        self.cache_hits += hits
+        self.cache_misses += sum(len(positions) for positions in missing.values())
+        return [self._checked_hits(row_hits[:k], text) for row_hits, (text, _, k, _) in zip(hits_by_row, batch)]
+
+    def _cached_rows(self, batch: list) -> tuple[list[np.ndarray | None], dict[str, list[int]], int]:
+        """The rows the cache holds (``None`` elsewhere), the positions of each text it lacks, and the hits."""
+        rows: list[np.ndarray | None] = [None] * len(batch)
+        missing: dict[str, list[int]] = {}
+        hits = 0
+        for i, (text, _, _, _) in enumerate(batch):
+            if text is None:
+                continue
+            if text in self.cache:
+                self.cache.move_to_end(text)
+                rows[i], hits = self.cache[text], hits + 1
+            else:
+                missing.setdefault(text, []).append(i)
+        return rows, missing, hits
 
     @staticmethod
     def _checked_hits(hits: list, text: str | None) -> list | Exception:
