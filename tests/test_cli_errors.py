@@ -104,3 +104,11 @@ def test_a_missing_extra_is_named(files, capsys, monkeypatch, module):
     code, lines = run_cli(args, capsys)
     assert code == 2, lines
     assert lines == [f"error: this needs the optional package {module!r}: pip install 'stitch[{extra}]'"]
+
+
+def test_old_spellings_still_work_with_a_deprecation_warning(files, capsys, tmp_path):
+    old = ["predict", "--run", files["run"], "--data", files["data"], "--out", str(tmp_path / "p.csv")]
+    assert main(old) == 0
+    err = capsys.readouterr().err
+    assert "warning: --data is deprecated in stitch predict; use --queries" in err
+    assert (tmp_path / "p.csv").exists()

@@ -64,7 +64,7 @@ def test_set_head_index_search_regression(tiny_runs, small_data, tmp_path, capsy
     index = str(tmp_path / "idx")
     assert main(["index", "build", "--run", run, "--data", str(data_file), "--split", "dev", "--out", index]) == 0
     capsys.readouterr()
-    assert main(["search", "--run", run, "--index", index, "--query-file", str(data_file), "--rows", "0:2"]) == 0
+    assert main(["search", "--run", run, "--index-dir", index, "--queries", str(data_file), "--rows", "0:2"]) == 0
     assert capsys.readouterr().out.count(".jpg") == 20  # 2 queries x 10 hits
 
 
