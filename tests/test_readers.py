@@ -244,3 +244,23 @@ def test_timedelta_embeddings_are_refused(tmp_path):
         PairedEmbeddings(
             captions=np.ones((2, 3), dtype="timedelta64[s]"), images=np.ones((2, 3)), caption_image=np.array([0, 1])
         )
+
+
+def test_pt_tensors_in_reduced_precision_load_and_sparse_or_meta_ones_are_named(tmp_path):
+    import torch
+
+    base = {
+        "caption_embd": torch.randn(4, 3),
+        "img_embd": torch.randn(2, 5),
+        "caption2img_idx": torch.tensor([0, 1, 0, 1]),
+    }
+    torch.save({**base, "caption_embd": base["caption_embd"].bfloat16()}, tmp_path / "bf16.pt")
+    data = load_pairs(tmp_path / "bf16.pt")
+    assert data.captions.dtype == np.float32
+    assert np.allclose(data.captions, base["caption_embd"].bfloat16().float().numpy())
+    torch.save({**base, "img_embd": base["img_embd"].to_sparse()}, tmp_path / "sparse.pt")
+    with pytest.raises(DataError, match="'img_embd' is a torch.sparse_coo tensor"):
+        load_pairs(tmp_path / "sparse.pt")
+    torch.save({**base, "img_embd": torch.empty(2, 5, device="meta")}, tmp_path / "meta.pt")
+    with pytest.raises(DataError, match="meta tensor|cannot be loaded safely"):
+        load_pairs(tmp_path / "meta.pt")

@@ -181,19 +181,33 @@ def _load_pt(path: Path) -> dict:
     return obj
 
 
-def _as_numpy(value) -> np.ndarray:
-    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+def _as_numpy(value, key: str = "") -> np.ndarray:
+    """A tensor or array from a ``.pt`` dict as numpy: dense, on a real device; reduced precisions
+    (bf16, float16, float8) are widened to float32 rather than failing numpy's conversion."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return np.asarray(value)
+    if value.layout != torch.strided:
+        raise DataError(f"{key!r} is a {value.layout} tensor; save it dense (tensor.to_dense())")
+    if value.is_meta:
+        raise DataError(f"{key!r} is a meta tensor: it holds no values")
+    if value.is_floating_point() and value.dtype not in (torch.float32, torch.float64):
+        value = value.float()
+    if value.is_complex():
+        raise DataError(f"{key!r} holds complex numbers ({value.dtype})")
+    return value.numpy()
 
 
 def read_pt(path: Path, **kwargs) -> PairedEmbeddings:
     obj = _load_pt(path)
     if not all(k in obj for k in PT_KEYS):
         raise _missing(path, list(obj), PT_KEYS)
-    optional = {k: _as_numpy(obj[k]) if k in obj else None for k in ("captions_text", "img_file")}
+    optional = {k: _as_numpy(obj[k], k) if k in obj else None for k in ("captions_text", "img_file")}
     return PairedEmbeddings(
-        captions=_as_numpy(obj["caption_embd"]),
-        images=_as_numpy(obj["img_embd"]),
-        caption_image=_as_numpy(obj["caption2img_idx"]),
+        captions=_as_numpy(obj["caption_embd"], "caption_embd"),
+        images=_as_numpy(obj["img_embd"], "img_embd"),
+        caption_image=_as_numpy(obj["caption2img_idx"], "caption2img_idx"),
         caption_texts=optional["captions_text"],
         image_names=optional["img_file"],
         **kwargs,
@@ -243,7 +257,7 @@ def load_queries(path: str | Path) -> Queries:
             raise _missing(path, list(obj), ("caption_embd",))
         texts = _as_numpy(obj["captions_text"]) if "captions_text" in obj else None
         ids = _as_numpy(obj["caption_ids"]) if "caption_ids" in obj else None
-        return Queries(_as_numpy(obj["caption_embd"]), ids=ids, texts=texts)
+        return Queries(_as_numpy(obj["caption_embd"], "caption_embd"), ids=ids, texts=texts)
     if path.suffix != ".npz":
         raise DataError(f"{path}: unknown format; expected .npz, .pt or .npy")
     npz = _open_npz(path)

@@ -106,11 +106,17 @@ class TensorBoardLogger(Callback):
     def __init__(self, run_dir: Path | None) -> None:
         if run_dir is None:
             raise ValueError("tensorboard logging needs a run folder (--out)")
+        self.check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    @staticmethod
+    def check_available() -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            import tensorboard  # noqa: F401
         except ImportError as err:
             raise ValueError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def on_epoch_end(self, trainer, state, row: dict) -> None:
         for key, value in row.items():

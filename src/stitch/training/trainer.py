@@ -234,7 +234,9 @@ def train(
         if run_dir is None:
             raise RunError("--resume needs the run folder (--out)")
         config = read_resume_config(run_dir, config, force_config)
-    elif run_dir is not None:
+    if config.tensorboard:  # before any folder is made: a missing package leaves no half-made run
+        TensorBoardLogger.check_available()
+    if not resume and run_dir is not None:
         Run.create(run_dir, force)
     _seed_everything(config.seed)
     device = resolve_device(config.device)
