@@ -248,3 +248,16 @@ def test_huge_but_finite_embeddings_do_not_overflow_into_zero_vectors():
 
     rows = torch.tensor([[3e30, 4e30], [1e-30, 0.0]])
     assert torch.allclose(cosine_ready(rows), torch.tensor([[0.6, 0.8], [1.0, 0.0]]))
+
+
+def test_missing_tensorboard_leaves_no_half_made_run(small_data, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed here: the refusal cannot be observed")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        api.train(small_data, None, out=tmp_path / "run", overrides=["tensorboard=true", *TINY], progress=False)
+    assert not (tmp_path / "run").exists()
