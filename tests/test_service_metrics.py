@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from service_util import fake_app, running
+from stitch.service.metrics import Counter, Histogram, ServiceMetrics, escape_label, powers_of_two
 
 pytest.importorskip("fastapi")
 
@@ -119,14 +120,16 @@ def test_requests_are_counted_by_route_method_and_status(service):
         assert client.get(f"/images/{name}").status_code == 404
     for path in ("/nowhere", "/also/nowhere", "/x?y=z"):
         assert client.get(path).status_code == 404
+    assert client.request("BREW", "/search").status_code == 405  # any token is a method to HTTP
     _, samples = scrape(client)
     assert requests(samples, "/search", "GET", 200) == n_ok
     assert requests(samples, "/search", "POST", 200) == 1
     assert requests(samples, "/search", "GET", 422) == 2 and requests(samples, "/search", "POST", 422) == 1
     assert requests(samples, "/images/{name}", "GET", 404) == 2  # the route template, not each raw name
     assert requests(samples, "other", "GET", 404) == 3  # unknown paths share one series
+    assert requests(samples, "/search", "other", 405) == 1  # and unknown methods
     series = [labels for name, labels in samples if name == "stitch_http_requests_total"]
-    assert len(series) == 6  # no series per raw path: the label values stay a small fixed set
+    assert len(series) == 7  # no series per raw path or method: the label values stay a small fixed set
     _, samples = scrape(client)
     assert requests(samples, "/metrics", "GET", 200) == 1  # the first scrape, counted once answered
 
@@ -232,3 +235,30 @@ def test_a_poisoned_burst_is_counted_query_by_query(tmp_path):
     assert codes == [200] * 7 + [500] + [200] * 12
     assert requests(samples, "/search", "POST", 200) == 19 and requests(samples, "/search", "POST", 500) == 1
     assert histogram(samples, "stitch_search_request_duration_seconds")[2] == 20
+
+
+def test_histogram_bounds_are_inclusive_and_counts_cumulative():
+    hist = Histogram("h", "a test histogram", [0.01, 0.001, 0.1])  # any order: sorted
+    for v in (0.0005, 0.001, 0.002, 0.1, 5.0):
+        hist.observe(v)
+    cumulative, total, count = hist.snapshot()
+    assert hist.bounds == (0.001, 0.01, 0.1) and cumulative == [2, 3, 4, 5]  # le: at most the bound
+    assert count == 5 and total == pytest.approx(5.1035)
+    types, samples = parse("\n".join(hist.lines()) + "\n")
+    assert types == {"h": "histogram"} and value(samples, "h_bucket", le="+Inf") == 5
+    with pytest.raises(ValueError):
+        Histogram("bad", "no finite bounds", [float("inf")])
+
+
+def test_label_values_are_escaped_and_names_unique():
+    counter = Counter("c_total", "a test counter", ("path",))
+    counter.inc('a "quoted" \\ back\nslash')
+    with pytest.raises(ValueError):
+        counter.inc("one", "too many")
+    _, samples = parse("\n".join(counter.lines()) + "\n")
+    assert list(samples.values()) == [1.0]
+    assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    metrics = ServiceMetrics()
+    with pytest.raises(ValueError):
+        metrics.add(Counter("stitch_http_requests_total", "a second one"))
+    assert powers_of_two(64) == [1, 2, 4, 8, 16, 32, 64] and powers_of_two(10) == [1, 2, 4, 8, 10]

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stitch.io.progress import chunk_starts
+
 DEFAULT_CHUNK = 1024
 
 
@@ -78,7 +80,7 @@ def text_to_image_ranks(
     if len(positives) and (positives.min() < 0 or positives.max() >= len(gallery)):
         raise ValueError(f"positive index out of range [0, {len(gallery)})")
     ranks = torch.empty(len(queries), dtype=torch.long)
-    for start in range(0, len(queries), chunk):
+    for start in chunk_starts(len(queries), chunk, "text->image ranks"):
         scores = _scores(queries[start : start + chunk], gallery, similarity, adjust)
         rows = torch.arange(len(scores), device=scores.device)
         true = scores[rows, positives[start : start + chunk]]
@@ -97,7 +99,7 @@ def image_to_text_ranks(
     chunk = check_chunk(chunk)
     owner = torch.as_tensor(caption_image, dtype=torch.long, device=captions.device)
     ranks = torch.empty(len(images), dtype=torch.long)
-    for start in range(0, len(images), chunk):
+    for start in chunk_starts(len(images), chunk, "image->text ranks"):
         scores = similarity(captions, images[start : start + chunk]).T
         rows = torch.arange(start, start + len(scores), device=scores.device)
         is_pos = owner[None, :] == rows[:, None]
@@ -128,7 +130,7 @@ def image_to_text_ndcg(
     discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=owner.device))
     ideal = torch.cumsum(discounts, 0)
     total = 0.0
-    for start in range(0, len(images), chunk):
+    for start in chunk_starts(len(images), chunk, "image->text NDCG"):
         scores = similarity(captions, images[start : start + chunk]).T
         rows = torch.arange(start, start + len(scores), device=scores.device)
         is_pos = owner[None, :] == rows[:, None]
@@ -177,7 +179,7 @@ def sampled_candidate_ranks(
     others = others + (others >= positives[:, None])
     candidates = torch.as_tensor(np.concatenate([positives[:, None], others], axis=1), device=queries.device)
     ranks = torch.empty(len(queries), dtype=torch.long)
-    for start in range(0, len(queries), chunk):
+    for start in chunk_starts(len(queries), chunk, "kaggle100 ranks"):
         scores = _scores(queries[start : start + chunk], gallery, similarity, adjust)
         picked = scores.gather(1, candidates[start : start + chunk])
         ranks[start : start + chunk] = _ranks_above(picked, picked[:, 0]).cpu()
