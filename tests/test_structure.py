@@ -14,13 +14,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "stitch"
 LAYERS = {
     "stitch.io": 0,
     "stitch.registries": 0,
+    "stitch.packaged": 0,
+    "stitch.errors": 0,
     "stitch.data": 1,
     "stitch.translators": 2,
     "stitch.losses": 2,
     "stitch.retrieval": 3,
     "stitch.training": 4,
     "stitch.outputs": 5,
-    "stitch.outputs.report": 7,  # an application: it opens runs through the API
+    "stitch.outputs.report": 7,  # applications: they open runs through the API
+    "stitch.outputs.export": 7,
     "stitch.encoders": 5,
     "stitch.recipes": 5,
     "stitch.api": 6,

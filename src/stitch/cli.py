@@ -249,6 +249,7 @@ def cmd_serve(args) -> int:
         body_timeout_s=args.body_timeout,
         header_timeout_s=args.header_timeout,
         keep_alive_s=args.keep_alive,
+        cors_origins=args.cors_origin,
     )
     return 0
 
@@ -518,6 +519,12 @@ def _parser_serve(sub) -> None:
     p.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take (408 after)")
     p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request head may take (closed after)")
     p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle kept-alive connection stays open")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (scheme://host[:port], '*' for any) call the service; repeatable; default none",
+    )
     p.set_defaults(func=cmd_serve)
 
 
