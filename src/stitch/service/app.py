@@ -322,6 +322,8 @@ def serve(
     app = build_app(
         run, data_path, images_dir, split, index, text_encoder, text_precision, limits=limits, cors_origins=origins
     )
-    config = server_config(app, host, port, header_timeout_s, keep_alive_s, max_header_bytes)
+    # `stitch -v serve` adds uvicorn's access lines; by default it logs warnings only
+    uvicorn_level = "info" if logging.getLogger("stitch").getEffectiveLevel() <= logging.DEBUG else "warning"
+    config = server_config(app, host, port, header_timeout_s, keep_alive_s, max_header_bytes, uvicorn_level)
     print(f"serving {run} on http://{host}:{port}/")
     uvicorn.Server(config).run()
