@@ -175,6 +175,16 @@ PROTOCOLS = Registry(
     },
 )
 
+# the part of a text-encoder spec before ":" (``minilm`` and ``st:PATH`` run on sentence-transformers)
+TEXT_ENCODERS = Registry(
+    "text encoder",
+    {
+        "st": Entry("stitch.encoders.text:TextEncoder", "sentence-transformers (PyTorch): minilm or st:/path"),
+        "onnx": Entry("stitch.encoders.onnx_text:OnnxTextEncoder", "the same model on ONNX Runtime: onnx:minilm"),
+        "static": Entry("stitch.encoders.static:StaticTextEncoder", "a distilled static encoder: static:/path"),
+    },
+)
+
 PROJECTIONS = Registry(
     "projection",
     {name: Entry("stitch.outputs.plots:project_2d") for name in ("tsne", "pca", "umap")},

@@ -41,6 +41,10 @@ class TextEncoder:
         )
         self._lean = _lean_parts(self.model)
 
+    @classmethod
+    def from_spec(cls, spec: str, device: str = "cpu", precision: str = "fp32") -> TextEncoder:
+        return cls(spec, device, precision=precision)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -139,5 +143,10 @@ def _resolve_text_path(spec: str) -> Path:
     raise ValueError(f"unknown text encoder {spec!r}; use 'minilm' or 'st:/local/path'")
 
 
-def text_encoder(spec: str, device: str = "cpu", precision: str = "fp32") -> TextEncoder:
-    return TextEncoder(spec, device, precision=precision)
+def text_encoder(spec: str, device: str = "cpu", precision: str = "fp32"):
+    """The encoder a spec names: ``minilm`` / ``st:PATH`` (PyTorch), ``onnx:minilm`` / ``onnx:PATH``
+    (ONNX Runtime), ``static:PATH`` (a distilled static encoder); kinds live in ``TEXT_ENCODERS``."""
+    from stitch.registries import TEXT_ENCODERS
+
+    kind = spec.split(":", 1)[0] if ":" in spec else "st"
+    return TEXT_ENCODERS.get(kind, "text encoder").from_spec(spec, device, precision)

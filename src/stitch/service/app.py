@@ -275,16 +275,17 @@ def build_app(
     """Load the run, its gallery (an exact index with the run's rescoring, or ``index``) and the text encoder
     the data records (or ``text_encoder``); ``cors_origins``: see :func:`create_app`."""
     from stitch import api
-    from stitch.encoders.text import TextEncoder
+    from stitch.encoders.text import text_encoder as make_text_encoder
 
     check_images_dir(images_dir)  # before the data and models load
     check_cors_origins(cors_origins)
     data = api.load(data_path)
     searcher = api.open_searcher(run, data, split, index)
-    spec = text_encoder or data.encoders.get("text")
+    recorded = (api.open(run).info.meta.get("encoders") or {}).get("text")  # the space the run was trained on
+    spec = text_encoder or recorded or data.encoders.get("text")
     if spec is None and Path(data_path).name == "flickr8k.npz":
         spec = "minilm"  # the shared Flickr8k captions are all-MiniLM-L6-v2 embeddings (../shared/README.md)
-    encoder = TextEncoder(spec, precision=text_precision) if spec else None
+    encoder = make_text_encoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
     return create_app(searcher, images_dir, encoder, limits=limits, title=Path(run).name, cors_origins=cors_origins)
