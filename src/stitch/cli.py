@@ -216,8 +216,12 @@ def cmd_metric(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from stitch.encoders.encode import encode_dataset
+    from stitch.encoders.encode import encode_dataset, reencode_captions
 
+    if args.from_data is not None:
+        path = reencode_captions(args.from_data, args.out, args.text_encoder, force=args.force, device=args.device)
+        print(f"wrote {path}")
+        return 0
     path = encode_dataset(
         args.out,
         captions=args.captions,
@@ -353,6 +357,14 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     return out
 
 
+def cmd_distill_encoder(args) -> int:
+    from stitch.encoders.static import distill_encoder
+
+    path = distill_encoder(args.teacher, args.out, args.pca_dims, args.force)
+    print(f"wrote {path}; use it as --text-encoder static:{path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -486,7 +498,12 @@ def _parser_encode(sub) -> None:
     p.add_argument("--captions", help="Kaggle image,caption CSV, or a text file with one caption per line")
     p.add_argument("--image-dir", help="folder of pictures")
     _renamed(p, "--images", "--image-dir", "image_dir")
-    p.add_argument("--text-encoder", default="minilm", help="minilm | st:/path/to/sentence-transformer")
+    p.add_argument(
+        "--text-encoder",
+        default="minilm",
+        help="minilm | st:/path | onnx:minilm | static:/path (stitch distill-encoder)",
+    )
+    p.add_argument("--from-data", help="embed the caption texts of this npz again (same images, split and ids)")
     p.add_argument("--image-encoder", help="tflite:/path/model.tflite | hf:/path/to/model[#cls|#mean]")
     p.add_argument("--out", required=True, help="output .npz (resumes from OUT.parts/ if interrupted)")
     p.add_argument("--chunk", type=int, default=256, help="items per resumable chunk")
@@ -569,6 +586,15 @@ def _parser_completion(sub) -> None:
     p.set_defaults(func=cmd_completion)
 
 
+def _parser_distill_encoder(sub) -> None:
+    p = sub.add_parser("distill-encoder", help="distil a fast static query encoder (model2vec) from a text model")
+    p.add_argument("--teacher", default="minilm", help="minilm | st:/path/to/sentence-transformer")
+    p.add_argument("--out", required=True, help="folder of the static encoder (use as static:OUT)")
+    p.add_argument("--pca-dims", type=int, default=256, help="dimension of the static embeddings")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_distill_encoder)
+
+
 def _parser_recipes(sub) -> None:
     p = sub.add_parser("recipes", help="list the named recipes, shipped configs and tuning spaces")
     p.set_defaults(func=cmd_recipes)
@@ -600,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_serve,
         _parser_tune,
         _parser_report,
+        _parser_distill_encoder,
         _parser_recipes,
         _parser_completion,
         _parser_demo,

@@ -17,6 +17,8 @@ EXTRAS = {
     "ai_edge_litert": "encode",
     "PIL": "encode",
     "transformers": "encode",
+    "model2vec": "encode",
+    "onnxruntime": "onnx",
     "sklearn": "metric",
     "umap": None,
     "tensorboard": None,

@@ -204,3 +204,32 @@ def _encode_captions(arrays: dict, table, with_images: bool, text_spec: str, dev
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
+
+
+def reencode_captions(
+    data_path: str | Path,
+    out: str | Path,
+    text_spec: str,
+    chunk: int = 1024,
+    force: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """The dataset of ``data_path`` (npz) with its caption texts embedded again by ``text_spec``: same
+    images, split, ids and texts, so a run trained on it is comparable to one trained on the original.
+    Used to train a translator from a cheaper query encoder's space (``static:PATH``)."""
+    from stitch.encoders.text import text_encoder
+
+    out = Path(out)
+    ensure_writable(out, force)
+    with np.load(data_path, allow_pickle=False) as npz:
+        if "captions/text" not in npz.files:
+            raise DataError(f"{data_path} has no captions/text to embed again; keys: {sorted(npz.files)}")
+        arrays = {k: npz[k] for k in npz.files if k not in ("captions/embeddings", "meta/text_encoder")}
+    encoder = text_encoder(text_spec, device)
+    parts = _parts_folder(out, {"from": str(data_path), "text": text_spec, "chunk": chunk})
+    texts = [str(t) for t in arrays["captions/text"]]
+    arrays["captions/embeddings"] = _encode_in_parts("captions", texts, encoder.encode, parts, chunk, "captions")
+    arrays["meta/text_encoder"] = np.array(encoder.spec)
+    atomic_write(out, lambda tmp: _savez(tmp, arrays))
+    shutil.rmtree(parts)
+    return out
