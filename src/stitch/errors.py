@@ -5,7 +5,7 @@ Anything not anticipated here still shows its traceback, because that is a bug t
 
 from __future__ import annotations
 
-# top-level module -> the extra that installs it
+# top-level module -> the extra that installs it ("pip:NAME" where no extra does)
 EXTRAS = {
     "faiss": "index",
     "optuna": "tune",
@@ -20,18 +20,18 @@ EXTRAS = {
     "model2vec": "encode",
     "onnxruntime": "onnx",
     "sklearn": "metric",
-    "umap": None,
-    "tensorboard": None,
+    "umap": "pip:umap-learn",
+    "tensorboard": "pip:tensorboard",
 }
 
 
 def missing_package(err: ModuleNotFoundError) -> str:
     """``pip install 'stitch[EXTRA]'`` for a module an extra provides, else the package itself."""
     top = (err.name or "").split(".")[0]
-    extra = EXTRAS.get(top, "")
-    if extra:
-        return f"this needs the optional package {top!r}: pip install 'stitch[{extra}]'"
-    return f"this needs the optional package {top!r}: pip install {top.replace('_', '-') or 'it'}"
+    extra = EXTRAS.get(top) or f"pip:{top.replace('_', '-') or 'it'}"
+    if extra.startswith("pip:"):
+        return f"this needs the optional package {top!r}: pip install {extra[4:]}"
+    return f"this needs the optional package {top!r}: pip install 'stitch[{extra}]'"
 
 
 def one_line(err: BaseException) -> str | None:
