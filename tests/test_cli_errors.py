@@ -3,6 +3,7 @@ line on stderr and exit code 2 — no traceback — and a missing optional packa
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -90,13 +91,21 @@ EXTRA_CASES = {
 }
 
 
+def _imports_at_top(loaded, module: str) -> bool:
+    source = getattr(loaded, "__file__", None) or ""
+    if not getattr(loaded, "__name__", "").startswith("stitch.") or not source.endswith(".py"):
+        return False
+    text = open(source).read()
+    return re.search(rf"^(from|import) {module}\b", text, re.MULTILINE) is not None
+
+
 @pytest.mark.parametrize("module", list(EXTRA_CASES))
 def test_a_missing_extra_is_named(files, capsys, monkeypatch, module):
     extra, args = EXTRA_CASES[module]
     (files["root"] / "caps.txt").write_text("a dog runs\n")
-    for name in list(sys.modules):
-        if name == module or name.startswith(module + "."):
-            monkeypatch.delitem(sys.modules, name)
+    for name, loaded in list(sys.modules.items()):
+        if name == module or name.startswith(module + ".") or _imports_at_top(loaded, module):
+            monkeypatch.delitem(sys.modules, name)  # stitch modules loaded by earlier cases import it afresh
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if not installed
     args = [a.format(out="x", **files) for a in args]
     if extra == "index":

@@ -99,7 +99,8 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
 
     built: dict = {}
 
-    def fake_build(run, data_path, images_dir, split, index, text_encoder, text_precision, limits):
+    def fake_build(run, data_path, images_dir, split, index, text_encoder, text_precision, limits, cors_origins):
+        built["cors"] = cors_origins
         built["app"] = fake_app(images_dir, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
         return built["app"]
 
@@ -114,9 +115,10 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
     monkeypatch.setattr(uvicorn, "Server", CapturingServer)
     service.serve(
         "run", "data.npz", tmp_path, port=8123, max_body_bytes=5000, body_timeout_s=3,
-        header_timeout_s=4, keep_alive_s=2, max_header_bytes=8192,
+        header_timeout_s=4, keep_alive_s=2, max_header_bytes=8192, cors_origins=["https://example.org"],
     )  # fmt: skip
     config = built["config"]
+    assert built["cors"] == ["https://example.org"]
     assert built["ran"] and config.port == 8123 and config.app is built["app"]
     assert issubclass(config.http, HeaderTimeoutProtocol) and config.http.header_timeout_s == 4
     assert config.timeout_keep_alive == 2 and config.h11_max_incomplete_event_size == 8192

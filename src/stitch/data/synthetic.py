@@ -12,6 +12,8 @@ import numpy as np
 
 from stitch.data.dataset import PairedEmbeddings
 
+SYNTHETIC_ENCODER = "synthetic"  # recorded as the encoder name: no model makes these vectors, so text cannot be encoded
+
 
 def make_synthetic(
     n_images: int = 3000,
@@ -41,5 +43,5 @@ def make_synthetic(
         caption_ids=np.array([f"synthetic{i}#{j}" for i in range(n_images) for j in range(captions_per_image)]),
         image_names=np.array([f"synthetic{i}.jpg" for i in range(n_images)]),
         image_split=split,
-        encoders={"text": "synthetic", "image": "synthetic"},
+        encoders={"text": SYNTHETIC_ENCODER, "image": SYNTHETIC_ENCODER},
     )

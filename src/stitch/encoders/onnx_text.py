@@ -40,6 +40,7 @@ class OnnxTextEncoder:
         batch_size: int = 64,
         precision: str = "fp32",
         cache_dir: str | Path | None = None,
+        threads: int | None = None,
     ) -> None:
         import onnxruntime  # noqa: F401  (first, so a missing runtime fails before any model loads)
 
@@ -55,7 +56,7 @@ class OnnxTextEncoder:
         self.path = folder / model_hash(transformer) / "model.onnx"
         if not self.path.exists():
             export_transformer(transformer, self.path, self.pad)
-        self.session = _session(self.path)
+        self.session = _session(self.path, threads)
 
     @classmethod
     def from_spec(cls, spec: str, device: str = "cpu", precision: str = "fp32") -> OnnxTextEncoder:
@@ -102,7 +103,7 @@ def model_hash(transformer) -> str:
     for name, tensor in transformer.state_dict().items():
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
 
 
@@ -179,13 +180,14 @@ def _pad(tokens: list[list[int]], width: int, pad: int) -> tuple[np.ndarray, np.
     return ids, mask
 
 
-def _session(path: Path):
-    """An ONNX Runtime CPU session with every graph optimisation and one intra-op thread per usable core."""
+def _session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads (default:
+    one per usable core; fewer is faster on a machine other processes keep busy)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _cores()
+    options.intra_op_num_threads = threads or _cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from stitch.io.atomic import OutputExistsError, safe_member
 from stitch.training.run import CONFIG, WEIGHTS, Run
 from stitch.translators import Ensemble, Translator, check_finite
 from stitch.translators.ensemble import check_weights
+
+if TYPE_CHECKING:
+    from stitch.api import RunLike
 
 try:  # the module protocol of the installed sentence-transformers
     from sentence_transformers.base.modules import Module as _Base  # >= 6
@@ -166,7 +169,9 @@ class StitchTranslator(_Base):
 CLASS_REF = f"{StitchTranslator.__module__}.{StitchTranslator.__name__}"
 
 
-def export_sentence_transformers(run, out: str | Path, text_model: str | None = None, force: bool = False) -> Path:
+def export_sentence_transformers(
+    run: RunLike, out: str | Path, text_model: str | None = None, force: bool = False
+) -> Path:
     """Write ``out``: the text model's modules, then the run's translator, loadable by SentenceTransformer.
 
     ``run`` is a Run, TrainResult, or run/ensemble folder; ``text_model`` (``minilm``, ``st:/path``)
@@ -222,8 +227,7 @@ def _check_text_model(source: Path, spec: str, text_dim: int) -> bool:
     if not (source / "modules.json").is_file():
         raise ValueError(f"{source} has no modules.json: not a sentence-transformers model folder")
     model = SentenceTransformer(str(source), device="cpu", local_files_only=True)  # no trust_remote_code
-    dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else None
-    dim = dim or model.get_sentence_embedding_dimension()
+    dim = model.encode(["a"], convert_to_numpy=True).shape[1]  # the same on every sentence-transformers release
     if int(dim) != int(text_dim):
         raise ValueError(f"text model {spec} makes {dim}-d embeddings, but the run translates {text_dim}-d captions")
     return type(list(model)[-1]).__name__ != "Normalize"

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
+from stitch.data.synthetic import SYNTHETIC_ENCODER
 from stitch.io.atomic import safe_member
 from stitch.service.batcher import MicroBatcher
 from stitch.service.cors import add_cors, check_cors_origins
@@ -285,6 +286,8 @@ def build_app(
     spec = text_encoder or recorded or data.encoders.get("text")
     if spec is None and Path(data_path).name == "flickr8k.npz":
         spec = "minilm"  # the shared Flickr8k captions are all-MiniLM-L6-v2 embeddings (../shared/README.md)
+    if spec == SYNTHETIC_ENCODER:
+        spec = None  # synthetic vectors have no text model: the service answers vector queries only
     encoder = make_text_encoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")

