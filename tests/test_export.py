@@ -171,6 +171,20 @@ def test_export_needs_the_text_model_of_the_captions(small_data, minilm, tmp_pat
     assert not (tmp_path / "st").exists()
 
 
+def test_the_export_command_writes_and_refuses_to_overwrite(tiny_runs, tmp_path, capsys):
+    from stitch.cli import main
+
+    runs, embeddings = tiny_runs
+    out = tmp_path / "st"
+    assert main(["export", str(runs[0]), str(out)]) == 0
+    assert "trust_remote_code=True" in capsys.readouterr().out
+    assert max_diff(load_st(out).encode(TEXTS), api.predict(runs[0], embeddings, device="cpu")) < 1e-4
+    assert main(["export", str(runs[1]), str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(runs[1]), str(out), "--force"]) == 0
+    assert max_diff(load_st(out).encode(TEXTS), api.predict(runs[1], embeddings, device="cpu")) < 1e-4
+
+
 @pytest.mark.slow
 def test_export_of_the_default_flickr_run(default_flickr_run, minilm, tmp_path):
     """The default recipe on Flickr8k: 500 dev caption texts through the export vs the shared embeddings.

@@ -365,6 +365,14 @@ def cmd_distill_encoder(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from stitch.outputs.export import export_sentence_transformers
+
+    path = export_sentence_transformers(args.run, args.out, text_model=args.text_model, force=args.force)
+    print(f"wrote {path}; load it with SentenceTransformer({str(path)!r}, trust_remote_code=True)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stitch.demo import run_demo
 
@@ -595,6 +603,16 @@ def _parser_distill_encoder(sub) -> None:
     p.set_defaults(func=cmd_distill_encoder)
 
 
+def _parser_export(sub) -> None:
+    p = sub.add_parser("export", help="write a run as a model another toolkit loads (text model + translator)")
+    p.add_argument("--format", choices=["sentence-transformers"], default="sentence-transformers")
+    p.add_argument("run", help="run or ensemble folder")
+    p.add_argument("out", help="folder to write (refused if it exists, unless --force and it is an export)")
+    p.add_argument("--text-model", help="minilm | st:/path (default: the text encoder the run records)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in OUT")
+    p.set_defaults(func=cmd_export)
+
+
 def _parser_recipes(sub) -> None:
     p = sub.add_parser("recipes", help="list the named recipes, shipped configs and tuning spaces")
     p.set_defaults(func=cmd_recipes)
@@ -627,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_tune,
         _parser_report,
         _parser_distill_encoder,
+        _parser_export,
         _parser_recipes,
         _parser_completion,
         _parser_demo,
