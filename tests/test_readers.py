@@ -11,7 +11,7 @@ import torch
 
 from conftest import write_flickr_like
 from stitch.data import DataError, PairedEmbeddings, load_pairs, load_queries, read_npy_triplet
-from stitch.data.readers import labels_to_index
+from stitch.data.readers import labels_to_relevance
 
 # --- the real layouts ---------------------------------------------------------------------------
 
@@ -45,7 +45,9 @@ def test_label_streaming_in_small_chunks_equals_argmax(formats_dir):
     path = formats_dir / "aml2025" / "train.npz"
     dense = np.load(path, allow_pickle=False)["captions/label"]
     for chunk in (1, 7, 100_000):
-        assert np.array_equal(labels_to_index(path, chunk_rows=chunk), dense.argmax(1))
+        relevance = labels_to_relevance(path, chunk_rows=chunk)
+        assert np.array_equal(relevance.link_queries, np.nonzero(dense)[0])
+        assert np.array_equal(relevance.items, np.nonzero(dense)[1])
 
 
 def test_aml_test_file_reads_as_queries(formats_dir):
@@ -181,20 +183,19 @@ def test_pickled_payloads_are_refused(tmp_path):
         load_queries(tmp_path / "obj.npy")
 
 
-def test_label_matrix_rows_must_be_one_hot(tmp_path, small_data):
+def test_label_matrix_rows_may_mark_several_images_but_not_none(tmp_path, small_data):
     labels = np.zeros((6, 4), dtype=bool)
     labels[np.arange(6), [0, 1, 2, 3, 0, 1]] = True
     labels[3, 2] = True  # two images for caption 3
-    np.savez(
-        tmp_path / "a.npz",
-        **{
-            "captions/embeddings": np.ones((6, 3), np.float32),
-            "images/embeddings": np.ones((4, 5), np.float32),
-            "captions/label": labels,
-        },
-    )
-    with pytest.raises(DataError, match="row 3 has 2 images marked"):
-        load_pairs(tmp_path / "a.npz")
+    arrays = {"captions/embeddings": np.ones((6, 3), np.float32), "images/embeddings": np.ones((4, 5), np.float32)}
+    np.savez(tmp_path / "a.npz", **arrays, **{"captions/label": labels})
+    data = load_pairs(tmp_path / "a.npz")
+    assert data.relevant.row(3).tolist() == [2, 3] and data.caption_image[3] == 2
+    assert [data.relevant.row(i).tolist() for i in (0, 1, 2, 4, 5)] == [[0], [1], [2], [0], [1]]
+    labels[4] = False  # caption 4 marks nothing
+    np.savez(tmp_path / "b.npz", **arrays, **{"captions/label": labels})
+    with pytest.raises(DataError, match="row 4 marks no image"):
+        load_pairs(tmp_path / "b.npz")
 
 
 def test_compressed_label_matrix_streams_too(tmp_path):
@@ -202,7 +203,8 @@ def test_compressed_label_matrix_streams_too(tmp_path):
     index = rng.integers(0, 9, size=50)
     labels = np.eye(9, dtype=bool)[index]
     np.savez_compressed(tmp_path / "a.npz", **{"captions/label": labels})
-    assert np.array_equal(labels_to_index(tmp_path / "a.npz", chunk_rows=8), index)
+    relevance = labels_to_relevance(tmp_path / "a.npz", chunk_rows=8)
+    assert relevance.is_single and np.array_equal(relevance.items, index)
     with zipfile.ZipFile(tmp_path / "a.npz") as archive:
         assert archive.getinfo("captions/label.npy").compress_type == zipfile.ZIP_DEFLATED
 

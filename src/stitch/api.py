@@ -110,7 +110,7 @@ def evaluate(
         )
     scorer = opened.scorer(rerank, rerank_params, bank, dev)
     q, g = scorer.embed_queries(data.captions), scorer.embed_gallery(data.images)
-    reports = evaluate_embeddings(q, g, data.caption_image, protocol, chunk, seed, dev, scorer)
+    reports = evaluate_embeddings(q, g, data.relevant, protocol, chunk, seed, dev, scorer)
     for report in reports:
         report.train_overlap = overlap
     return reports

@@ -11,22 +11,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Input data is unusable; the message says what was found and what to fix."""
-
-
-def _describe_rows(rows: np.ndarray, limit: int = 8) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:limit])
-    more = f" (+{len(rows) - limit} more)" if len(rows) > limit else ""
-    return f"{len(rows)} row(s): {shown}{more}"
+from stitch.data.errors import DataError, describe_rows
+from stitch.data.relevance import Relevance
 
 
 def check_finite(name: str, matrix: np.ndarray) -> None:
     """Fail on NaN/Inf rows, naming how many and which."""
     bad = np.where(~np.isfinite(matrix).all(axis=1))[0]
     if len(bad):
-        raise DataError(f"{name} has NaN/Inf values in {_describe_rows(bad)}; clean or drop them")
+        raise DataError(f"{name} has NaN/Inf values in {describe_rows(bad)}; clean or drop them")
 
 
 def check_matrix(name: str, matrix: np.ndarray) -> np.ndarray:
@@ -77,6 +70,26 @@ class Queries:
         return self.ids if self.ids is not None else np.arange(len(self)).astype(str)
 
 
+def _check_relevance(relevance: Relevance | None, owner: np.ndarray, n_images: int) -> Relevance | None:
+    """The relation, checked against the captions and images; None when it says no more than ``owner``."""
+    if relevance is None:
+        return None
+    if not isinstance(relevance, Relevance):
+        raise DataError(f"relevance must be a stitch.data.Relevance, got {type(relevance).__name__}")
+    if relevance.n_queries != len(owner) or relevance.n_items != n_images:
+        raise DataError(
+            f"relevance relates {relevance.n_queries} queries to {relevance.n_items} items, "
+            f"but the data has {len(owner)} captions and {n_images} images"
+        )
+    keys = relevance.link_queries * n_images + relevance.items  # sorted: rows are ordered, items within rows
+    wanted = np.arange(len(owner)) * n_images + owner
+    found = np.searchsorted(keys, wanted)
+    missing = np.where((found >= len(keys)) | (keys[np.minimum(found, len(keys) - 1)] != wanted))[0]
+    if len(missing):
+        raise DataError(f"captions whose own image is not among their relevant images: {describe_rows(missing)}")
+    return None if relevance.is_single else relevance
+
+
 @dataclass(frozen=True)
 class PairedEmbeddings:
     """Caption embeddings, image embeddings and which image each caption describes."""
@@ -90,6 +103,7 @@ class PairedEmbeddings:
     image_split: np.ndarray | None = None
     encoders: dict = field(default_factory=dict)
     allow_images_without_captions: bool = False
+    relevance: Relevance | None = None  # every image each caption is relevant to; None: just caption_image
 
     def __post_init__(self) -> None:
         captions = check_matrix("caption embeddings", self.captions)
@@ -107,22 +121,29 @@ class PairedEmbeddings:
         index = index.astype(np.int64)
         out = np.where((index < 0) | (index >= len(images)))[0]
         if len(out):
-            raise DataError(f"caption->image index out of range [0, {len(images)}) in {_describe_rows(out)}")
+            raise DataError(f"caption->image index out of range [0, {len(images)}) in {describe_rows(out)}")
+        relevance = _check_relevance(self.relevance, index, len(images))
         if not self.allow_images_without_captions:
-            orphans = np.setdiff1d(np.arange(len(images)), index)
+            orphans = np.setdiff1d(np.arange(len(images)), index if relevance is None else relevance.items)
             if len(orphans):
                 raise DataError(
-                    f"images without captions: {_describe_rows(orphans)}; remove them or pass "
+                    f"images without captions: {describe_rows(orphans)}; remove them or pass "
                     "allow_images_without_captions=True to keep them as distractors"
                 )
         set_ = object.__setattr__
         set_(self, "captions", captions)
         set_(self, "images", images)
         set_(self, "caption_image", index)
+        set_(self, "relevance", relevance)
         set_(self, "caption_ids", _check_labels("caption ids", self.caption_ids, len(captions)))
         set_(self, "caption_texts", _check_labels("caption texts", self.caption_texts, len(captions)))
         set_(self, "image_names", _check_labels("image names", self.image_names, len(images)))
         set_(self, "image_split", _check_labels("image split", self.image_split, len(images)))
+
+    @property
+    def relevant(self) -> Relevance:
+        """Which images each caption is relevant to (its own image when the data says no more)."""
+        return self.relevance if self.relevance is not None else Relevance.from_owner(self.caption_image, self.n_images)
 
     @property
     def n_captions(self) -> int:
@@ -160,8 +181,11 @@ class PairedEmbeddings:
         def pick(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
             return None if values is None else values[rows]
 
+        rows = np.where(keep)[0]
+        relevance = None if self.relevance is None else self.relevance.subset(rows, image_rows)
         return replace(
             self,
+            relevance=relevance,
             captions=self.captions[keep],
             images=self.images[image_rows],
             caption_image=remap[self.caption_image[keep]],

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data.dataset import DataError, PairedEmbeddings, Queries
+from stitch.data.query_items import is_query_items_folder, read_query_items
+from stitch.data.relevance import Relevance
 
 FLICKR_KEYS = ("captions/embeddings", "images/embeddings", "captions/image_index")
 AML_KEYS = ("captions/embeddings", "images/embeddings", "captions/label")
@@ -46,46 +48,51 @@ def _optional(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray | N
     return _member(npz, path, key) if key in npz.files else None
 
 
-def labels_to_index(
+def labels_to_relevance(
     path: Path, key: str = "captions/label", chunk_rows: int = LABEL_CHUNK_ROWS, n_images: int | None = None
-) -> np.ndarray:
-    """Caption->image index from a dense one-hot bool matrix stored in an npz, read in row chunks.
+) -> Relevance:
+    """Caption->image relevance from a dense 0/1 matrix stored in an npz, read in row chunks.
 
     The competition matrix is 125k x 25k bools (3.1 GB); streaming it row-chunk by row-chunk from the
-    zip member keeps memory at ``chunk_rows x n_images`` instead of a full copy.
+    zip member keeps memory at ``chunk_rows x n_images`` instead of a full copy. A row may mark several
+    images (all relevant); a row marking none is an error.
     """
     with zipfile.ZipFile(path) as archive:
         name = key + ".npy"
         if name not in archive.namelist():
             raise DataError(f"{path}: no array {key!r}")
         with archive.open(name) as stream:
-            try:
-                version = np.lib.format.read_magic(stream)
-                reader = (
-                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                )
-                shape, fortran, dtype = reader(stream)
-            except ValueError as err:
-                raise DataError(f"{path}: {key!r} has a corrupt header: {err}") from err
-            if len(shape) != 2:
-                raise DataError(f"{path}: {key!r} must be a 2-D captions x images matrix, got {shape}")
-            if dtype.hasobject:
-                raise DataError(f"{path}: {key!r} holds Python objects; refusing to unpickle")
+            shape, fortran, dtype = _label_header(stream, path, key, n_images)
             rows, cols = shape
-            if n_images is not None and cols != n_images:
-                raise DataError(f"{path}: {key!r} has {cols} image columns but the file holds {n_images} images")
-            if dtype.kind not in "biuf":
-                raise DataError(f"{path}: {key!r} must hold 0/1 marks (bool or numbers), got dtype {dtype}")
             if fortran:  # column-major: rows are not contiguous, so read it whole
                 matrix = _read_exact(stream, rows * cols * dtype.itemsize, path, key)
-                matrix = np.frombuffer(matrix, dtype=dtype).reshape(shape, order="F")
-                return _one_hot_rows(matrix, 0, path)
-            index = np.empty(rows, dtype=np.int64)
+                return _marked(np.frombuffer(matrix, dtype=dtype).reshape(shape, order="F"), 0, path)
+            blocks = []
             for start in range(0, rows, chunk_rows):
                 n = min(chunk_rows, rows - start)
                 raw = _read_exact(stream, n * cols * dtype.itemsize, path, key)
-                index[start : start + n] = _one_hot_rows(np.frombuffer(raw, dtype=dtype).reshape(n, cols), start, path)
-            return index
+                blocks.append(_marked(np.frombuffer(raw, dtype=dtype).reshape(n, cols), start, path))
+    counts = np.concatenate([np.diff(b.indptr) for b in blocks])
+    items = np.concatenate([b.items for b in blocks])
+    return Relevance(np.concatenate([[0], np.cumsum(counts)]), items, cols)
+
+
+def _label_header(stream, path: Path, key: str, n_images: int | None) -> tuple:
+    try:
+        version = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(stream)
+    except ValueError as err:
+        raise DataError(f"{path}: {key!r} has a corrupt header: {err}") from err
+    if len(shape) != 2:
+        raise DataError(f"{path}: {key!r} must be a 2-D captions x images matrix, got {shape}")
+    if dtype.hasobject:
+        raise DataError(f"{path}: {key!r} holds Python objects; refusing to unpickle")
+    if n_images is not None and shape[1] != n_images:
+        raise DataError(f"{path}: {key!r} has {shape[1]} image columns but the file holds {n_images} images")
+    if dtype.kind not in "biuf":
+        raise DataError(f"{path}: {key!r} must hold 0/1 marks (bool or numbers), got dtype {dtype}")
+    return shape, fortran, dtype
 
 
 def _read_exact(stream, size: int, path: Path, key: str) -> bytes:
@@ -98,7 +105,8 @@ def _read_exact(stream, size: int, path: Path, key: str) -> bytes:
     return raw
 
 
-def _one_hot_rows(block: np.ndarray, offset: int, path: Path) -> np.ndarray:
+def _marked(block: np.ndarray, offset: int, path: Path) -> Relevance:
+    """The images each row of a 0/1 block marks (rows numbered from ``offset`` in messages)."""
     marks = (block == 0) | (block == 1)
     if not marks.all():
         row, col = (int(v[0]) for v in np.nonzero(~marks))
@@ -106,26 +114,27 @@ def _one_hot_rows(block: np.ndarray, offset: int, path: Path) -> np.ndarray:
             f"{path}: captions/label row {offset + row} holds {block[row, col]!r} at column {col}; "
             "labels must be 0 or 1"
         )
-    hot = block != 0
-    counts = hot.sum(axis=1)
-    bad = np.where(counts != 1)[0]
-    if len(bad):
-        row = offset + int(bad[0])
+    rows, cols = np.nonzero(block)
+    counts = np.bincount(rows, minlength=len(block))
+    empty = np.where(counts == 0)[0]
+    if len(empty):
         raise DataError(
-            f"{path}: captions/label row {row} has {int(counts[bad[0]])} images marked; each caption "
-            f"must mark exactly one image ({len(bad)} bad row(s) in this chunk)"
+            f"{path}: captions/label row {offset + int(empty[0])} marks no image; every caption needs at least "
+            f"one ({len(empty)} such row(s) in this chunk)"
         )
-    return hot.argmax(axis=1).astype(np.int64)
+    return Relevance(np.concatenate([[0], np.cumsum(counts)]), cols, block.shape[1])
 
 
 def read_flickr_npz(path: Path, **kwargs) -> PairedEmbeddings:
     npz = _open_npz(path)
     if not all(k in npz.files for k in FLICKR_KEYS):
         raise _missing(path, npz.files, FLICKR_KEYS)
+    images = _member(npz, path, "images/embeddings")
     return PairedEmbeddings(
         captions=_member(npz, path, "captions/embeddings"),
-        images=_member(npz, path, "images/embeddings"),
+        images=images,
         caption_image=_member(npz, path, "captions/image_index"),
+        relevance=_npz_relevance(npz, path, len(images)),
         caption_ids=_optional(npz, path, "captions/ids"),
         caption_texts=_optional(npz, path, "captions/text"),
         image_names=_optional(npz, path, "images/names"),
@@ -133,6 +142,19 @@ def read_flickr_npz(path: Path, **kwargs) -> PairedEmbeddings:
         encoders=_encoders(npz, path),
         **kwargs,
     )
+
+
+def _npz_relevance(npz: np.lib.npyio.NpzFile, path: Path, n_images: int) -> Relevance | None:
+    """``relevance/indptr`` + ``relevance/items`` (+ ``relevance/grades``): every image a caption is relevant to."""
+    if "relevance/indptr" not in npz.files:
+        return None
+    if "relevance/items" not in npz.files:
+        raise _missing(path, npz.files, ("relevance/indptr", "relevance/items"))
+    indptr, items = _member(npz, path, "relevance/indptr"), _member(npz, path, "relevance/items")
+    for key, value in (("relevance/indptr", indptr), ("relevance/items", items)):
+        if value.ndim != 1 or value.dtype.kind not in "iu":
+            raise DataError(f"{path}: {key!r} must be a 1-D integer array, got {value.dtype} {value.shape}")
+    return Relevance(indptr, items, n_images, _optional(npz, path, "relevance/grades"))
 
 
 def _encoders(npz: np.lib.npyio.NpzFile, path: Path) -> dict:
@@ -150,11 +172,12 @@ def read_aml_npz(path: Path, **kwargs) -> PairedEmbeddings:
         raise _missing(path, npz.files, AML_KEYS)
     captions = _member(npz, path, "captions/embeddings")
     images = _member(npz, path, "images/embeddings")
-    index = labels_to_index(path, n_images=len(images))
+    relevance = labels_to_relevance(path, n_images=len(images))
     return PairedEmbeddings(
         captions=captions,
         images=images,
-        caption_image=index,
+        caption_image=relevance.items[relevance.indptr[:-1]],  # the first marked image of each caption
+        relevance=relevance,
         caption_texts=_optional(npz, path, "captions/text"),
         image_names=_optional(npz, path, "images/names"),
         image_split=_optional(npz, path, "images/split"),
@@ -230,8 +253,10 @@ def read_npy_triplet(captions: Path, images: Path, index: Path, **kwargs) -> Pai
 
 
 def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings:
-    """Read a paired (train-style) file, recognising its layout from its keys."""
+    """Read a paired (train-style) file, recognising its layout from its keys (or a query/item folder)."""
     path = Path(path)
+    if is_query_items_folder(path):
+        return read_query_items(path, **kwargs)
     if path.suffix == ".pt":
         return read_pt(path, **kwargs)
     if path.suffix != ".npz":

@@ -28,6 +28,39 @@ def random_image_split(n_images: int, fractions: dict[str, float], seed: int = 0
     return parts
 
 
+LARGEST_COMPONENT = 0.5  # above this share of the images, splitting by component cannot balance: split by image
+
+
+def component_split(data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0) -> tuple[dict, str]:
+    """Image rows of ``train`` and ``dev`` with every connected component of the caption-image graph on one
+    side, so no caption and no image straddles the two; falls back to (and says) a split by image when one
+    component is too large. Returns the parts and a description with the achieved dev fraction."""
+    _, image_component = data.relevant.components()
+    names, sizes = np.unique(image_component, return_counts=True)
+    if sizes.max() > LARGEST_COMPONENT * data.n_images:
+        parts = random_image_split(data.n_images, {"dev": dev_fraction}, seed=seed)
+        share = sizes.max() / data.n_images
+        return parts, f"seeded split by image: one component holds {share:.0%} of the images (seed {seed})"
+    order = np.random.default_rng(seed).permutation(len(names))
+    taken = np.cumsum(sizes[order])
+    n_dev = int(np.searchsorted(taken, dev_fraction * data.n_images)) + 1
+    dev_components = names[order[: min(n_dev, len(names) - 1)]]
+    is_dev = np.isin(image_component, dev_components)
+    parts = {"dev": np.where(is_dev)[0], "train": np.where(~is_dev)[0]}
+    achieved = is_dev.mean()
+    how = f"seeded split by connected component ({len(names)} components; dev {achieved:.3f} of images, seed {seed})"
+    return parts, how
+
+
+def straddling_captions(data: PairedEmbeddings, image_rows: np.ndarray) -> int:
+    """Captions relevant both to an image in ``image_rows`` and to one outside it (a leak across a split)."""
+    inside = np.zeros(data.n_images, dtype=bool)
+    inside[image_rows] = True
+    links = data.relevant
+    hits = np.bincount(links.link_queries, weights=inside[links.items], minlength=links.n_queries)
+    return int(((hits > 0) & (hits < links.counts)).sum())
+
+
 def train_dev_split(
     data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0
 ) -> tuple[PairedEmbeddings, PairedEmbeddings, str]:
@@ -37,9 +70,16 @@ def train_dev_split(
     """
     names = data.split_names()
     if "train" in names and "dev" in names:
-        return data.split("train"), data.split("dev"), "the file's split column"
-    parts = random_image_split(data.n_images, {"dev": dev_fraction}, seed=seed)
-    how = f"seeded image split (dev fraction {dev_fraction}, seed {seed})"
+        how = "the file's split column"
+        if data.relevance is not None:
+            leaks = straddling_captions(data, np.where(data.image_split == "dev")[0])
+            how += f" ({leaks} captions relevant to images on both sides)" if leaks else ""
+        return data.split("train"), data.split("dev"), how
+    if data.relevance is not None:
+        parts, how = component_split(data, dev_fraction, seed)
+    else:
+        parts = random_image_split(data.n_images, {"dev": dev_fraction}, seed=seed)
+        how = f"seeded image split (dev fraction {dev_fraction}, seed {seed})"
     return data.subset_images(parts["train"]), data.subset_images(parts["dev"]), how
 
 

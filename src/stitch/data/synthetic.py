@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from stitch.data.dataset import PairedEmbeddings
+from stitch.data.relevance import Relevance
 
 SYNTHETIC_ENCODER = "synthetic"  # recorded as the encoder name: no model makes these vectors, so text cannot be encoded
 
@@ -24,10 +25,17 @@ def make_synthetic(
     caption_noise: float = 1.0,
     dev_fraction: float = 0.2,
     seed: int = 0,
+    shared_fraction: float = 0.0,
 ) -> PairedEmbeddings:
-    """Build a synthetic dataset with a ``train``/``dev`` split column (by image)."""
+    """Build a synthetic dataset with a ``train``/``dev`` split column (by image).
+
+    ``shared_fraction`` > 0 gives many-to-many relevance with known structure: that share of the images
+    depict the concept of another image (with their own noise), and every caption of a concept is relevant
+    to all its images. The split column is then by concept, so no caption straddles train and dev."""
     rng = np.random.default_rng(seed)
     concepts = rng.standard_normal((n_images, latent_dim))
+    source = _shared_concepts(n_images, shared_fraction, seed)
+    concepts = concepts[source]
     to_image = rng.standard_normal((latent_dim, image_dim)) / np.sqrt(latent_dim)
     images = np.maximum(np.tanh(concepts @ to_image) + 0.1 * rng.standard_normal((n_images, image_dim)), 0)
     to_text = rng.standard_normal((latent_dim, text_dim)) / np.sqrt(latent_dim)
@@ -35,7 +43,7 @@ def make_synthetic(
     views = concepts[owner] + caption_noise * rng.standard_normal((len(owner), latent_dim))
     text = np.sin(views @ to_text) + 0.05 * rng.standard_normal((len(owner), text_dim))
     text /= np.linalg.norm(text, axis=1, keepdims=True)
-    split = np.where(rng.random(n_images) < dev_fraction, "dev", "train")
+    split = np.where(rng.random(n_images) < dev_fraction, "dev", "train")[source]
     return PairedEmbeddings(
         captions=text.astype(np.float32),
         images=images.astype(np.float32),
@@ -44,4 +52,24 @@ def make_synthetic(
         image_names=np.array([f"synthetic{i}.jpg" for i in range(n_images)]),
         image_split=split,
         encoders={"text": SYNTHETIC_ENCODER, "image": SYNTHETIC_ENCODER},
+        relevance=_concept_relevance(source, owner) if shared_fraction > 0 else None,
     )
+
+
+def _shared_concepts(n_images: int, shared_fraction: float, seed: int) -> np.ndarray:
+    """The image whose concept each image depicts (itself, or for ``shared_fraction`` of them another)."""
+    if not 0 <= shared_fraction < 1:
+        raise ValueError(f"shared_fraction must be in [0, 1), got {shared_fraction}")
+    source = np.arange(n_images)
+    if shared_fraction > 0:
+        rng = np.random.default_rng([seed, 1])  # a stream of its own: shared_fraction=0 data stay as they were
+        copies = rng.choice(n_images, size=int(round(shared_fraction * n_images)), replace=False)
+        originals = np.setdiff1d(source, copies)
+        source[copies] = rng.choice(originals, size=len(copies))
+    return source
+
+
+def _concept_relevance(source: np.ndarray, owner: np.ndarray) -> Relevance:
+    """Every caption is relevant to all images of its image's concept."""
+    by_concept = [np.where(source == c)[0] for c in range(len(source))]
+    return Relevance.from_lists([by_concept[source[image]] for image in owner], len(source))

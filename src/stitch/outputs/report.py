@@ -151,6 +151,26 @@ def _grids(title: str, rows: np.ndarray, ranks, topk, texts, names, owner, image
     return "".join(parts)
 
 
+def _reports(q, g, target, scorer) -> tuple[list, list, list]:
+    """The run's own table, plain cosine beside it when it rescores, and kaggle100 where it applies."""
+    from stitch.retrieval.evaluate import evaluate_embeddings
+
+    own = evaluate_embeddings(q, g, target.relevant, scorer=scorer)
+    plain = evaluate_embeddings(q, g, target.relevant, scorer=scorer.plain()) if scorer.rescorer else []
+    single = target.n_images >= 100 and target.relevance is None  # kaggle100 has one true item per query
+    kaggle = evaluate_embeddings(q, g, target.relevant, "kaggle100", scorer=scorer) if single else []
+    return own, plain, kaggle
+
+
+def _first_ranks(q_s, g_s, target, scorer) -> np.ndarray:
+    """Rank of each caption's first relevant image under the run's scoring (the histogram's values)."""
+    from stitch.retrieval.metrics import first_ranks
+    from stitch.retrieval.ranks import relevant_ranks
+
+    links = relevant_ranks(q_s, g_s, target.relevant, similarity=scorer.similarity, adjust=scorer.adjust)
+    return first_ranks(links, target.relevant)
+
+
 def build_report(
     run,
     data_path: str | Path,
@@ -166,8 +186,6 @@ def build_report(
     """One self-contained HTML page of a run on ``data_path`` (or its split), under the run's own scoring:
     the tables, histogram, map and example grids all come from one fitted :class:`Scorer`."""
     from stitch import api
-    from stitch.retrieval.evaluate import evaluate_embeddings
-    from stitch.retrieval.ranks import text_to_image_ranks
 
     opened = api.open(run)  # before anything is written: a bad run leaves no half-made output
     out = ensure_writable(out, force)
@@ -176,13 +194,9 @@ def build_report(
     scorer = opened.scorer()
     q, g = scorer.embed_queries(target.captions), scorer.embed_gallery(target.images)
     scorer.fit(g)
-    own = evaluate_embeddings(q, g, target.caption_image, scorer=scorer)
-    plain = evaluate_embeddings(q, g, target.caption_image, scorer=scorer.plain()) if scorer.rescorer else []
-    kaggle = (
-        evaluate_embeddings(q, g, target.caption_image, "kaggle100", scorer=scorer) if target.n_images >= 100 else []
-    )
+    own, plain, kaggle = _reports(q, g, target, scorer)
     q_s, g_s = scorer.prepare_queries(q), scorer.prepare_gallery(g)
-    ranks = text_to_image_ranks(q_s, g_s, target.caption_image, similarity=scorer.similarity, adjust=scorer.adjust)
+    ranks = _first_ranks(q_s, g_s, target, scorer)
     title = html.escape(opened.name)
     sections = [
         f"<h1>stitch report — {title}</h1>",

@@ -7,15 +7,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from stitch.data.relevance import Relevance
 from stitch.registries import PROTOCOLS
-from stitch.retrieval.metrics import random_baseline, rank_metrics
+from stitch.retrieval.metrics import random_baseline, random_baseline_relevance, rank_metrics, relevance_metrics
 from stitch.retrieval.ranks import (
     DEFAULT_CHUNK,
     check_chunk,
     cosine_ready,
     dot,
-    image_to_text_ndcg,
-    image_to_text_ranks,
+    relevant_ranks,
     sampled_candidate_ranks,
     text_to_image_ranks,
 )
@@ -53,38 +53,55 @@ def describe_protocol(protocol: str, gallery: int, gallery_kind: str = "images")
     return text + (f", rescored with {rerank} (bank: training queries)" if rerank else ", cosine scores")
 
 
-def full_protocol(q, g, caption_image, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
+def _text_to_image(q_s, g_s, relevance: Relevance, chunk: int, similarity, adjust) -> tuple[dict, dict]:
+    """Metrics and chance level from the rank of every relevant item (one per query: the fast path)."""
+    if relevance.is_single:
+        ranks = text_to_image_ranks(q_s, g_s, relevance.items, chunk, similarity, adjust)
+    else:
+        ranks = relevant_ranks(q_s, g_s, relevance, chunk, similarity, adjust)
+    return relevance_metrics(ranks, relevance), random_baseline_relevance(relevance.counts, len(g_s))
+
+
+def full_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
     """Every query against the whole gallery, both directions (image->text when every image has captions)."""
     similarity = dot if scorer is None else scorer.similarity
     adjust = None if scorer is None else scorer.adjust
     tag = _tag("full", scorer)
     q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
-    t2i = rank_metrics(text_to_image_ranks(q_s, g_s, caption_image, chunk, similarity, adjust))
-    if scorer is None or scorer.model.vectors_per_query == 1:
-        true = g[torch.as_tensor(caption_image, device=g.device)]
+    t2i, random = _text_to_image(q_s, g_s, relevance, chunk, similarity, adjust)
+    if relevance.is_single and (scorer is None or scorer.model.vectors_per_query == 1):
+        true = g[torch.as_tensor(relevance.items, device=g.device)]
         t2i["mean_l2"] = float(torch.linalg.vector_norm(q.reshape(len(q), -1) - true, dim=1).mean())
-    reports = [DirectionReport(tag, "text->image", len(g), len(q), t2i, random_baseline(len(g)))]
-    if len(np.unique(caption_image)) == len(g):  # image->text needs every gallery image to have a caption
-        i2t = rank_metrics(image_to_text_ranks(g, q, caption_image, chunk, similarity))
-        i2t["ndcg@10"] = image_to_text_ndcg(g, q, caption_image, 10, chunk, similarity)
-        random = _i2t_random(caption_image, len(q))
-        reports.append(DirectionReport("full", "image->text", len(q), len(g), i2t, random, "captions"))
+    reports = [DirectionReport(tag, "text->image", len(g), len(q), t2i, random)]
+    if len(np.unique(relevance.items)) == len(g):  # image->text needs every gallery image to have a caption
+        reports.append(_image_to_text(q, g, relevance, chunk, similarity))
     return reports
 
 
-def text_to_image_metrics(q, g, caption_image, scorer: Scorer, chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
+def _image_to_text(q, g, relevance: Relevance, chunk: int, similarity) -> DirectionReport:
+    """Each image against all captions, every caption relevant to it counting: hit@K (any in the top K)
+    and recall@K (the share of them in the top K) differ here."""
+    by_image = relevance.transpose()
+    ranks = relevant_ranks(g, q, by_image, chunk, lambda a, b: similarity(b, a).T)
+    i2t, random = relevance_metrics(ranks, by_image), random_baseline_relevance(by_image.counts, len(q))
+    return DirectionReport("full", "image->text", len(q), len(g), i2t, random, "captions")
+
+
+def text_to_image_metrics(q, g, relevance: Relevance, scorer: Scorer, chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """Text->image metrics over the full gallery under a fitted ``scorer`` (the trainer's dev metric)."""
     q_s, g_s = scorer.prepare_queries(q), scorer.prepare_gallery(g)
-    return rank_metrics(text_to_image_ranks(q_s, g_s, caption_image, chunk, scorer.similarity, scorer.adjust))
+    return _text_to_image(q_s, g_s, as_relevance(relevance, len(g)), chunk, scorer.similarity, scorer.adjust)[0]
 
 
-def kaggle_protocol(q, g, caption_image, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
+def kaggle_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
     """Each query against its true image plus 99 seeded random others (the AML competition)."""
+    if not relevance.is_single:
+        raise ValueError("kaggle100 draws one true item and 99 others: it needs one relevant item per query")
     n = PROTOCOLS.tag("kaggle100", "candidates")
     similarity = dot if scorer is None else scorer.similarity
     adjust = None if scorer is None else scorer.adjust
     q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
-    ranks = sampled_candidate_ranks(q_s, g_s, caption_image, n, seed, chunk, similarity, adjust)
+    ranks = sampled_candidate_ranks(q_s, g_s, relevance.items, n, seed, chunk, similarity, adjust)
     metrics = rank_metrics(ranks, ks=(1, 5, 10))
     return [
         DirectionReport(_tag("kaggle100", scorer), "text->image", n, len(q), metrics, random_baseline(n, (1, 5, 10)))
@@ -95,10 +112,15 @@ def _tag(protocol: str, scorer: Scorer | None) -> str:
     return protocol if scorer is None or scorer.rescorer is None else f"{protocol}+{scorer.name}"
 
 
+def as_relevance(relevance: Relevance | np.ndarray, n_gallery: int) -> Relevance:
+    """A caption->image index (one relevant item per query) or a relation, as a relation."""
+    return relevance if isinstance(relevance, Relevance) else Relevance.from_owner(relevance, n_gallery)
+
+
 def evaluate_embeddings(
     queries: np.ndarray | torch.Tensor,
     gallery: np.ndarray | torch.Tensor,
-    caption_image: np.ndarray,
+    relevance: Relevance | np.ndarray,
     protocol: str = "full",
     chunk: int = DEFAULT_CHUNK,
     seed: int = 0,
@@ -113,36 +135,20 @@ def evaluate_embeddings(
     run_protocol = PROTOCOLS.get(protocol, "protocol")
     check_chunk(chunk)
     q, g = cosine_ready(queries, device), cosine_ready(gallery, device)
-    caption_image = np.asarray(caption_image, dtype=np.int64)
+    relevance = as_relevance(relevance, len(g))
+    if relevance.n_queries != len(q) or relevance.n_items != len(g):
+        raise ValueError(
+            f"relevance relates {relevance.n_queries} queries to {relevance.n_items} items; got {len(q)} and {len(g)}"
+        )
     if scorer is not None and not scorer.fitted:
         scorer.fit(g)
-    return run_protocol(q, g, caption_image, scorer, chunk, seed)
-
-
-def _i2t_random(caption_image: np.ndarray, n_captions: int) -> dict[str, float]:
-    """Chance level of image->text when an image has r relevant captions among N, exactly.
-
-    The best relevant position k of a random order has survival P(k > j) = prod_{i<j} (N-r-i)/(N-i).
-    """
-    pmf = np.zeros(n_captions + 1)
-    per_image = np.bincount(caption_image)
-    for r, count in zip(*np.unique(per_image[per_image > 0], return_counts=True)):
-        j = np.arange(n_captions - r + 1)
-        survival = np.concatenate([[1.0], np.cumprod((n_captions - r - j) / (n_captions - j))])[: n_captions - r + 2]
-        pmf[1 : n_captions - r + 2] += count * (survival[:-1] - survival[1:])
-    pmf /= pmf.sum()
-    k = np.arange(n_captions + 1)
-    cdf = np.cumsum(pmf)
-    out = {f"recall@{K}": float(cdf[min(K, n_captions)]) for K in (1, 5, 10, 50)}
-    out["mrr"] = float((pmf[1:] / k[1:]).sum())
-    out["median_rank"] = float(np.searchsorted(cdf, 0.5))
-    out["mean_rank"] = float((pmf * k).sum())
-    return out
+    return run_protocol(q, g, relevance, scorer, chunk, seed)
 
 
 def format_reports(reports: list[DirectionReport]) -> str:
     """A plain-text table: one column per direction/protocol, baseline alongside."""
-    keys = ["recall@1", "recall@5", "recall@10", "recall@50", "mrr", "ndcg@10", "median_rank", "mean_rank", "mean_l2"]
+    keys = [f"{name}@{k}" for name in ("hit", "recall") for k in (1, 5, 10, 50)]
+    keys += ["mrr", "ndcg@10", "map@10", "r_precision", "mean_recall", "median_rank", "mean_rank", "mean_l2"]
     lines = []
     for report in reports:
         lines.append(f"{report.label()}: {describe_protocol(report.protocol, report.gallery, report.gallery_kind)}")

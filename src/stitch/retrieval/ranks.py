@@ -4,6 +4,17 @@ Ties count against the query (pessimistic ranks): a gallery item scoring exactly
 true match is ranked above it. A constant predictor therefore gets the worst rank, never the best, and
 a NaN score never helps: a NaN true score ranks last, a NaN competitor ranks above the true match.
 
+With several relevant items per query (:func:`relevant_ranks`) every link gets its own rank, and ties
+among the relevant items are broken against the query too. The rank of relevant item ``i`` is
+
+    1 + #{non-relevant items scoring >= s_i}
+      + #{relevant items scoring > s_i}
+      + #{relevant items scoring == s_i with a lower grade, or the same grade and a lower item number}
+
+where a NaN non-relevant score counts as +inf (above everything) and a NaN relevant score as -inf (below
+every non-relevant item). So in a tie the non-relevant items come first, then the relevant ones from
+the lowest grade up: NDCG and AP are never flattered by a tie.
+
 Scores come from ``similarity(queries, gallery)`` (a model's ``score``; a dot product by default),
 optionally rewritten by ``adjust(scores)`` (hubness-aware rescoring).
 """
@@ -16,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stitch.data.relevance import Relevance
 from stitch.io.progress import chunk_starts
+from stitch.retrieval.metrics import first_ranks, ndcg_at
 
 DEFAULT_CHUNK = 1024
 
@@ -88,6 +101,63 @@ def text_to_image_ranks(
     return ranks.numpy()
 
 
+def relevant_ranks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    relevance: Relevance,
+    chunk: int = DEFAULT_CHUNK,
+    similarity: Similarity = dot,
+    adjust=None,
+) -> np.ndarray:
+    """1-based pessimistic rank of every relevant link (aligned with ``relevance.items``).
+
+    Queries are scored ``chunk`` at a time and their links compared to the gallery ``chunk`` at a time,
+    so memory stays O(chunk x gallery) however many relevant items a query has."""
+    chunk = check_chunk(chunk)
+    if relevance.n_queries != len(queries):
+        raise ValueError(f"{len(queries)} queries but the relevance relation has {relevance.n_queries}")
+    if relevance.n_items != len(gallery):
+        raise ValueError(f"a gallery of {len(gallery)} items but the relevance relation has {relevance.n_items}")
+    link_query = relevance.link_queries
+    above = np.empty(len(relevance.items), dtype=np.int64)
+    own = np.empty(len(relevance.items), dtype=np.float64)
+    for start in chunk_starts(relevance.n_queries, chunk, "relevant ranks"):
+        lo, hi = relevance.indptr[start], relevance.indptr[min(start + chunk, relevance.n_queries)]
+        scores = _scores(queries[start : start + chunk], gallery, similarity, adjust)
+        rows = torch.as_tensor(link_query[lo:hi] - start, device=scores.device)
+        cols = torch.as_tensor(relevance.items[lo:hi], device=scores.device)
+        true = scores[rows, cols]
+        true = true.masked_fill(true.isnan(), float("-inf"))
+        rivals = scores.masked_fill(scores.isnan(), float("inf"))
+        rivals[rows, cols] = float("-inf")  # relevant columns only count (all of them) when true is -inf
+        n_rel = torch.as_tensor(relevance.counts[start : start + chunk], device=scores.device)[rows]
+        for a in range(0, hi - lo, chunk):
+            part = slice(a, a + chunk)
+            at_least = (rivals[rows[part]] >= true[part, None]).sum(dim=1)
+            at_least -= torch.where(true[part] == float("-inf"), n_rel[part], torch.zeros_like(n_rel[part]))
+            above[lo + a : lo + min(a + chunk, hi - lo)] = at_least.cpu().numpy()
+        own[lo:hi] = true.double().cpu().numpy()
+    return 1 + above + _relevant_ahead(relevance, own)
+
+
+def _relevant_ahead(relevance: Relevance, own: np.ndarray) -> np.ndarray:
+    """Relevant items of the same query ranked ahead of each link: higher score, then lower grade/item."""
+    grades = np.ones(len(own)) if relevance.grades is None else relevance.grades
+    queries = relevance.link_queries
+    order = np.lexsort((relevance.items, grades, -own, queries))
+    ahead = np.empty(len(own), dtype=np.int64)
+    ahead[order] = np.arange(len(own)) - relevance.indptr[queries[order]]
+    return ahead
+
+
+def _image_to_text(images, captions, caption_image, chunk: int, similarity: Similarity) -> tuple:
+    """Image->text as a relevance problem: every caption of an image is relevant to it."""
+    owner = torch.as_tensor(caption_image, dtype=torch.long).cpu().numpy()
+    relevance = Relevance.from_owner(owner, len(images)).transpose()
+    ranks = relevant_ranks(images, captions, relevance, chunk, lambda a, b: similarity(b, a).T)
+    return ranks, relevance
+
+
 def image_to_text_ranks(
     images: torch.Tensor,
     captions: torch.Tensor,
@@ -95,18 +165,11 @@ def image_to_text_ranks(
     chunk: int = DEFAULT_CHUNK,
     similarity: Similarity = dot,
 ) -> np.ndarray:
-    """1-based rank of each image's best-ranked caption among all captions (ties pessimistic)."""
-    chunk = check_chunk(chunk)
-    owner = torch.as_tensor(caption_image, dtype=torch.long, device=captions.device)
-    ranks = torch.empty(len(images), dtype=torch.long)
-    for start in chunk_starts(len(images), chunk, "image->text ranks"):
-        scores = similarity(captions, images[start : start + chunk]).T
-        rows = torch.arange(start, start + len(scores), device=scores.device)
-        is_pos = owner[None, :] == rows[:, None]
-        best_pos = scores.nan_to_num(nan=float("-inf")).masked_fill(~is_pos, float("-inf")).max(dim=1).values
-        negatives_above = (((scores >= best_pos[:, None]) | scores.isnan()) & ~is_pos).sum(dim=1)
-        ranks[start : start + chunk] = (negatives_above + 1).cpu()
-    return ranks.numpy()
+    """1-based rank of each image's best-ranked caption among all captions (ties pessimistic).
+
+    Every image needs at least one caption (an image with none has nothing to retrieve)."""
+    ranks, relevance = _image_to_text(images, captions, caption_image, check_chunk(chunk), similarity)
+    return first_ranks(ranks, relevance)
 
 
 def image_to_text_ndcg(
@@ -118,36 +181,8 @@ def image_to_text_ndcg(
     similarity: Similarity = dot,
 ) -> float:
     """Mean NDCG@k for image->text, where every caption of the image is relevant (ties pessimistic)."""
-    chunk = check_chunk(chunk)
-    owner = torch.as_tensor(caption_image, dtype=torch.long, device=captions.device)
-    n_rel = torch.bincount(owner, minlength=len(images))
-    width = int(n_rel.max())
-    # relevant caption rows of each image, padded with -1
-    order = torch.argsort(owner, stable=True)
-    slot = torch.arange(len(owner), device=owner.device) - torch.cumsum(n_rel, 0)[owner[order]] + n_rel[owner[order]]
-    relevant = torch.full((len(images), width), -1, dtype=torch.long, device=owner.device)
-    relevant[owner[order], slot] = order
-    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=owner.device))
-    ideal = torch.cumsum(discounts, 0)
-    total = 0.0
-    for start in chunk_starts(len(images), chunk, "image->text NDCG"):
-        scores = similarity(captions, images[start : start + chunk]).T
-        rows = torch.arange(start, start + len(scores), device=scores.device)
-        is_pos = owner[None, :] == rows[:, None]
-        rel = relevant[start : start + len(scores)]
-        valid = rel >= 0
-        rel_scores = scores.gather(1, rel.clamp(min=0))
-        gain = torch.zeros(len(scores), dtype=torch.float64, device=scores.device)
-        for r in range(width):
-            s = rel_scores[:, r : r + 1]
-            above = (scores > s).sum(1) + ((scores == s) & ~is_pos).sum(1)
-            tied_before = ((rel_scores[:, :r] == s) & valid[:, :r]).sum(1)
-            position = above + tied_before  # 0-based
-            hit = valid[:, r] & (position < k)
-            gain += torch.where(hit, discounts[position.clamp(max=k - 1)], torch.zeros_like(gain))
-        best = ideal[(n_rel[start : start + len(scores)].clamp(max=k) - 1)]
-        total += float((gain / best).sum())
-    return total / len(images)
+    ranks, relevance = _image_to_text(images, captions, caption_image, check_chunk(chunk), similarity)
+    return ndcg_at(ranks, relevance, k)
 
 
 def sampled_candidate_ranks(

@@ -96,9 +96,9 @@ class DevEvaluator:
         scorer = _scorer(model, self.config, self.config.inference.rerank, temperature, self.bank, self.device)
         plain = scorer.plain()
         q, g = plain.embed_queries(self.dev.captions, "translated dev captions"), plain.embed_gallery(self.dev.images)
-        metrics = text_to_image_metrics(q, g, self.dev.caption_image, plain.fit(g), self.config.eval_chunk)
+        metrics = text_to_image_metrics(q, g, self.dev.relevant, plain.fit(g), self.config.eval_chunk)
         if scorer.rescorer is not None:
-            scored = text_to_image_metrics(q, g, self.dev.caption_image, scorer.fit(g), self.config.eval_chunk)
+            scored = text_to_image_metrics(q, g, self.dev.relevant, scorer.fit(g), self.config.eval_chunk)
             metrics[SCORED_MRR_PREFIX + scorer.name] = scored["mrr"]
         return metrics
 
@@ -325,10 +325,8 @@ def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature)
     run.temperature = temperature
     scorer = _scorer(run.model, run.config, run.config.inference.rerank, temperature, run.bank, device)
     q, g = scorer.embed_queries(dev_set.captions, "translated dev captions"), scorer.embed_gallery(dev_set.images)
-    reports = evaluate_embeddings(
-        q, g, dev_set.caption_image, chunk=run.config.eval_chunk, device=device, scorer=scorer
-    )
-    plain = text_to_image_metrics(q, g, dev_set.caption_image, scorer.plain().fit(g), run.config.eval_chunk)
+    reports = evaluate_embeddings(q, g, dev_set.relevant, chunk=run.config.eval_chunk, device=device, scorer=scorer)
+    plain = text_to_image_metrics(q, g, dev_set.relevant, scorer.plain().fit(g), run.config.eval_chunk)
     fitted = not state.history  # closed-form fits have one row, epoch 0
     if fitted:
         state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]

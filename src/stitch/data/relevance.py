@@ -1,0 +1,141 @@
+"""Which gallery items are relevant to each query: a sparse relation, optionally graded.
+
+One caption describing one image is the common case (``Relevance.from_owner``); real data is often
+many-to-many (a product query with several matching items, a caption text attached to several
+pictures, a label-matrix row with two ones). The relation is stored as CSR — ``indptr`` over queries,
+``items`` per link, optional positive ``grades`` — so memory is O(links), and the item -> query direction
+is its transpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stitch.data.errors import DataError, describe_rows
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """Relevant items of each query (rows sorted by item, no duplicates, none empty)."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+    n_items: int
+    grades: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        indptr = np.asarray(self.indptr, dtype=np.int64)
+        items = np.asarray(self.items, dtype=np.int64)
+        if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(items):
+            raise DataError(f"relevance offsets must run from 0 to the {len(items)} links, got {indptr[:3]}...")
+        counts = np.diff(indptr)
+        if (counts < 0).any():
+            raise DataError("relevance offsets must not decrease")
+        if (counts == 0).any():
+            raise DataError(f"queries with no relevant item: {describe_rows(np.where(counts == 0)[0])}")
+        if len(items) and (items.min() < 0 or items.max() >= self.n_items):
+            bad = np.where((items < 0) | (items >= self.n_items))[0]
+            raise DataError(f"relevant item out of range [0, {self.n_items}) in links {describe_rows(bad)}")
+        query = np.repeat(np.arange(len(counts)), counts)
+        order = np.lexsort((items, query))
+        items = items[order]
+        repeated = (np.diff(items) == 0) & (np.diff(query) == 0)
+        if repeated.any():
+            raise DataError(f"queries list an item twice: {describe_rows(np.unique(query[1:][repeated]))}")
+        grades = None if self.grades is None else np.asarray(self.grades, dtype=np.float64)
+        if grades is not None:
+            if grades.shape != (len(items),) or not np.isfinite(grades).all() or (grades <= 0).any():
+                raise DataError("relevance grades must be one finite positive number per link")
+            grades = grades[order]
+        object.__setattr__(self, "indptr", indptr)
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "n_items", int(self.n_items))
+        object.__setattr__(self, "grades", grades)
+
+    @classmethod
+    def from_owner(cls, owner: np.ndarray, n_items: int) -> Relevance:
+        """One relevant item per query: the one-caption-one-image case."""
+        owner = np.asarray(owner, dtype=np.int64)
+        return cls(np.arange(len(owner) + 1), owner, n_items)
+
+    @classmethod
+    def from_lists(
+        cls, lists: Sequence[Sequence[int]], n_items: int, grades: Sequence[Sequence[float]] | None = None
+    ) -> Relevance:
+        """From a list of item-row lists per query (and matching grade lists)."""
+        counts = np.array([len(row) for row in lists], dtype=np.int64)
+        items = np.concatenate([np.asarray(row, dtype=np.int64) for row in lists]) if len(lists) else np.zeros(0)
+        flat = None if grades is None else np.concatenate([np.asarray(g, dtype=np.float64) for g in grades])
+        return cls(np.concatenate([[0], np.cumsum(counts)]), items, n_items, flat)
+
+    @classmethod
+    def from_dense(cls, matrix: np.ndarray) -> Relevance:
+        """From a queries x items matrix: non-zero entries are relevant, values other than 1 are grades."""
+        matrix = np.asarray(matrix)
+        rows, cols = np.nonzero(matrix)
+        values = matrix[rows, cols].astype(np.float64)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=matrix.shape[0]))])
+        graded = not np.all(values == 1)
+        return cls(indptr, cols, matrix.shape[1], values if graded else None)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Relevant items per query."""
+        return np.diff(self.indptr)
+
+    @property
+    def link_queries(self) -> np.ndarray:
+        """The query of every link (aligned with ``items``)."""
+        return np.repeat(np.arange(self.n_queries), self.counts)
+
+    @property
+    def is_single(self) -> bool:
+        """Every query has exactly one relevant item and no grades: the fast special case."""
+        return self.grades is None and len(self.items) == self.n_queries
+
+    def row(self, query: int) -> np.ndarray:
+        return self.items[self.indptr[query] : self.indptr[query + 1]]
+
+    def transpose(self) -> Relevance:
+        """Item -> query relevance (items without any query are an error: they have nothing to retrieve)."""
+        order = np.lexsort((self.link_queries, self.items))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(self.items, minlength=self.n_items))])
+        grades = None if self.grades is None else self.grades[order]
+        return Relevance(indptr, self.link_queries[order], self.n_queries, grades)
+
+    def subset(self, query_rows: np.ndarray, item_rows: np.ndarray) -> Relevance:
+        """The relation between these queries and items, renumbered; every kept query must keep an item."""
+        remap = np.full(self.n_items, -1, dtype=np.int64)
+        remap[np.asarray(item_rows, dtype=np.int64)] = np.arange(len(item_rows))
+        lists, grade_lists = [], []
+        for q in np.asarray(query_rows, dtype=np.int64):
+            start, stop = self.indptr[q], self.indptr[q + 1]
+            kept = remap[self.items[start:stop]] >= 0
+            lists.append(remap[self.items[start:stop]][kept])
+            if self.grades is not None:
+                grade_lists.append(self.grades[start:stop][kept])
+        return Relevance.from_lists(lists, len(item_rows), grade_lists if self.grades is not None else None)
+
+    def components(self) -> tuple[np.ndarray, np.ndarray]:
+        """Connected components of the query-item graph: a label per query and per item.
+
+        Splitting by component keeps every query with all its items and every item with all its queries,
+        so nothing straddles train and dev. Labels are the smallest node number of each component."""
+        n_q = self.n_queries
+        labels = np.arange(n_q + self.n_items)
+        a, b = self.link_queries, n_q + self.items
+        while True:
+            low = np.minimum(labels[a], labels[b])
+            before = labels.copy()
+            np.minimum.at(labels, a, low)
+            np.minimum.at(labels, b, low)
+            labels = labels[labels]  # pointer jumping: follow labels to their own labels
+            if np.array_equal(labels, before):
+                return labels[:n_q], labels[n_q:]
