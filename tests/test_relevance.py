@@ -204,3 +204,81 @@ def test_an_aml_label_matrix_row_with_two_ones_trains_and_evaluates(tmp_path):
     assert reports[0].queries == data.n_captions and reports[0].gallery == data.n_images
     assert 0 <= t2i["recall@1"] <= t2i["hit@1"] <= t2i["hit@5"] <= 1
     assert t2i["mrr"] > 2 * reports[0].random["mrr"]  # a fitted map beats chance with the two-image row in
+
+
+def test_a_label_row_of_several_images_matches_any_of_them():
+    import torch
+
+    from stitch.losses.pairs import same_label
+
+    single, refs = torch.tensor([0, 2, 5]), torch.tensor([2, 0, 5, 7])
+    assert torch.equal(same_label(single, refs), single[:, None] == refs[None, :])
+    several = torch.tensor([[0, 7], [2, -1], [5, 0]])
+    expected = torch.tensor([[0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(same_label(several, refs), expected)
+
+
+def test_infonce_never_treats_a_relevant_image_as_a_negative():
+    import torch
+    import torch.nn.functional as F
+
+    from stitch.losses.infonce import InfoNCELoss
+
+    torch.manual_seed(0)
+    queries, images = torch.randn(3, 8), torch.randn(4, 8)
+    labels, ref_labels = torch.tensor([[0, 3], [1, -1], [2, 3]]), torch.tensor([0, 1, 2, 3])
+    loss = InfoNCELoss(temperature=0.1, learnable=False, symmetric=False)
+    logits = 10 * F.normalize(queries, dim=1) @ F.normalize(images, dim=1).T
+    positive = [[0, 3], [1], [2, 3]]
+    expected = torch.stack(
+        [torch.logsumexp(logits[i], 0) - torch.logsumexp(logits[i, positive[i]], 0) for i in range(3)]
+    ).mean()
+    assert torch.allclose(loss(queries, labels, None, images, ref_labels), expected, atol=1e-6)
+    one_label = loss(queries, labels[:, 0], None, images, ref_labels)  # image 3 would be a negative of rows 0, 2
+    assert not torch.allclose(one_label, expected, atol=1e-3)
+
+
+def test_training_batches_carry_every_relevant_image_of_a_caption():
+    from stitch.training.batching import CaptionBatches
+
+    shape = {"n_images": 120, "captions_per_image": 2, "text_dim": 8, "image_dim": 8, "latent_dim": 4}
+    data = make_synthetic(**shape, shared_fraction=0.3)
+    padded = data.relevant.padded()
+    assert [sorted(r[r >= 0].tolist()) for r in padded] == [data.relevant.row(q).tolist() for q in range(240)]
+    batches = CaptionBatches(data.captions, data.caption_image, data.images, 32, relevant=padded, seed=1)
+    for captions, labels, images, ref_labels in batches.epoch():
+        rows = [int(np.where((data.captions == c.numpy()).all(1))[0][0]) for c in captions[:5]]
+        for row, label in zip(rows, labels[:5].tolist()):
+            assert sorted(x for x in label if x >= 0) == data.relevant.row(row).tolist()
+        assert set(ref_labels.tolist()) == {int(data.caption_image[r]) for r in rows} | set(ref_labels.tolist())
+        assert np.allclose(images.numpy(), data.images[ref_labels.numpy()])
+
+
+def test_training_on_many_to_many_data_runs_the_relation_end_to_end(tmp_path):
+    shape = {"n_images": 400, "captions_per_image": 3, "text_dim": 16, "image_dim": 24, "latent_dim": 6}
+    data = make_synthetic(**shape, shared_fraction=0.3)
+    overrides = ["model.name=mlp", "optim.epochs=3", "loss.name=infonce", "optim.batch_size=64"]
+    result = api.train(data, None, out=tmp_path / "run", overrides=overrides, progress=False)
+    reports = api.evaluate(tmp_path / "run", data, split="dev")
+    t2i = reports[0].metrics
+    assert reports[0].random["hit@1"] > 1 / reports[0].gallery  # chance counts every relevant image
+    assert t2i["hit@1"] > 3 * reports[0].random["hit@1"] and t2i["hit@1"] >= t2i["recall@1"]
+    best = next(row for row in result.history if row["epoch"] == result.best_epoch)
+    plain = api.evaluate(tmp_path / "run", data, "dev", rerank="none")[0].metrics
+    assert best["dev_mrr"] == pytest.approx(plain["mrr"], abs=1e-6)  # the trainer's dev metric uses the relation
+
+
+def test_a_closed_form_fit_weights_each_link_by_one_over_the_items_of_its_caption():
+    """Ridge on the mean relevant target equals weighted least squares over every link (normal equations)."""
+    from stitch.translators.closed_form import ridge_solution
+
+    rng = np.random.default_rng(0)
+    lists = random_relation(1, n_queries=50, n_items=20, most=4)
+    relevance = Relevance.from_lists(lists, 20)
+    x, y = rng.standard_normal((50, 6)), rng.standard_normal((20, 3))
+    weight, bias = ridge_solution(x.astype(np.float32), relevance.mean_of_items(y), 0.0)
+    q = relevance.link_queries
+    w = 1.0 / relevance.counts[q]
+    design = np.hstack([x[q], np.ones((len(q), 1))])
+    solved = np.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w[:, None] * y[relevance.items]))
+    assert np.allclose(np.vstack([weight, bias[None]]), solved, atol=1e-4)

@@ -100,6 +100,20 @@ class Relevance:
         """Every query has exactly one relevant item and no grades: the fast special case."""
         return self.grades is None and len(self.items) == self.n_queries
 
+    def mean_of_items(self, rows: np.ndarray) -> np.ndarray:
+        """Per query, the mean of its relevant items' ``rows``. A least-squares fit to these means is the fit
+        to every query-item link weighted 1/(items of the query): the squared error to each link differs
+        from the error to the mean by a constant, so a query with many items does not dominate."""
+        picked = np.asarray(rows, dtype=np.float64)[self.items]
+        return (np.add.reduceat(picked, self.indptr[:-1], axis=0) / self.counts[:, None]).astype(np.float32)
+
+    def padded(self) -> np.ndarray:
+        """Relevant items as a queries x (most items of a query) matrix, padded with -1 (the label rows of
+        training batches)."""
+        out = np.full((self.n_queries, int(self.counts.max(initial=1))), -1, dtype=np.int64)
+        out[self.link_queries, np.arange(len(self.items)) - self.indptr[self.link_queries]] = self.items
+        return out
+
     def row(self, query: int) -> np.ndarray:
         return self.items[self.indptr[query] : self.indptr[query + 1]]
 

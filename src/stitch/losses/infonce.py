@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.losses.base import PairLoss
-from stitch.losses.pairs import resolve_ref
+from stitch.losses.pairs import resolve_ref, same_label
 
 
 def multi_positive_nll(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ class InfoNCELoss(PairLoss):
         scale = self.log_scale.exp().clamp(max=100)
         logits = scale * F.normalize(embeddings, dim=1) @ F.normalize(ref_emb, dim=1).T
         logits = logits.masked_fill(self_mask, float("-inf"))  # an item is not its own candidate
-        positive = (labels[:, None] == ref_labels[None, :]) & ~self_mask
+        positive = same_label(labels, ref_labels) & ~self_mask
         loss = multi_positive_nll(logits.float(), positive)
         if self.symmetric:
             loss = (loss + multi_positive_nll(logits.T.float(), positive.T)) / 2

@@ -35,8 +35,16 @@ def resolve_ref(embeddings, labels, ref_emb, ref_labels):
     return ref_emb, ref_labels, none
 
 
+def same_label(labels: torch.Tensor, ref_labels: torch.Tensor) -> torch.Tensor:
+    """``[i, j]``: row ``i`` matches reference ``j``. A label is one id per row, or — for a caption relevant to
+    several images — a row of ids padded with -1, matching any of them, so an image relevant to a caption is
+    never its negative."""
+    rows = labels.reshape(len(labels), -1)
+    return (rows[:, :, None] == ref_labels[None, None, :]).any(dim=1)
+
+
 def label_masks(labels, ref_labels, self_mask):
-    same = labels[:, None] == ref_labels[None, :]
+    same = same_label(labels, ref_labels)
     return same & ~self_mask, ~same
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from stitch.losses.base import PairLoss
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
+from stitch.losses.pairs import same_label
 from stitch.losses.sinkhorn import sinkhorn
 
 
@@ -40,7 +41,7 @@ class SetTripletLoss(PairLoss):
         sims = batch_set_similarity(
             embeddings, F.normalize(ref_emb, dim=-1), self.temperature, self.iters, self.stop_gradient
         )
-        positive = labels[:, None] == ref_labels[None, :]
+        positive = same_label(labels, ref_labels)
         pos = sims.masked_fill(~positive, float("inf")).min(dim=1).values
         neg = sims.masked_fill(positive, float("-inf")).max(dim=1).values
         valid = positive.any(1) & (~positive).any(1)
@@ -51,7 +52,7 @@ class SetInfoNCELoss(InfoNCELoss):
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         scale = self.log_scale.exp().clamp(max=100)
         sims = torch.einsum("bkd,md->bkm", embeddings, F.normalize(ref_emb, dim=-1)).max(dim=1).values
-        positive = labels[:, None] == ref_labels[None, :]
+        positive = same_label(labels, ref_labels)
         logits = scale * sims
         return (multi_positive_nll(logits, positive) + multi_positive_nll(logits.T, positive.T)) / 2
 

@@ -15,12 +15,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from stitch.losses.base import PairLoss
-from stitch.losses.pairs import resolve_ref
+from stitch.losses.pairs import resolve_ref, same_label
 
 
 def _chunk_loss(q, ref, labels, ref_labels, self_mask, log_scale, bias):
     logits = log_scale.exp() * q @ ref.T + bias
-    sign = (labels[:, None] == ref_labels[None, :]).float() * 2 - 1
+    sign = same_label(labels, ref_labels).float() * 2 - 1
     terms = -F.logsigmoid(sign * logits)
     return terms.masked_fill(self_mask, 0.0).sum()
 

@@ -151,14 +151,23 @@ def format_reports(reports: list[DirectionReport]) -> str:
     keys += ["mrr", "ndcg@10", "map@10", "r_precision", "mean_recall", "median_rank", "mean_rank", "mean_l2"]
     lines = []
     for report in reports:
+        shown = [k for k in keys if not _same_as_recall(report.metrics, k)]
         lines.append(f"{report.label()}: {describe_protocol(report.protocol, report.gallery, report.gallery_kind)}")
         lines.append(f"  {'metric':<12} {'model':>10} {'random':>10}")
-        for key in keys:
+        for key in shown:
             if key in report.metrics:
                 rand = report.random.get(key)
                 rand_s = f"{rand:>10.4f}" if rand is not None else f"{'':>10}"
                 lines.append(f"  {key:<12} {report.metrics[key]:>10.4f} {rand_s}")
     return "\n".join(lines)
+
+
+def _same_as_recall(metrics: dict[str, float], key: str) -> bool:
+    """``hit@K`` rows are left out of a table where every hit@K equals recall@K (one relevant item)."""
+    if not key.startswith("hit@"):
+        return False
+    hits = [k for k in metrics if k.startswith("hit@")]
+    return all(metrics[k] == metrics.get("recall@" + k[4:]) for k in hits)
 
 
 def summary_json(reports: list[DirectionReport]) -> dict:

@@ -1,6 +1,8 @@
 """Batches drawn straight from in-memory tensors: one index permutation per epoch, no per-sample
 DataLoader work. Each batch holds captions, their image labels and the (deduplicated) images they
-are contrasted with, or the row-aligned targets for regression losses."""
+are contrasted with, or the row-aligned targets for regression losses. When a caption is relevant to
+several images (``relevant``: its image ids padded with -1), its label is that row, so none of them
+is ever its negative."""
 
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ class CaptionBatches:
         seed: int = 0,
         aligned_targets: bool = False,
         drop_last: bool = True,
+        relevant: np.ndarray | None = None,
     ) -> None:
         if len(captions) == 0:
             raise ValueError("no training captions")
         self.captions = torch.as_tensor(captions, device=device)
         self.labels = torch.as_tensor(caption_image, dtype=torch.long, device=device)
+        self.relevant = None if relevant is None else torch.as_tensor(relevant, dtype=torch.long, device=device)
         self.gallery = torch.as_tensor(gallery, device=device)
         self.batch_size = min(batch_size, len(captions))
         self.aligned_targets = aligned_targets
@@ -40,11 +44,12 @@ class CaptionBatches:
         order = torch.randperm(len(self.captions), generator=self.generator).to(self.captions.device)
         for i in range(len(self)):
             rows = order[i * self.batch_size : (i + 1) * self.batch_size]
-            labels = self.labels[rows]
+            own = self.labels[rows]
+            labels = own if self.relevant is None else self.relevant[rows]
             if self.aligned_targets:
-                yield self.captions[rows], labels, self.gallery[labels], labels
+                yield self.captions[rows], labels, self.gallery[own], own
             else:
-                images = torch.unique(labels)
+                images = torch.unique(own)
                 yield self.captions[rows], labels, self.gallery[images], images
 
     def get_state(self) -> torch.Tensor:

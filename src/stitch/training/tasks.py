@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.losses import build_loss
+from stitch.losses.pairs import same_label
 from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
 from stitch.registries import LOSSES, MODELS, TASKS
 from stitch.translators import Translator
@@ -87,7 +88,7 @@ class DualTask(Task):
         with torch.no_grad():
             tq, tg = (F.normalize(x, dim=1) for x in self.model.momentum_embeddings(captions, images))
             soft = (scale * tq @ tg.T).softmax(dim=1)
-            hard = (labels[:, None] == ref_labels[None, :]).float()
+            hard = same_label(labels, ref_labels).float()
             target = 0.5 * soft + 0.5 * hard / hard.sum(1, keepdim=True).clamp(min=1)
         logits = scale * F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T
         return mc.distill_weight * -(target * logits.log_softmax(dim=1)).sum(1).mean()

@@ -256,6 +256,7 @@ def train(
         device,
         seed=config.seed,
         aligned_targets=task.needs_aligned_targets,
+        relevant=None if train_set.relevance is None else train_set.relevance.padded(),
     )
     evaluator = DevEvaluator(dev_set, config, run.bank, device)
     trainer = Trainer(task, batches, config, device, evaluator, _callbacks(run, config, progress, epoch_callback))
@@ -273,7 +274,11 @@ def _initial_run(data, train_set, dev_set, how, config, run_dir, data_source) ->
         model.space.fit(train_set.images)
     with torch.no_grad():
         targets = model.space(torch.as_tensor(train_set.images)).numpy()
-    model.initialise(train_set.captions, targets[train_set.caption_image], config.model)
+    # closed-form fits use every caption-image link, weighted 1/(images of the caption): the mean target
+    per_caption = (
+        targets[train_set.caption_image] if train_set.relevance is None else train_set.relevance.mean_of_items(targets)
+    )
+    model.initialise(train_set.captions, per_caption, config.model)
     meta = {
         "split": how,
         "train_images": train_set.n_images,
