@@ -91,8 +91,9 @@ def ndcg_at(link_ranks: np.ndarray, relevance: Relevance, k: int = 10) -> float:
     return float(np.mean(dcg / _per_query(ideal, relevance)))
 
 
-def _average_precision(link_ranks: np.ndarray, relevance: Relevance, k: int | None) -> np.ndarray:
-    """AP per query: precision at each relevant item's rank (inside the top k), over all its relevant items."""
+def _average_precision(link_ranks: np.ndarray, relevance: Relevance, k: int | np.ndarray | None) -> np.ndarray:
+    """AP per query: precision at each relevant item's rank (inside the top k — one k, or one per link), over
+    all its relevant items."""
     order, place = _within_query(link_ranks, relevance)
     precision = np.zeros(len(link_ranks))
     precision[order] = (place + 1) / link_ranks[order]
@@ -111,7 +112,8 @@ def relevance_metrics(
     at the first relevant item. ``ndcg@k`` uses linear gains (the grade). ``map@k`` and ``map`` are
     average precision normalised by the query's number of relevant items (as trec_eval and ranx do,
     not by min(k, relevant)). ``r_precision`` is the fraction of the relevant items in the top R
-    (R = the query's number of relevant items); ``mean_recall`` is the mean of hit@1, hit@5 and hit@10.
+    (R = the query's number of relevant items) and ``map@r`` average precision inside the top R (metric
+    learning's MAP@R); ``mean_recall`` is the mean of hit@1, hit@5 and hit@10.
     With one relevant item per query, hit@K == recall@K and the shared keys equal :func:`rank_metrics`.
     """
     link_ranks = _check_links(link_ranks, relevance)
@@ -127,7 +129,9 @@ def relevance_metrics(
     out[f"ndcg@{ndcg_k}"] = ndcg_at(link_ranks, relevance, ndcg_k)
     out[f"map@{ndcg_k}"] = float(np.mean(_average_precision(link_ranks, relevance, ndcg_k)))
     out["map"] = float(np.mean(_average_precision(link_ranks, relevance, None)))
-    in_top_r = link_ranks <= np.repeat(counts, counts)
+    top_r = np.repeat(counts, counts)  # each link's query's number of relevant items
+    out["map@r"] = float(np.mean(_average_precision(link_ranks, relevance, top_r)))
+    in_top_r = link_ranks <= top_r
     out["r_precision"] = float(np.mean(_per_query(in_top_r, relevance) / counts))
     out["median_rank"] = float(np.median(first))
     out["mean_rank"] = float(np.mean(first))
