@@ -301,3 +301,23 @@ def test_digits_as_class_level_relevance_give_the_map_at_r_of_stitch_metric():
     assert report.metrics["map@r"] == pytest.approx(expected["map@r"], abs=1e-6)
     assert report.metrics["hit@1"] == pytest.approx(expected["precision@1"], abs=1e-6)
     assert 0.5 < report.metrics["map@r"] < 1
+
+
+def test_evaluate_can_merge_identical_caption_texts(tmp_path, capsys):
+    from conftest import write_flickr_like
+    from stitch.cli import main
+
+    shape = {"n_images": 100, "captions_per_image": 2, "text_dim": 8, "image_dim": 8, "latent_dim": 4}
+    data = make_synthetic(**shape)
+    texts = np.array([f"caption {i}" for i in range(data.n_captions)])
+    dev_rows = np.where(data.image_split[data.caption_image] == "dev")[0]
+    texts[dev_rows[1:4]] = texts[dev_rows[0]]  # one text on the first dev captions' images
+    data = dataclasses.replace(data, caption_texts=texts)
+    path = write_flickr_like(tmp_path / "d.npz", data, captions__text=texts)
+    api.train(data, None, out=tmp_path / "run", overrides=["model.name=ridge"], progress=False)
+    plain = api.evaluate(tmp_path / "run", data, "dev")[0]
+    merged = api.evaluate(tmp_path / "run", data, "dev", merge_duplicate_texts=True)[0]
+    assert merged.queries == plain.queries - 3
+    args = ["evaluate", "--run", str(tmp_path / "run"), "--data", str(path), "--split", "dev"]
+    assert main([*args, "--merge-duplicate-texts", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["queries"] == plain.queries - 3

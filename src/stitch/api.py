@@ -6,18 +6,22 @@ resolves them."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
+from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
 from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
 from stitch.training import train as _train
 from stitch.training.device import resolve_device
 from stitch.translators import embed_rows
+
+logger = logging.getLogger(__name__)
 
 RunLike = Run | TrainResult | str | Path
 
@@ -83,8 +87,12 @@ def evaluate(
     rerank_params: dict | None = None,
     bank: np.ndarray | None = None,
     allow_train_overlap: bool = False,
+    merge_duplicate_texts: bool = False,
 ) -> list[DirectionReport]:
     """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
+
+    ``merge_duplicate_texts``: identical caption texts of the evaluated images become one query relevant to
+    all their images (see :mod:`stitch.data.dedupe`), so a text on several pictures is not scored as wrong.
 
     Text->image scores use the run's scoring (its ``inference`` config, with the training captions it
     kept as query bank) unless ``rerank`` names another method or ``"none"``. ``bank`` (raw caption
@@ -97,6 +105,9 @@ def evaluate(
     opened = open(run, dev)
     if split is not None:
         data = data.split(split)
+    if merge_duplicate_texts:
+        data, merged = merge_duplicates(data)
+        logger.info("merged duplicate texts: %s", merged.describe())
     _check_dims(opened, data.text_dim, data.image_dim)
     query_bank = bank if bank is not None else opened.bank
     overlap = _overlap(query_bank, data.captions)

@@ -79,12 +79,15 @@ def cmd_evaluate(args) -> int:
         rerank=args.rerank,
         rerank_params=_params(args.rerank_param),
         allow_train_overlap=args.allow_train_overlap,
+        merge_duplicate_texts=args.merge_duplicate_texts,
     )
     if args.json:
         print(json.dumps(summary_json(reports), allow_nan=False))
     else:
         where = f"split {args.split!r} of {args.data}" if args.split else str(args.data or args.captions)
         print(f"evaluating {args.run} on {where}")
+        if args.merge_duplicate_texts:
+            print("identical caption texts merged: each is one query relevant to all of its images")
         print(format_reports(reports))
         if reports[0].train_overlap:
             print(
@@ -419,6 +422,11 @@ def _parser_evaluate(sub) -> None:
         "--allow-train-overlap",
         action="store_true",
         help="score captions that are in the run's query bank (training captions) instead of refusing",
+    )
+    p.add_argument(
+        "--merge-duplicate-texts",
+        action="store_true",
+        help="score identical caption texts as one query relevant to all their images (needs caption texts)",
     )
     _add_rerank_args(p)
     p.set_defaults(func=cmd_evaluate)
