@@ -113,6 +113,14 @@ def start_service(run: str, data: str, spec: str) -> tuple[subprocess.Popen, str
         time.sleep(0.5)
 
 
+def batch_totals(url: str) -> tuple[float, float]:
+    """(queries, batches) the service's micro-batcher has formed so far, from its Prometheus histogram."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = re.search(r"^stitch_search_batch_size_sum (\S+)$", text, re.MULTILINE)
+    count = re.search(r"^stitch_search_batch_size_count (\S+)$", text, re.MULTILINE)
+    return float(total.group(1)), float(count.group(1))
+
+
 def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], requests: int, concurrency: int):
     from stitch import api
 
@@ -124,9 +132,11 @@ def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], re
         start = time.perf_counter()
         single, single_errors = asyncio.run(fire(url, texts[20:120], 1))
         single_wall = time.perf_counter() - start
+        before = batch_totals(url)
         start = time.perf_counter()
         loaded, errors = asyncio.run(fire(url, texts[120 : 120 + requests], concurrency))
         wall = time.perf_counter() - start
+        after = batch_totals(url)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -137,7 +147,8 @@ def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], re
     print(f"  bare encoder, batches of 20: {bare:7.1f} texts/s")
     print("  " + describe("1 in flight", single, single_errors, single_wall))
     print("  " + describe(f"{concurrency} in flight, {len(loaded)} req", loaded, errors, wall))
-    print(f"  loaded service / bare encoder throughput: {len(loaded) / wall / bare:.2f}", flush=True)
+    mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+    print(f"  loaded service / bare encoder throughput: {len(loaded) / wall / bare:.2f}; mean batch {mean_batch:.1f}")
 
 
 def main() -> None:
