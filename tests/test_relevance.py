@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,3 +322,80 @@ def test_evaluate_can_merge_identical_caption_texts(tmp_path, capsys):
     args = ["evaluate", "--run", str(tmp_path / "run"), "--data", str(path), "--split", "dev"]
     assert main([*args, "--merge-duplicate-texts", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["queries"] == plain.queries - 3
+
+
+def test_report_grids_frame_every_relevant_image(monkeypatch):
+    import torch
+
+    from stitch.outputs import report
+
+    monkeypatch.setattr(report, "_thumb", lambda folder, name: f"data:image/png;base64,{name}")
+    relevance = Relevance.from_lists([[0, 2], [1]], 4)
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.0], [0.2, 0.1, 0.8, 0.3]])
+    assert report._best_relevant(scores, relevance).tolist() == [2, 1]
+    target = PairedEmbeddings(
+        np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.array([0, 1]),
+        caption_texts=np.array(["two dogs", "a cat"]), image_names=np.array(["a", "b", "c", "d"]),
+        relevance=relevance, allow_images_without_captions=True,
+    )  # fmt: skip
+    html = report._examples(scores, np.array([2, 4]), target, Path("."), n_examples=2, k=2)
+    first = html.split("“two dogs”")[1].split("</div><div class=cap>")[0]
+    assert "first of 2 relevant images at rank 2" in first
+    assert first.count("class=true") == 1 and "alt='c'" in first.split("class=true")[1][:60]
+    second = html.split("“a cat”")[1].split("</div><div class=cap>")[0]
+    assert "true image at rank 4" in second and "class=true src='data:image/png;base64,b'" in second
+    assert "true (#4)" in second  # not in the top 2: added after them
+
+
+def test_query_items_parquet_tables(tmp_path):
+    pandas = pytest.importorskip("pandas", reason="Parquet tables are read through pandas")
+    try:
+        pandas.DataFrame({"a": [1]}).to_parquet(tmp_path / "probe.parquet")
+    except ImportError:
+        pytest.skip("neither pyarrow nor fastparquet is installed: pandas cannot write Parquet")
+    queries = pandas.DataFrame(
+        {"query_id": ["q1", "q2"], "query_text": ["red shoe", "hat"], "item_ids": [["a", "b"], ["c"]]}
+    )
+    queries.to_parquet(tmp_path / "queries.parquet")
+    pandas.DataFrame({"item_id": ["a", "b", "c"]}).to_parquet(tmp_path / "items.parquet")
+    np.save(tmp_path / "query_embeddings.npy", np.ones((2, 3), np.float32))
+    np.save(tmp_path / "item_embeddings.npy", np.eye(3, dtype=np.float32))
+    data = load_pairs(tmp_path)
+    assert [data.relevant.row(q).tolist() for q in range(2)] == [[0, 1], [2]]
+    assert data.caption_texts.tolist() == ["red shoe", "hat"]
+    (tmp_path / "queries.parquet").write_bytes((tmp_path / "queries.parquet").read_bytes()[:40])
+    with pytest.raises(DataError, match="not a readable Parquet table"):
+        load_pairs(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["npz", "pt"])
+def test_npz_and_pt_files_carry_a_relevance_relation(tmp_path, layout):
+    import torch
+
+    from conftest import write_flickr_like
+
+    shape = {"n_images": 60, "captions_per_image": 2, "text_dim": 8, "image_dim": 8, "latent_dim": 4}
+    data = make_synthetic(**shape, shared_fraction=0.3)
+    links = data.relevant
+    if layout == "npz":
+        path = write_flickr_like(tmp_path / "d.npz", data, relevance__indptr=links.indptr, relevance__items=links.items)
+    else:
+        path = tmp_path / "d.pt"
+        torch.save(
+            {
+                "caption_embd": torch.as_tensor(data.captions),
+                "img_embd": torch.as_tensor(data.images),
+                "caption2img_idx": torch.as_tensor(data.caption_image),
+                "relevance_indptr": torch.as_tensor(links.indptr),
+                "relevance_items": torch.as_tensor(links.items),
+            },
+            path,
+        )
+    back = load_pairs(path)
+    assert np.array_equal(back.relevant.items, links.items) and np.array_equal(back.relevant.indptr, links.indptr)
+    broken = links.items.copy()
+    broken[0] = 999
+    if layout == "npz":
+        write_flickr_like(path, data, relevance__indptr=links.indptr, relevance__items=broken)
+        with pytest.raises(DataError, match=r"out of range \[0, 60\)"):
+            load_pairs(path)

@@ -108,6 +108,19 @@ def test_cli_index_and_search(run_and_data, capsys):
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3 and all(len(line["hits"]) == 4 for line in lines)
+    for row, line in enumerate(lines):  # the query file is paired data: hits say whether they are relevant
+        own = str(data.image_names[data.caption_image[row]])
+        assert [hit["relevant"] for hit in line["hits"]] == [hit["name"] == own for hit in line["hits"]]
+    dev = data.split("dev")
+    dev_file = write_flickr_like(root / "dev.npz", dev)
+    args = ["search", "--run", str(root / "run"), "--index", str(out), "--queries", str(dev_file), "--json"]
+    assert main([*args, "--rows", "0:8", "--k", "10"]) == 0
+    flagged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    owners = [str(dev.image_names[dev.caption_image[row]]) for row in range(8)]
+    assert all(
+        [h["relevant"] for h in q["hits"]] == [h["name"] == o for h in q["hits"]] for q, o in zip(flagged, owners)
+    )
+    assert any(h["relevant"] for q in flagged for h in q["hits"])  # the dev images are in this index
     emb = json.dumps(data.captions[0].tolist())
     assert main(["search", "--run", str(root / "run"), "--index", str(out), "--embedding", emb, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["name"] == lines[0]["hits"][0]["name"]

@@ -154,14 +154,34 @@ def cmd_search(args) -> int:
             raise ValueError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.queries}")
         rows = queries.embeddings[picked]
         labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
-    for label, hits in zip(labels, searcher.search(rows, args.k)):
+    relevant = _relevant_names(args.queries, picked) if args.queries else None
+    for i, (label, hits) in enumerate(zip(labels, searcher.search(rows, args.k))):
+        known = None if relevant is None else relevant[i]
         if args.json:
-            print(json.dumps({"query": label, "hits": [{"name": h.name, "score": h.score} for h in hits]}))
+            found = [{"name": h.name, "score": h.score} for h in hits]
+            for hit in found if known is not None else []:
+                hit["relevant"] = hit["name"] in known
+            print(json.dumps({"query": label, "hits": found}))
         else:
-            print(f"# {label}")
+            print(f"# {label}" + ("" if known is None else "  (* relevant, from the query file)"))
             for rank, hit in enumerate(hits, 1):
-                print(f"{rank:>4}  {hit.score:>9.4f}  {hit.name}")
+                mark = " *" if known is not None and hit.name in known else ""
+                print(f"{rank:>4}  {hit.score:>9.4f}  {hit.name}{mark}")
     return 0
+
+
+def _relevant_names(path: str, picked) -> list[set[str]] | None:
+    """Names of the images relevant to each picked query when the query file is paired data that names its
+    images (so hits can be flagged); None for a query-only file."""
+    from stitch.data import DataError, load_pairs
+
+    try:
+        data = load_pairs(path, allow_images_without_captions=True)
+    except DataError:
+        return None  # a query-only file: nothing says which images are relevant
+    if data.image_names is None:
+        return None
+    return [set(data.image_names[data.relevant.row(i)].tolist()) for i in picked]
 
 
 def _slice(text: str) -> slice:

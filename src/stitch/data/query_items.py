@@ -2,9 +2,9 @@
 
 A folder holds::
 
-    queries.jsonl (or queries.csv)   query_id, query_text, item_ids (a list), optional grades (a list)
+    queries.jsonl (.csv, .parquet)   query_id, query_text, item_ids (a list), optional grades (a list)
     query_embeddings.npy             one row per query, in the table's order
-    items.jsonl (or items.csv)       item_id, optional name and split
+    items.jsonl (.csv, .parquet)     item_id, optional name and split
     item_embeddings.npy              one row per item, in the table's order
 
 In CSV files the lists are JSON (``["a", "b"]``) or space-separated ids. Every item id a query names
@@ -24,8 +24,8 @@ from stitch.data.errors import DataError, describe_rows
 from stitch.data.relevance import Relevance
 from stitch.io.atomic import atomic_path, atomic_write_text
 
-QUERY_TABLES = ("queries.jsonl", "queries.csv")
-ITEM_TABLES = ("items.jsonl", "items.csv")
+QUERY_TABLES = ("queries.jsonl", "queries.csv", "queries.parquet")
+ITEM_TABLES = ("items.jsonl", "items.csv", "items.parquet")
 
 
 def is_query_items_folder(path: Path) -> bool:
@@ -37,6 +37,8 @@ def _table(folder: Path, names: tuple[str, ...]) -> list[dict]:
     if not found:
         raise DataError(f"{folder}: needs one of {list(names)}")
     path = found[0]
+    if path.suffix == ".parquet":
+        return _parquet_rows(path)
     try:
         if path.suffix == ".csv":
             with path.open(newline="", encoding="utf-8") as handle:
@@ -45,6 +47,23 @@ def _table(folder: Path, names: tuple[str, ...]) -> list[dict]:
         return [_json_row(line, path, number) for number, line in enumerate(lines, 1) if line.strip()]
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text: {err}") from err
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    """Rows of a Parquet table through pandas (with pyarrow or fastparquet), list columns as lists."""
+    try:
+        import pandas
+    except ImportError as err:
+        raise DataError(f"{path}: reading Parquet needs pandas with pyarrow or fastparquet installed") from err
+    try:
+        frame = pandas.read_parquet(path)
+    except ImportError as err:
+        raise DataError(f"{path}: reading Parquet needs pyarrow or fastparquet: {err}") from err
+    except Exception as err:  # the engines raise their own types for truncated or foreign files
+        raise DataError(f"{path}: not a readable Parquet table (truncated or corrupt?): {err}") from err
+    return [
+        {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()} for row in frame.to_dict("records")
+    ]
 
 
 def _json_row(line: str, path: Path, number: int) -> dict:

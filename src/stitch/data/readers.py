@@ -227,14 +227,26 @@ def read_pt(path: Path, **kwargs) -> PairedEmbeddings:
     if not all(k in obj for k in PT_KEYS):
         raise _missing(path, list(obj), PT_KEYS)
     optional = {k: _as_numpy(obj[k], k) if k in obj else None for k in ("captions_text", "img_file")}
+    images = _as_numpy(obj["img_embd"], "img_embd")
     return PairedEmbeddings(
         captions=_as_numpy(obj["caption_embd"], "caption_embd"),
-        images=_as_numpy(obj["img_embd"], "img_embd"),
+        images=images,
+        relevance=_pt_relevance(obj, path, len(images)),
         caption_image=_as_numpy(obj["caption2img_idx"], "caption2img_idx"),
         caption_texts=optional["captions_text"],
         image_names=optional["img_file"],
         **kwargs,
     )
+
+
+def _pt_relevance(obj: dict, path: Path, n_images: int) -> Relevance | None:
+    """``relevance_indptr`` + ``relevance_items`` (+ ``relevance_grades``): every image a caption is relevant to."""
+    if "relevance_indptr" not in obj:
+        return None
+    if "relevance_items" not in obj:
+        raise _missing(path, list(obj), ("relevance_indptr", "relevance_items"))
+    arrays = {k: _as_numpy(obj[k], k) for k in ("relevance_indptr", "relevance_items", "relevance_grades") if k in obj}
+    return Relevance(arrays["relevance_indptr"], arrays["relevance_items"], n_images, arrays.get("relevance_grades"))
 
 
 def read_npy(path: Path) -> np.ndarray:

@@ -132,18 +132,21 @@ def _map(queries: np.ndarray, gallery: np.ndarray, projection: str, seed: int) -
     return _png(fig)
 
 
-def _grids(title: str, rows: np.ndarray, ranks, topk, texts, names, owner, images_dir: Path) -> str:
+def _grids(title: str, rows: np.ndarray, ranks, topk, texts, names, relevant: list, images_dir: Path) -> str:
+    """Each query's top k; every relevant image is framed green, and the best-ranked one is added after the
+    top k when none made it."""
     parts = [f"<h3>{html.escape(title)}</h3>"]
     for row in rows:
-        true = int(owner[row])
+        items, best = relevant[row]
         text = html.escape(str(texts[row])) if texts is not None else f"query {row}"
-        parts.append(f"<div class=cap>“{text}” — true image at rank {int(ranks[row])}</div><div class=grid>")
+        what = "true image" if len(items) == 1 else f"first of {len(items)} relevant images"
+        parts.append(f"<div class=cap>“{text}” — {what} at rank {int(ranks[row])}</div><div class=grid>")
         shown = list(topk[row])
-        if true not in shown:
-            shown.append(true)
+        if not set(items) & set(shown):
+            shown.append(best)
         for position, item in enumerate(shown):
             uri = _thumb(images_dir, str(names[item]))
-            mark = " class=true" if item == true else ""
+            mark = " class=true" if item in items else ""
             label = f"#{position + 1}" if position < len(topk[row]) else f"true (#{int(ranks[row])})"
             img = f"<img{mark} src='{uri}' alt='{html.escape(str(names[item]))}'>" if uri else "(missing)"
             parts.append(f"<div class=cell>{img}<br>{label}</div>")
@@ -239,13 +242,23 @@ def _map_section(model, q, g, target, projection: str, seed: int) -> str:
 def _examples(scores: torch.Tensor, ranks: np.ndarray, target, images_dir: Path, n_examples: int, k: int) -> str:
     """Grids of the best (widest margin at rank 1) and the worst queries under the run's scoring."""
     topk = scores.topk(k, dim=1).indices.numpy()
-    true = scores.gather(1, torch.as_tensor(target.caption_image)[:, None]).squeeze(1)
+    links = target.relevant
+    best_relevant = _best_relevant(scores, links)
+    true = scores.gather(1, torch.as_tensor(best_relevant)[:, None]).squeeze(1)
     margin = (true - scores.topk(2, dim=1).values[:, 1]).numpy()
     best = np.argsort(-np.where(ranks == 1, margin, -np.inf), kind="stable")[:n_examples]
     worst = np.argsort(-ranks, kind="stable")[:n_examples]
-    texts, names, owner = target.caption_texts, target.image_names, target.caption_image
+    relevant = {int(row): (links.row(row).tolist(), int(best_relevant[row])) for row in np.concatenate([best, worst])}
+    texts, names = target.caption_texts, target.image_names
     return (
-        "<h2>Retrieval examples</h2><p class=muted>Green border: the true image.</p>"
-        + _grids("Best queries", best, ranks, topk, texts, names, owner, images_dir)
-        + _grids("Worst queries", worst, ranks, topk, texts, names, owner, images_dir)
+        "<h2>Retrieval examples</h2><p class=muted>Green border: a relevant image.</p>"
+        + _grids("Best queries", best, ranks, topk, texts, names, relevant, images_dir)
+        + _grids("Worst queries", worst, ranks, topk, texts, names, relevant, images_dir)
     )
+
+
+def _best_relevant(scores: torch.Tensor, links) -> np.ndarray:
+    """Per query, its relevant image with the highest score (the one whose rank the histogram shows)."""
+    linked = scores[torch.as_tensor(links.link_queries), torch.as_tensor(links.items)].numpy()
+    order = np.lexsort((-linked, links.link_queries))  # within each query, the highest score first
+    return links.items[order][links.indptr[:-1]]
