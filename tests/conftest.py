@@ -64,3 +64,57 @@ def default_flickr_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("flickr") / "default"
     api.train(data, None, out=run, progress=False)
     return run
+
+
+# Texts that stress a text encoder: a repeat (grouping by length must not mix rows), a long one (truncation),
+# an empty one and non-Latin scripts.
+EDGE_TEXTS = [
+    "a dog",
+    "Two children in red jackets play on a snowy hill while their father watches from the car park .",
+    "word " * 400,  # truncated at the model's 256 tokens
+    "",
+    "Ein Hund läuft über die Wiese — 犬が走る",
+    "a dog",
+]
+
+WORDS = "dog cat child man woman ball grass beach water snow red blue runs jumps sits plays on in the a".split()
+
+
+def write_text_pairs(path: Path, n_images: int = 120, per: int = 3, seed: int = 1) -> dict:
+    """A small Flickr-layout file with made-up caption texts (random embeddings) for re-encoding tests;
+    the first 90 images are train, the rest dev. Returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    texts = np.array([" ".join(rng.choice(WORDS, 6)) for _ in range(n_images * per)])
+    arrays = {
+        "captions/embeddings": rng.standard_normal((len(texts), 8)).astype(np.float32),
+        "captions/text": texts,
+        "captions/image_index": np.repeat(np.arange(n_images), per),
+        "images/embeddings": rng.standard_normal((n_images, 16)).astype(np.float32),
+        "images/names": np.array([f"img{i}.jpg" for i in range(n_images)]),
+        "images/split": np.where(np.arange(n_images) < 90, "train", "dev"),
+    }
+    np.savez(path, **arrays)
+    return arrays
+
+
+def assert_served_top10_equals_evaluation(data_path: Path, tmp_path: Path) -> None:
+    """Train a ridge run on ``data_path``, serve it (the run records its text encoder) and check that the first
+    20 dev caption texts get exactly the top 10 evaluation scores on the embeddings that encoder produced."""
+    from fastapi.testclient import TestClient
+
+    from stitch import api
+    from stitch.service.app import build_app
+
+    data = api.load(data_path)
+    run = tmp_path / "run"
+    api.train(data, None, out=run, overrides=["model.name=ridge", "inference.bank_size=64"], progress=False)
+    (tmp_path / "img").mkdir()
+    client = TestClient(build_app(run, data_path, tmp_path / "img", split="dev"))
+    dev = data.split("dev")
+    scorer = api.open(run).scorer()
+    q, g = scorer.embed_queries(dev.captions[:20]), scorer.embed_gallery(dev.images)
+    scorer.fit(g)
+    expected = scorer.scores(scorer.prepare_queries(q), scorer.prepare_gallery(g)).topk(10, dim=1).indices
+    for text, top in zip(dev.caption_texts[:20], expected.tolist()):
+        hits = client.get("/search", params={"q": str(text), "k": 10}).json()["results"]
+        assert [h["name"] for h in hits] == [str(dev.image_names[i]) for i in top]

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FLICKR, need
+from conftest import EDGE_TEXTS, FLICKR, need
 from stitch.data import DataError, load_pairs
 
 pytest.importorskip("sentence_transformers")
@@ -32,14 +32,7 @@ def test_minilm_reproduces_the_shared_caption_embeddings(flickr_npz, minilm):
 
 
 def test_lean_text_path_matches_sentence_transformers(minilm):
-    texts = [
-        "a dog",
-        "Two children in red jackets play on a snowy hill while their father watches from the car park .",
-        "word " * 400,  # truncated at the model's 256 tokens
-        "",
-        "Ein Hund läuft über die Wiese — 犬が走る",
-        "a dog",
-    ]
+    texts = EDGE_TEXTS
     assert minilm._lean is not None  # MiniLM is transformer + mean pooling + normalise
     ours = minilm.encode(texts)
     theirs = minilm.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)

