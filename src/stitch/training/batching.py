@@ -2,7 +2,8 @@
 DataLoader work. Each batch holds captions, their image labels and the (deduplicated) images they
 are contrasted with, or the row-aligned targets for regression losses. When a caption is relevant to
 several images (``relevant``: its image ids padded with -1), its label is that row, so none of them
-is ever its negative."""
+is ever its negative. Under torchrun each rank gets its share of the batch's captions and the whole
+batch's labels and images (see :mod:`stitch.training.distributed`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+from stitch.training.distributed import Distributed
 
 
 class CaptionBatches:
@@ -24,6 +27,7 @@ class CaptionBatches:
         aligned_targets: bool = False,
         drop_last: bool = True,
         relevant: np.ndarray | None = None,
+        world: Distributed | None = None,
     ) -> None:
         if len(captions) == 0:
             raise ValueError("no training captions")
@@ -35,6 +39,7 @@ class CaptionBatches:
         self.aligned_targets = aligned_targets
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.world = world or Distributed()  # every rank draws the same global batch and keeps its share
 
     def __len__(self) -> int:
         n = len(self.captions)
@@ -46,11 +51,12 @@ class CaptionBatches:
             rows = order[i * self.batch_size : (i + 1) * self.batch_size]
             own = self.labels[rows]
             labels = own if self.relevant is None else self.relevant[rows]
+            captions = self.captions[self.world.local_rows(rows)]  # labels and gallery stay global
             if self.aligned_targets:
-                yield self.captions[rows], labels, self.gallery[own], own
+                yield captions, labels, self.gallery[own], own
             else:
                 images = torch.unique(own)
-                yield self.captions[rows], labels, self.gallery[images], images
+                yield captions, labels, self.gallery[images], images
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -14,21 +14,23 @@ from stitch.losses import build_loss
 from stitch.losses.pairs import same_label
 from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
 from stitch.registries import LOSSES, MODELS, TASKS
+from stitch.training.distributed import Distributed
 from stitch.translators import Translator
 
 
 class Task(nn.Module):
     """``training_step(captions, labels, images, ref_labels) -> loss`` for one batch."""
 
-    def __init__(self, model: Translator, config) -> None:
+    def __init__(self, model: Translator, config, world: Distributed | None = None) -> None:
         super().__init__()
         self.model, self.config = model, config
+        self.world = world or Distributed()
         self.loss = self.build_loss(config.loss)
 
     @staticmethod
-    def for_config(model: Translator, config) -> Task:
+    def for_config(model: Translator, config, world: Distributed | None = None) -> Task:
         """The task of the configured model kind (registry tag ``task``)."""
-        return TASKS.get(MODELS.tag(config.model.name, "task"))(model, config)
+        return TASKS.get(MODELS.tag(config.model.name, "task"))(model, config, world)
 
     def build_loss(self, lc) -> nn.Module:
         with_negatives = LOSSES.tag(lc.name, "kind") == "pair"
@@ -53,9 +55,17 @@ class Task(nn.Module):
         return LOSSES.tag(self.config.loss.name, "kind") == "regression"
 
     def training_step(self, captions, labels, images, ref_labels) -> torch.Tensor:
-        queries, gallery = self.model.training_queries(captions), self.model.embed_gallery(images)
+        """The batch's loss. ``captions`` are this rank's share; ``labels``, ``images`` and ``ref_labels`` are the
+        whole batch's, and every rank's translated captions are gathered (with gradients) before the loss."""
+        local, gallery = self.model.training_queries(captions), self.model.embed_gallery(images)
+        queries = self.world.gather(local)
         loss = self.loss(queries.float(), labels, None, gallery.float(), ref_labels)
-        return loss + self.auxiliary_loss(captions, queries, images, gallery, labels, ref_labels)
+        own = self.world.local_rows(labels)
+        return loss + self.auxiliary_loss(captions, local, images, gallery, own, ref_labels)
+
+    def forward(self, captions, labels, images, ref_labels) -> torch.Tensor:
+        """One training step (what DDP calls)."""
+        return self.training_step(captions, labels, images, ref_labels)
 
     def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels) -> torch.Tensor:
         return captions.new_zeros(())

@@ -30,6 +30,7 @@ from stitch.training.callbacks import (
 )
 from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
+from stitch.training.distributed import Distributed
 from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
 from stitch.translators import build_model
@@ -114,8 +115,11 @@ def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device) 
 class Trainer:
     """Epochs of ``task`` over ``batches`` with AdamW + warmup/cosine; callbacks see every epoch."""
 
-    def __init__(self, task: Task, batches: CaptionBatches, config: TrainConfig, device, evaluate, callbacks) -> None:
+    def __init__(
+        self, task: Task, batches: CaptionBatches, config: TrainConfig, device, evaluate, callbacks, world=None
+    ) -> None:
         self.task, self.batches, self.config, self.device = task, batches, config, device
+        self.step = (world or Distributed()).wrap(task)  # DDP under torchrun: gradients averaged over ranks
         self.evaluate, self.callbacks = evaluate, list(callbacks)
         optim = config.optim
         self.params = [p for p in task.parameters() if p.requires_grad]
@@ -147,7 +151,7 @@ class Trainer:
         running, count = 0.0, 0
         for captions, labels, images, ref_labels in self.batches.epoch():
             with autocast(self.device, self.config.amp):
-                loss = self.task.training_step(captions, labels, images, ref_labels)
+                loss = self.step(captions, labels, images, ref_labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.optim.grad_clip > 0:
@@ -236,18 +240,21 @@ def train(
         config = read_resume_config(run_dir, config, force_config)
     if config.tensorboard:  # before any folder is made: a missing package leaves no half-made run
         TensorBoardLogger.check_available()
-    if not resume and run_dir is not None:
-        Run.create(run_dir, force)
-    _seed_everything(config.seed)
     device = resolve_device(config.device)
+    world = Distributed.from_env(device)
+    device = world.device(device)
+    if not resume and run_dir is not None and world.is_main:
+        Run.create(run_dir, force)
+    world.barrier()  # the folder exists (or creating it failed) before any rank goes on
+    _seed_everything(config.seed)
     train_set, dev_set, how = train_dev_split(data, config.dev_fraction, config.seed)
     if resume:
         _check_same_data(Path(run_dir), data, train_set, dev_set, how)
-    run = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source)
+    run = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, world.is_main)
     run.model.to(device)
     if MODELS.tag(config.model.name, "closed_form", False):
-        return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None)
-    task = Task.for_config(run.model, config).to(device)
+        return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None, world.is_main)
+    task = Task.for_config(run.model, config, world).to(device)
     batches = CaptionBatches(
         train_set.captions,
         train_set.caption_image,
@@ -257,17 +264,19 @@ def train(
         seed=config.seed,
         aligned_targets=task.needs_aligned_targets,
         relevant=None if train_set.relevance is None else train_set.relevance.padded(),
+        world=world,
     )
     evaluator = DevEvaluator(dev_set, config, run.bank, device)
-    trainer = Trainer(task, batches, config, device, evaluator, _callbacks(run, config, progress, epoch_callback))
+    callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
+    trainer = Trainer(task, batches, config, device, evaluator, callbacks, world)
     state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
-    if resume:
+    if resume and world.is_main:
         run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
     state = trainer.fit(state)
-    return _finish(run, state, dev_set, device, how, task.temperature)
+    return _finish(run, state, dev_set, device, how, task.temperature, world.is_main)
 
 
-def _initial_run(data, train_set, dev_set, how, config, run_dir, data_source) -> Run:
+def _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, writes: bool = True) -> Run:
     """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved."""
     model = build_model(config.model, data.text_dim, data.image_dim)
     if config.model.standardize_target:
@@ -289,7 +298,7 @@ def _initial_run(data, train_set, dev_set, how, config, run_dir, data_source) ->
         "encoders": data.encoders,
     }
     run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, _keep_bank(train_set, config))
-    if run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
+    if writes and run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
         run.save_info()
     return run
 
@@ -310,19 +319,19 @@ def _check_same_data(run_dir: Path, data, train_set, dev_set, how: str) -> None:
         raise RunError(f"cannot resume {run_dir} on other data ({'; '.join(differences)})")
 
 
-def _callbacks(run: Run, config: TrainConfig, progress: bool, epoch_callback) -> list[Callback]:
+def _callbacks(run: Run, config: TrainConfig, progress: bool, epoch_callback, writes: bool = True) -> list[Callback]:
     callbacks: list[Callback] = [EarlyStopping(config.patience)]
-    if run.path is not None:
+    if run.path is not None and writes:  # under torchrun only rank 0 writes the folder
         callbacks.append(RunWriter(run))
     callbacks.append(ProgressBar(progress))
-    if config.tensorboard:
+    if config.tensorboard and writes:
         callbacks.append(TensorBoardLogger(run.path))
     if epoch_callback is not None:
         callbacks.append(EpochHook(epoch_callback))
     return callbacks
 
 
-def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature) -> TrainResult:
+def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature, writes: bool = True) -> TrainResult:
     """Best weights back in the model, the final labelled dev table, and the run folder completed."""
     if state.best_model is not None:
         run.model.load_state_dict(state.best_model)
@@ -335,7 +344,7 @@ def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature)
     fitted = not state.history  # closed-form fits have one row, epoch 0
     if fitted:
         state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
-    if run.path is not None:
+    if run.path is not None and writes:
         if fitted:
             run.save_weights()
             run.append_metrics(state.history[0])

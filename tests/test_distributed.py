@@ -1,0 +1,85 @@
+"""Data-parallel training on torchrun (2 gloo processes on CPU) gives the weights of one process with the same
+global batch, data order and seed: InfoNCE with gathered negatives, SigLIP and the memory queue."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_flickr_like
+from stitch.data import make_synthetic
+
+COMMON = [
+    "model.name=mlp",
+    "model.hidden=48",
+    "model.dropout=0",  # dropout masks come from per-process random streams
+    "optim.epochs=2",
+    "optim.batch_size=64",
+    "optim.warmup_fraction=0.2",
+    "patience=10",
+    "inference.bank_size=64",
+    "device=cpu",
+]
+LOSSES = {
+    "infonce gathered": ["loss.name=infonce", "loss.queue_size=0"],
+    "siglip": ["loss.name=siglip", "loss.queue_size=0"],
+    "infonce + memory queue": ["loss.name=infonce", "loss.queue_size=256"],
+}
+TOLERANCE = 2e-5  # float32 sums in another order (gathered rows, averaged gradients) after 2 epochs of AdamW
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    shape = {"n_images": 300, "captions_per_image": 2, "text_dim": 16, "image_dim": 24, "latent_dim": 6}
+    return write_flickr_like(tmp_path_factory.mktemp("ddp") / "d.npz", make_synthetic(**shape))
+
+
+def train(data, out, overrides, processes: int) -> None:
+    stitch = ["-m", "stitch", "train", "--data", str(data), "--out", str(out), "--quiet", *COMMON, *overrides]
+    if processes == 1:
+        command = [sys.executable, *stitch]
+    else:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [sys.executable, *launcher, *stitch]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_two_gloo_processes_train_the_weights_of_one(data_file, tmp_path, loss):
+    train(data_file, tmp_path / "one", LOSSES[loss], 1)
+    train(data_file, tmp_path / "two", LOSSES[loss], 2)
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert one.keys() == two.keys()
+    diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+    print(f"\n{loss}: max abs weight difference, 2 processes vs 1: {diff:.2e}")
+    assert diff < TOLERANCE
+    rows = [np.genfromtxt(tmp_path / run / "metrics.csv", delimiter=",", names=True) for run in ("one", "two")]
+    assert np.allclose(rows[0]["train_loss"], rows[1]["train_loss"], atol=1e-5)
+    assert rows[0]["train_loss"][1] < rows[0]["train_loss"][0]  # it trained: the comparison is not vacuous
+    assert np.allclose(rows[0]["dev_mrr"], rows[1]["dev_mrr"], atol=1e-4)
+    assert not list((tmp_path / "two").glob("*.tmp"))  # only rank 0 wrote, and completely
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused(data_file, tmp_path):
+    stitch = ["-m", "stitch", "train", "--data", str(data_file), "--out", str(tmp_path / "odd"), *COMMON]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run([*launcher, *stitch, "optim.batch_size=63"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "a global batch of 63 does not split evenly over 2 ranks" in done.stderr
+
+
+def test_the_world_of_one_is_the_plain_loop():
+    from stitch.training.distributed import Distributed
+
+    world = Distributed()
+    rows = torch.arange(10)
+    assert not world.active and world.is_main and torch.equal(world.local_rows(rows), rows)
+    assert world.gather(rows) is rows
+    halves = [Distributed(rank, 2).local_rows(rows).tolist() for rank in (0, 1)]
+    assert halves == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
