@@ -3,6 +3,7 @@ global batch, data order and seed: InfoNCE with gathered negatives, SigLIP and t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -83,3 +84,39 @@ def test_the_world_of_one_is_the_plain_loop():
     assert world.gather(rows) is rows
     halves = [Distributed(rank, 2).local_rows(rows).tolist() for rank in (0, 1)]
     assert halves == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+EVAL_SCRIPT = """
+import json, sys
+import numpy as np, torch
+from stitch import api
+from stitch.data import make_synthetic
+from stitch.training.distributed import Distributed
+from stitch.training.trainer import DevEvaluator
+
+shape = {"n_images": 300, "captions_per_image": 2, "text_dim": 16, "image_dim": 24, "latent_dim": 6}
+data = make_synthetic(**shape, shared_fraction=float(sys.argv[2]))
+result = api.train(data, None, overrides=["model.name=ridge", "inference.bank_size=64"], progress=False)
+dev = data.split("dev")
+world = Distributed.from_env(torch.device("cpu"))
+metrics = DevEvaluator(dev, result.run.config, result.run.bank, torch.device("cpu"), world)(result.model, 0.05)
+if world.is_main:
+    json.dump(metrics, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.3])
+def test_distributed_dev_evaluation_equals_one_process(tmp_path, shared):
+    """Each rank ranks its share of the dev captions (one or several relevant images each); the gathered
+    ranks give exactly the metrics of one process."""
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVAL_SCRIPT)
+    outputs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"metrics{processes}.json"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        done = subprocess.run([*launcher, str(script), str(out), str(shared)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[processes] = json.loads(out.read_text())
+    assert outputs[1] == outputs[2]  # exactly: integer ranks, the same metric code
+    assert outputs[1]["mrr"] > 0.1 and "dev_mrr_is" in outputs[1]  # plain and rescored both compared

@@ -53,12 +53,18 @@ def describe_protocol(protocol: str, gallery: int, gallery_kind: str = "images")
     return text + (f", rescored with {rerank} (bank: training queries)" if rerank else ", cosine scores")
 
 
-def _text_to_image(q_s, g_s, relevance: Relevance, chunk: int, similarity, adjust) -> tuple[dict, dict]:
-    """Metrics and chance level from the rank of every relevant item (one per query: the fast path)."""
+def text_to_image_link_ranks(q_s, g_s, relevance: Relevance, chunk: int, similarity, adjust) -> np.ndarray:
+    """The pessimistic rank of every relevant item of every query (one per query: the fast path). Rows are
+    independent (rescorers are fitted on the bank, not on the evaluated queries), so query shards can be
+    ranked apart and their ranks concatenated."""
     if relevance.is_single:
-        ranks = text_to_image_ranks(q_s, g_s, relevance.items, chunk, similarity, adjust)
-    else:
-        ranks = relevant_ranks(q_s, g_s, relevance, chunk, similarity, adjust)
+        return text_to_image_ranks(q_s, g_s, relevance.items, chunk, similarity, adjust)
+    return relevant_ranks(q_s, g_s, relevance, chunk, similarity, adjust)
+
+
+def _text_to_image(q_s, g_s, relevance: Relevance, chunk: int, similarity, adjust) -> tuple[dict, dict]:
+    """Metrics and chance level from the rank of every relevant item."""
+    ranks = text_to_image_link_ranks(q_s, g_s, relevance, chunk, similarity, adjust)
     return relevance_metrics(ranks, relevance), random_baseline_relevance(relevance.counts, len(g_s))
 
 

@@ -12,13 +12,24 @@ leaves exactly the single-process gradient of that batch. Only rank 0 writes the
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a rank that died makes the others fail after this, not hang
+
+
+def _shutdown() -> None:
+    """Leave the process group before the interpreter exits: gloo's threads still running at exit abort the
+    process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Distributed:
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+            atexit.register(_shutdown)
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
@@ -66,6 +78,24 @@ class Distributed:
         from torch.distributed.nn.functional import all_gather
 
         return torch.cat(all_gather(local))
+
+    def query_shard(self, n: int) -> np.ndarray:
+        """This rank's contiguous part of ``n`` evaluated queries (parts differ by at most one row)."""
+        return np.array_split(np.arange(n), self.world_size)[self.rank]
+
+    def gather_rows(self, local: np.ndarray) -> np.ndarray:
+        """Every rank's 1-D integer array concatenated in rank order (lengths may differ)."""
+        if not self.active:
+            return local
+        import torch.distributed as dist
+
+        mine = torch.as_tensor(local, dtype=torch.long)
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(mine)]))
+        width = int(max(sizes).item())
+        padded = [torch.zeros(width, dtype=torch.long) for _ in range(self.world_size)]
+        dist.all_gather(padded, torch.cat([mine, mine.new_zeros(width - len(mine))]))
+        return torch.cat([part[: int(size)] for part, size in zip(padded, sizes)]).numpy()
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """DDP around ``module`` (gradients averaged over ranks); the module itself in a world of one."""

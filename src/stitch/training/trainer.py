@@ -17,7 +17,13 @@ import torch
 
 from stitch.data import PairedEmbeddings, train_dev_split
 from stitch.registries import MODELS, RESCORERS
-from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings, text_to_image_metrics
+from stitch.retrieval.evaluate import (
+    DirectionReport,
+    evaluate_embeddings,
+    text_to_image_link_ranks,
+    text_to_image_metrics,
+)
+from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
 from stitch.training.batching import CaptionBatches
 from stitch.training.callbacks import (
@@ -86,22 +92,34 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
 
 
 class DevEvaluator:
-    """Dev text->image metrics after each epoch: plain cosine (early stopping) and the run's own scoring."""
+    """Dev text->image metrics after each epoch: plain cosine (early stopping) and the run's own scoring.
+    Under torchrun each rank ranks its share of the dev captions and the ranks are gathered, so the metrics
+    equal one process's."""
 
-    def __init__(self, dev: PairedEmbeddings, config: TrainConfig, bank: np.ndarray, device: torch.device) -> None:
+    def __init__(
+        self, dev: PairedEmbeddings, config: TrainConfig, bank: np.ndarray, device: torch.device, world=None
+    ) -> None:
         self.dev, self.config, self.bank, self.device = dev, config, bank, device
+        self.world = world or Distributed()
+        rows = self.world.query_shard(dev.n_captions)
+        self.rows, self.shard = rows, dev.relevant.subset(rows, np.arange(dev.n_images))
 
     @torch.no_grad()
     def __call__(self, model, temperature: float | None) -> dict[str, float]:
         model.eval()
         scorer = _scorer(model, self.config, self.config.inference.rerank, temperature, self.bank, self.device)
         plain = scorer.plain()
-        q, g = plain.embed_queries(self.dev.captions, "translated dev captions"), plain.embed_gallery(self.dev.images)
-        metrics = text_to_image_metrics(q, g, self.dev.relevant, plain.fit(g), self.config.eval_chunk)
+        q = plain.embed_queries(self.dev.captions[self.rows], "translated dev captions")
+        g = plain.embed_gallery(self.dev.images)
+        metrics = self._metrics(q, g, plain.fit(g))
         if scorer.rescorer is not None:
-            scored = text_to_image_metrics(q, g, self.dev.relevant, scorer.fit(g), self.config.eval_chunk)
-            metrics[SCORED_MRR_PREFIX + scorer.name] = scored["mrr"]
+            metrics[SCORED_MRR_PREFIX + scorer.name] = self._metrics(q, g, scorer.fit(g))["mrr"]
         return metrics
+
+    def _metrics(self, q, g, scorer: Scorer) -> dict[str, float]:
+        q_s, g_s = scorer.prepare_queries(q), scorer.prepare_gallery(g)
+        local = text_to_image_link_ranks(q_s, g_s, self.shard, self.config.eval_chunk, scorer.similarity, scorer.adjust)
+        return relevance_metrics(self.world.gather_rows(local), self.dev.relevant)
 
 
 def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device) -> Scorer:
@@ -266,7 +284,7 @@ def train(
         relevant=None if train_set.relevance is None else train_set.relevance.padded(),
         world=world,
     )
-    evaluator = DevEvaluator(dev_set, config, run.bank, device)
+    evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
     callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
     trainer = Trainer(task, batches, config, device, evaluator, callbacks, world)
     state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
