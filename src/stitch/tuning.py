@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -182,6 +184,28 @@ def _storage(url: str):
         )
 
 
+def _create_or_load(url: str, study_name: str, sampler, pruner, attempts: int = 5):
+    """The study in ``url``, made if new. Workers started together race to create the schema and the study in
+    a fresh database; the loser's error is retried (it then finds what the winner made)."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=study_name,
+                storage=_storage(url),
+                direction="maximize",
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, optuna.exceptions.DuplicatedStudyError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def tune(
     data: PairedEmbeddings,
     space: SearchSpace,
@@ -200,15 +224,9 @@ def tune(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    sampler, pruner = _sampler_and_pruner(space, seed)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=_storage(url),
-        direction="maximize",
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    # workers sharing a study must not draw the same points: a given storage mixes the process id into the seed
+    sampler, pruner = _sampler_and_pruner(space, seed if storage is None else hash((seed, os.getpid())) % 2**31)
+    study = _create_or_load(url, study_name, sampler, pruner)
     if space.baseline and not study.trials:
         baseline = default_values(space)
         if baseline is not None:
@@ -231,11 +249,19 @@ def tune(
         trial.set_user_attr("dev_metrics", metrics)
         return float(metrics[space.objective])
 
-    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    remaining = max(0, trials - len(done))
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    remaining = max(0, trials - len(study.get_trials(deepcopy=False, states=finished)))
     if remaining:
+        # ``trials`` is the study's total: workers sharing one storage stop when together they reach it
+        stop = optuna.study.MaxTrialsCallback(trials, states=finished)
         study.optimize(
-            objective, n_trials=remaining, timeout=timeout, n_jobs=n_jobs, gc_after_trial=True, show_progress_bar=False
+            objective,
+            n_trials=remaining,
+            timeout=timeout,
+            n_jobs=n_jobs,
+            gc_after_trial=True,
+            show_progress_bar=False,
+            callbacks=[stop],
         )
     write_results(study, space, out_dir)
     return study
