@@ -120,3 +120,32 @@ def test_distributed_dev_evaluation_equals_one_process(tmp_path, shared):
         outputs[processes] = json.loads(out.read_text())
     assert outputs[1] == outputs[2]  # exactly: integer ranks, the same metric code
     assert outputs[1]["mrr"] > 0.1 and "dev_mrr_is" in outputs[1]  # plain and rescored both compared
+
+
+def test_a_killed_distributed_run_resumes_to_the_weights_of_an_uninterrupted_one(data_file, tmp_path):
+    """torchrun training killed (SIGKILL to the whole job) after an epoch's checkpoint, then `--resume`d on 2
+    processes, ends where the uninterrupted 2-process run ends."""
+    import os
+    import signal
+    import time
+
+    overrides = [*LOSSES["infonce + memory queue"], "optim.epochs=4"]
+    train(data_file, tmp_path / "whole", overrides, 2)
+    stitch = ["-m", "stitch", "train", "--data", str(data_file), "--out", str(tmp_path / "cut"), "--quiet"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    job = subprocess.Popen([*launcher, *stitch, *COMMON, *overrides], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics, deadline = tmp_path / "cut" / "metrics.csv", time.time() + 300
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:  # header + 2 epochs
+        assert time.time() < deadline and job.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (tmp_path / "cut" / "summary.json").exists()  # killed before it finished
+    resume = [*launcher, *stitch[:-1], "--resume", "--quiet"]
+    done = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, cut = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert max(float((whole[k] - cut[k]).abs().max()) for k in whole) < TOLERANCE
+    epochs = np.genfromtxt(tmp_path / "cut" / "metrics.csv", delimiter=",", names=True)["epoch"]
+    assert epochs.tolist() == [0, 1, 2, 3]  # each epoch once, none lost or repeated
