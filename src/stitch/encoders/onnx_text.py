@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitch.encoders.text import _lean_parts, _resolve_text_path, padding_groups
+from stitch.encoders.text import _lean_parts, _resolve_text_path, encode_in_groups, pad_tokens
 
 OPSET = 17
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so caches written by older stitch are not reused
@@ -64,18 +64,12 @@ class OnnxTextEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Tokenise once, run length-sorted padding groups through ONNX Runtime, masked mean, normalise."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        lengths = np.array([len(t) for t in tokens])
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(tokens), self.dim), dtype=np.float32)
-        for group in padding_groups(lengths[order], self.batch_size):
-            rows = order[group]
-            ids, mask = _pad([tokens[row] for row in rows], int(lengths[rows].max()), self.pad)
+
+        def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             (hidden,) = self.session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
-            out[rows] = mean_normalise(hidden, mask)
-        return out
+            return mean_normalise(hidden, mask)
+
+        return encode_in_groups(self.tokenizer, texts, self.max_length, self.batch_size, self.dim, run)
 
 
 def mean_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -115,7 +109,7 @@ def export_transformer(transformer, path: Path, pad: int) -> None:
     from stitch.io.atomic import atomic_write
 
     vocab = int(transformer.config.vocab_size)
-    ids, mask = _pad(_probe(vocab, (6, 3), seed=0), 6, pad)
+    ids, mask = pad_tokens(_probe(vocab, (6, 3), seed=0), 6, pad)
     module = _last_hidden(transformer)
     axes = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "last_hidden_state")}
 
@@ -140,7 +134,7 @@ def _verify(module, path: Path, pad: int, vocab: int) -> None:
     """Run the fresh graph on a batch of another shape (one row unpadded) and compare with PyTorch."""
     import torch
 
-    ids, mask = _pad(_probe(vocab, (13, 4, 10), seed=1), 13, pad)
+    ids, mask = pad_tokens(_probe(vocab, (13, 4, 10), seed=1), 13, pad)
     (ours,) = _session(path).run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
     with torch.no_grad():
         theirs = module(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
@@ -168,16 +162,6 @@ def _probe(vocab: int, lengths: tuple[int, ...], seed: int) -> list[list[int]]:
     """Made-up token rows of the given lengths (ids below the vocabulary size) to trace and check with."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, vocab, size=n).tolist() for n in lengths]
-
-
-def _pad(tokens: list[list[int]], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ``input_ids`` padded with ``pad`` and the matching ``attention_mask``."""
-    ids = np.full((len(tokens), width), pad, dtype=np.int64)
-    mask = np.zeros((len(tokens), width), dtype=np.int64)
-    for j, row in enumerate(tokens):
-        ids[j, : len(row)] = row
-        mask[j, : len(row)] = 1
-    return ids, mask
 
 
 def _session(path: Path, threads: int | None = None):

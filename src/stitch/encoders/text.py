@@ -12,6 +12,7 @@ cosine to the exact embeddings fell to 0.94, 0.978 with per-channel weights.)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,26 +69,45 @@ class TextEncoder:
         import torch.nn.functional as F
 
         tokenizer, transformer, max_length = self._lean
-        tokens = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        lengths = np.array([len(t) for t in tokens])
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        pad = tokenizer.pad_token_id  # never None: _lean_parts checked it
         device = self.model.device
-        for group in padding_groups(lengths[order], self.batch_size):
-            rows = order[group]
-            width = int(lengths[rows].max())
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, row in enumerate(rows):
-                ids[j, : lengths[row]] = torch.tensor(tokens[row])
-                mask[j, : lengths[row]] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            hidden = transformer(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
+
+        def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+            hidden = transformer(input_ids=ids_t, attention_mask=mask_t).last_hidden_state.float()
+            weights = mask_t.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-            out[rows] = F.normalize(pooled, dim=1).cpu().numpy()
-        return out
+            return F.normalize(pooled, dim=1).cpu().numpy()
+
+        return encode_in_groups(tokenizer, texts, max_length, self.batch_size, self.dim, run)
+
+
+def encode_in_groups(
+    tokenizer, texts: list[str], max_length: int, batch_size: int, dim: int, run: Callable
+) -> np.ndarray:
+    """Tokenise once, sort by length, and call ``run(ids, mask)`` (int64 arrays padded with the tokenizer's
+    pad id; it returns normalised rows) on the groups :func:`padding_groups` picks; rows come back in the
+    order of ``texts``. The one driver of the PyTorch lean path and the ONNX Runtime path."""
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    tokens = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(t) for t in tokens])
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(tokens), dim), dtype=np.float32)
+    pad = int(tokenizer.pad_token_id)  # never None: _lean_parts checked it
+    for group in padding_groups(lengths[order], batch_size):
+        rows = order[group]
+        out[rows] = run(*pad_tokens([tokens[row] for row in rows], int(lengths[rows].max()), pad))
+    return out
+
+
+def pad_tokens(tokens: list[list[int]], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ``input_ids`` padded with ``pad`` to ``width`` and the matching ``attention_mask``."""
+    ids = np.full((len(tokens), width), pad, dtype=np.int64)
+    mask = np.zeros((len(tokens), width), dtype=np.int64)
+    for j, row in enumerate(tokens):
+        ids[j, : len(row)] = row
+        mask[j, : len(row)] = 1
+    return ids, mask
 
 
 def padding_groups(sorted_lengths: np.ndarray, max_group: int, call_cost: int = CALL_COST_TOKENS) -> list[slice]:
