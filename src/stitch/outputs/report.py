@@ -167,10 +167,11 @@ def _reports(q, g, target, scorer) -> tuple[list, list, list]:
 
 def _first_ranks(q_s, g_s, target, scorer) -> np.ndarray:
     """Rank of each caption's first relevant image under the run's scoring (the histogram's values)."""
+    from stitch.retrieval.evaluate import text_to_image_link_ranks
     from stitch.retrieval.metrics import first_ranks
-    from stitch.retrieval.ranks import relevant_ranks
+    from stitch.retrieval.ranks import DEFAULT_CHUNK
 
-    links = relevant_ranks(q_s, g_s, target.relevant, similarity=scorer.similarity, adjust=scorer.adjust)
+    links = text_to_image_link_ranks(q_s, g_s, target.relevant, DEFAULT_CHUNK, scorer.similarity, scorer.adjust)
     return first_ranks(links, target.relevant)
 
 

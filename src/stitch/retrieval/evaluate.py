@@ -15,6 +15,7 @@ from stitch.retrieval.ranks import (
     check_chunk,
     cosine_ready,
     dot,
+    image_to_text_link_ranks,
     relevant_ranks,
     sampled_candidate_ranks,
     text_to_image_ranks,
@@ -87,8 +88,7 @@ def full_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: int,
 def _image_to_text(q, g, relevance: Relevance, chunk: int, similarity) -> DirectionReport:
     """Each image against all captions, every caption relevant to it counting: hit@K (any in the top K)
     and recall@K (the share of them in the top K) differ here."""
-    by_image = relevance.transpose()
-    ranks = relevant_ranks(g, q, by_image, chunk, lambda a, b: similarity(b, a).T)
+    ranks, by_image = image_to_text_link_ranks(g, q, relevance, chunk, similarity)
     i2t, random = relevance_metrics(ranks, by_image), random_baseline_relevance(by_image.counts, len(q))
     return DirectionReport("full", "image->text", len(q), len(g), i2t, random, "captions")
 

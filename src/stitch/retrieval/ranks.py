@@ -150,12 +150,18 @@ def _relevant_ahead(relevance: Relevance, own: np.ndarray) -> np.ndarray:
     return ahead
 
 
-def _image_to_text(images, captions, caption_image, chunk: int, similarity: Similarity) -> tuple:
-    """Image->text as a relevance problem: every caption of an image is relevant to it."""
-    owner = torch.as_tensor(caption_image, dtype=torch.long).cpu().numpy()
-    relevance = Relevance.from_owner(owner, len(images)).transpose()
-    ranks = relevant_ranks(images, captions, relevance, chunk, lambda a, b: similarity(b, a).T)
-    return ranks, relevance
+def image_to_text_link_ranks(
+    images: torch.Tensor, captions: torch.Tensor, relevance: Relevance, chunk: int = DEFAULT_CHUNK, similarity=dot
+) -> tuple[np.ndarray, Relevance]:
+    """Image->text as a relevance problem: ``relevance`` says which images each caption is relevant to; its
+    transpose gives every image its relevant captions. Returns the rank of each image-caption link and that
+    transposed relation (every image needs a caption)."""
+    by_image = relevance.transpose()
+    return relevant_ranks(images, captions, by_image, chunk, lambda a, b: similarity(b, a).T), by_image
+
+
+def _owner_relevance(caption_image, n_images: int) -> Relevance:
+    return Relevance.from_owner(torch.as_tensor(caption_image, dtype=torch.long).cpu().numpy(), n_images)
 
 
 def image_to_text_ranks(
@@ -168,8 +174,9 @@ def image_to_text_ranks(
     """1-based rank of each image's best-ranked caption among all captions (ties pessimistic).
 
     Every image needs at least one caption (an image with none has nothing to retrieve)."""
-    ranks, relevance = _image_to_text(images, captions, caption_image, check_chunk(chunk), similarity)
-    return first_ranks(ranks, relevance)
+    relevance = _owner_relevance(caption_image, len(images))
+    ranks, by_image = image_to_text_link_ranks(images, captions, relevance, check_chunk(chunk), similarity)
+    return first_ranks(ranks, by_image)
 
 
 def image_to_text_ndcg(
@@ -181,8 +188,9 @@ def image_to_text_ndcg(
     similarity: Similarity = dot,
 ) -> float:
     """Mean NDCG@k for image->text, where every caption of the image is relevant (ties pessimistic)."""
-    ranks, relevance = _image_to_text(images, captions, caption_image, check_chunk(chunk), similarity)
-    return ndcg_at(ranks, relevance, k)
+    relevance = _owner_relevance(caption_image, len(images))
+    ranks, by_image = image_to_text_link_ranks(images, captions, relevance, check_chunk(chunk), similarity)
+    return ndcg_at(ranks, by_image, k)
 
 
 def sampled_candidate_ranks(
