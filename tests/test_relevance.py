@@ -399,3 +399,20 @@ def test_npz_and_pt_files_carry_a_relevance_relation(tmp_path, layout):
         write_flickr_like(path, data, relevance__indptr=links.indptr, relevance__items=broken)
         with pytest.raises(DataError, match=r"out of range \[0, 60\)"):
             load_pairs(path)
+
+
+def test_subset_renumbers_items_and_keeps_grades_like_a_brute_force_filter():
+    rng = np.random.default_rng(4)
+    lists = random_relation(2, n_queries=30, n_items=20, most=5)
+    grades = [rng.integers(1, 4, size=len(row)).astype(float).tolist() for row in lists]
+    relevance = Relevance.from_lists(lists, 20, grades)
+    items = rng.permutation(20)[:14]  # unsorted: new numbers follow this order
+    new = {int(old): i for i, old in enumerate(items)}
+    queries = np.array([q for q, row in enumerate(lists) if set(row) & set(new)])[::-1]
+    sub = relevance.subset(queries, items)
+    for i, q in enumerate(queries):
+        kept = sorted((new[item], grade) for item, grade in zip(lists[q], grades[q]) if item in new)
+        assert sub.row(i).tolist() == [item for item, _ in kept]
+        assert sub.grades[sub.indptr[i] : sub.indptr[i + 1]].tolist() == [grade for _, grade in kept]
+    with pytest.raises(DataError, match="relevance indptr must be a 1-D integer array"):
+        Relevance(np.array([0.0, 1.0]), np.array([0]), 1)

@@ -47,11 +47,9 @@ def merge_duplicate_texts(data: PairedEmbeddings) -> tuple[PairedEmbeddings, Mer
     renumber = np.empty(len(first), dtype=np.int64)
     renumber[np.argsort(first)] = np.arange(len(first))
     query = renumber[group]
-    lists: list[set[int]] = [set() for _ in order]
     links = data.relevant
-    for caption, image in zip(links.link_queries.tolist(), links.items.tolist()):
-        lists[query[caption]].add(image)
-    relevance = Relevance.from_lists([sorted(s) for s in lists], data.n_images)
+    pairs = np.unique(np.stack([query[links.link_queries], links.items], axis=1), axis=0)  # sorted, no repeats
+    relevance = Relevance.from_counts(np.bincount(pairs[:, 0], minlength=len(order)), pairs[:, 1], data.n_images)
     merged = replace(
         data,
         captions=data.captions[order],

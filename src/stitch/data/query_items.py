@@ -136,7 +136,7 @@ def read_query_items(folder: str | Path, **kwargs) -> PairedEmbeddings:
     return PairedEmbeddings(
         captions=read_npy(folder / "query_embeddings.npy"),
         images=read_npy(folder / "item_embeddings.npy"),
-        caption_image=relevance.items[relevance.indptr[:-1]],
+        caption_image=relevance.first_items,
         caption_ids=query_ids,
         caption_texts=None if any(t is None for t in texts) else np.array(texts),
         image_names=np.array([str(row.get("name") or row["item_id"]) for row in items]),

@@ -72,9 +72,8 @@ def labels_to_relevance(
                 n = min(chunk_rows, rows - start)
                 raw = _read_exact(stream, n * cols * dtype.itemsize, path, key)
                 blocks.append(_marked(np.frombuffer(raw, dtype=dtype).reshape(n, cols), start, path))
-    counts = np.concatenate([np.diff(b.indptr) for b in blocks])
-    items = np.concatenate([b.items for b in blocks])
-    return Relevance(np.concatenate([[0], np.cumsum(counts)]), items, cols)
+    counts = np.concatenate([b.counts for b in blocks])
+    return Relevance.from_counts(counts, np.concatenate([b.items for b in blocks]), cols)
 
 
 def _label_header(stream, path: Path, key: str, n_images: int | None) -> tuple:
@@ -122,7 +121,7 @@ def _marked(block: np.ndarray, offset: int, path: Path) -> Relevance:
             f"{path}: captions/label row {offset + int(empty[0])} marks no image; every caption needs at least "
             f"one ({len(empty)} such row(s) in this chunk)"
         )
-    return Relevance(np.concatenate([[0], np.cumsum(counts)]), cols, block.shape[1])
+    return Relevance.from_counts(counts, cols, block.shape[1])
 
 
 def read_flickr_npz(path: Path, **kwargs) -> PairedEmbeddings:
@@ -151,10 +150,15 @@ def _npz_relevance(npz: np.lib.npyio.NpzFile, path: Path, n_images: int) -> Rele
     if "relevance/items" not in npz.files:
         raise _missing(path, npz.files, ("relevance/indptr", "relevance/items"))
     indptr, items = _member(npz, path, "relevance/indptr"), _member(npz, path, "relevance/items")
-    for key, value in (("relevance/indptr", indptr), ("relevance/items", items)):
-        if value.ndim != 1 or value.dtype.kind not in "iu":
-            raise DataError(f"{path}: {key!r} must be a 1-D integer array, got {value.dtype} {value.shape}")
-    return Relevance(indptr, items, n_images, _optional(npz, path, "relevance/grades"))
+    return _relevance(path, indptr, items, _optional(npz, path, "relevance/grades"), n_images)
+
+
+def _relevance(path: Path, indptr, items, grades, n_images: int) -> Relevance:
+    """The relation a file stores, its errors naming the file."""
+    try:
+        return Relevance(indptr, items, n_images, grades)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from err
 
 
 def _encoders(npz: np.lib.npyio.NpzFile, path: Path) -> dict:
@@ -176,7 +180,7 @@ def read_aml_npz(path: Path, **kwargs) -> PairedEmbeddings:
     return PairedEmbeddings(
         captions=captions,
         images=images,
-        caption_image=relevance.items[relevance.indptr[:-1]],  # the first marked image of each caption
+        caption_image=relevance.first_items,  # the first marked image of each caption
         relevance=relevance,
         caption_texts=_optional(npz, path, "captions/text"),
         image_names=_optional(npz, path, "images/names"),
@@ -245,8 +249,9 @@ def _pt_relevance(obj: dict, path: Path, n_images: int) -> Relevance | None:
         return None
     if "relevance_items" not in obj:
         raise _missing(path, list(obj), ("relevance_indptr", "relevance_items"))
-    arrays = {k: _as_numpy(obj[k], k) for k in ("relevance_indptr", "relevance_items", "relevance_grades") if k in obj}
-    return Relevance(arrays["relevance_indptr"], arrays["relevance_items"], n_images, arrays.get("relevance_grades"))
+    indptr, items = _as_numpy(obj["relevance_indptr"], "relevance_indptr"), _as_numpy(obj["relevance_items"])
+    grades = _as_numpy(obj["relevance_grades"]) if "relevance_grades" in obj else None
+    return _relevance(path, indptr, items, grades, n_images)
 
 
 def read_npy(path: Path) -> np.ndarray:

@@ -27,6 +27,10 @@ class Relevance:
     grades: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        for name in ("indptr", "items"):
+            value = np.asarray(getattr(self, name))
+            if value.ndim != 1 or (value.size and value.dtype.kind not in "iu"):
+                raise DataError(f"relevance {name} must be a 1-D integer array, got {value.dtype} {value.shape}")
         indptr = np.asarray(self.indptr, dtype=np.int64)
         items = np.asarray(self.items, dtype=np.int64)
         if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or indptr[-1] != len(items):
@@ -56,6 +60,13 @@ class Relevance:
         object.__setattr__(self, "grades", grades)
 
     @classmethod
+    def from_counts(
+        cls, counts: np.ndarray, items: np.ndarray, n_items: int, grades: np.ndarray | None = None
+    ) -> Relevance:
+        """From the number of relevant items of each query and the items (and grades) query after query."""
+        return cls(np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]), items, n_items, grades)
+
+    @classmethod
     def from_owner(cls, owner: np.ndarray, n_items: int) -> Relevance:
         """One relevant item per query: the one-caption-one-image case."""
         owner = np.asarray(owner, dtype=np.int64)
@@ -67,9 +78,9 @@ class Relevance:
     ) -> Relevance:
         """From a list of item-row lists per query (and matching grade lists)."""
         counts = np.array([len(row) for row in lists], dtype=np.int64)
-        items = np.concatenate([np.asarray(row, dtype=np.int64) for row in lists]) if len(lists) else np.zeros(0)
+        items = [np.asarray(row, dtype=np.int64) for row in lists]
         flat = None if grades is None else np.concatenate([np.asarray(g, dtype=np.float64) for g in grades])
-        return cls(np.concatenate([[0], np.cumsum(counts)]), items, n_items, flat)
+        return cls.from_counts(counts, np.concatenate(items) if items else np.zeros(0, np.int64), n_items, flat)
 
     @classmethod
     def from_dense(cls, matrix: np.ndarray) -> Relevance:
@@ -77,9 +88,9 @@ class Relevance:
         matrix = np.asarray(matrix)
         rows, cols = np.nonzero(matrix)
         values = matrix[rows, cols].astype(np.float64)
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=matrix.shape[0]))])
         graded = not np.all(values == 1)
-        return cls(indptr, cols, matrix.shape[1], values if graded else None)
+        counts = np.bincount(rows, minlength=matrix.shape[0])
+        return cls.from_counts(counts, cols, matrix.shape[1], values if graded else None)
 
     @property
     def n_queries(self) -> int:
@@ -94,6 +105,16 @@ class Relevance:
     def link_queries(self) -> np.ndarray:
         """The query of every link (aligned with ``items``)."""
         return np.repeat(np.arange(self.n_queries), self.counts)
+
+    @property
+    def places(self) -> np.ndarray:
+        """The 0-based place of every link within its query's row."""
+        return np.arange(len(self.items)) - self.indptr[self.link_queries]
+
+    @property
+    def first_items(self) -> np.ndarray:
+        """Each query's first (lowest-numbered) relevant item: its own item when one is to be named."""
+        return self.items[self.indptr[:-1]]
 
     @property
     def is_single(self) -> bool:
@@ -111,7 +132,7 @@ class Relevance:
         """Relevant items as a queries x (most items of a query) matrix, padded with -1 (the label rows of
         training batches)."""
         out = np.full((self.n_queries, int(self.counts.max(initial=1))), -1, dtype=np.int64)
-        out[self.link_queries, np.arange(len(self.items)) - self.indptr[self.link_queries]] = self.items
+        out[self.link_queries, self.places] = self.items
         return out
 
     def row(self, query: int) -> np.ndarray:
@@ -120,22 +141,23 @@ class Relevance:
     def transpose(self) -> Relevance:
         """Item -> query relevance (items without any query are an error: they have nothing to retrieve)."""
         order = np.lexsort((self.link_queries, self.items))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(self.items, minlength=self.n_items))])
+        counts = np.bincount(self.items, minlength=self.n_items)
         grades = None if self.grades is None else self.grades[order]
-        return Relevance(indptr, self.link_queries[order], self.n_queries, grades)
+        return Relevance.from_counts(counts, self.link_queries[order], self.n_queries, grades)
 
     def subset(self, query_rows: np.ndarray, item_rows: np.ndarray) -> Relevance:
         """The relation between these queries and items, renumbered; every kept query must keep an item."""
         remap = np.full(self.n_items, -1, dtype=np.int64)
         remap[np.asarray(item_rows, dtype=np.int64)] = np.arange(len(item_rows))
-        lists, grade_lists = [], []
-        for q in np.asarray(query_rows, dtype=np.int64):
-            start, stop = self.indptr[q], self.indptr[q + 1]
-            kept = remap[self.items[start:stop]] >= 0
-            lists.append(remap[self.items[start:stop]][kept])
-            if self.grades is not None:
-                grade_lists.append(self.grades[start:stop][kept])
-        return Relevance.from_lists(lists, len(item_rows), grade_lists if self.grades is not None else None)
+        queries = np.asarray(query_rows, dtype=np.int64)
+        counts = self.counts[queries]
+        starts = np.repeat(self.indptr[queries], counts)
+        links = starts + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # rows' links
+        items = remap[self.items[links]]
+        kept = items >= 0
+        kept_counts = np.bincount(np.repeat(np.arange(len(queries)), counts)[kept], minlength=len(queries))
+        grades = None if self.grades is None else self.grades[links][kept]
+        return Relevance.from_counts(kept_counts, items[kept], len(item_rows), grades)
 
     def components(self) -> tuple[np.ndarray, np.ndarray]:
         """Connected components of the query-item graph: a label per query and per item.

@@ -72,9 +72,8 @@ def _per_query(values: np.ndarray, relevance: Relevance) -> np.ndarray:
 
 def _within_query(keys: np.ndarray, relevance: Relevance) -> tuple[np.ndarray, np.ndarray]:
     """Links sorted by ``keys`` inside each query, and each sorted link's 0-based place in its query."""
-    queries = relevance.link_queries
-    order = np.lexsort((keys, queries))
-    return order, np.arange(len(order)) - relevance.indptr[queries[order]]
+    order = np.lexsort((keys, relevance.link_queries))  # queries stay grouped in CSR order
+    return order, relevance.places
 
 
 def ndcg_at(link_ranks: np.ndarray, relevance: Relevance, k: int = 10) -> float:

@@ -143,10 +143,9 @@ def relevant_ranks(
 def _relevant_ahead(relevance: Relevance, own: np.ndarray) -> np.ndarray:
     """Relevant items of the same query ranked ahead of each link: higher score, then lower grade/item."""
     grades = np.ones(len(own)) if relevance.grades is None else relevance.grades
-    queries = relevance.link_queries
-    order = np.lexsort((relevance.items, grades, -own, queries))
+    order = np.lexsort((relevance.items, grades, -own, relevance.link_queries))  # queries stay grouped
     ahead = np.empty(len(own), dtype=np.int64)
-    ahead[order] = np.arange(len(own)) - relevance.indptr[queries[order]]
+    ahead[order] = relevance.places
     return ahead
 
 
