@@ -145,6 +145,7 @@ def cmd_search(args) -> int:
         raise ValueError("give queries: --queries FILE (with --rows) or --embedding '[...]'")
     index_dir = _required(args, "index_dir", "--index-dir")
     searcher = api.open_searcher(args.run, index_dir=index_dir, candidates=args.candidates)
+    relevant = None  # names of the images relevant to each query, when the query file says
     if args.embedding is not None:
         rows, labels = np.array([json.loads(args.embedding)], dtype=np.float32), ["embedding"]
     else:
@@ -154,7 +155,7 @@ def cmd_search(args) -> int:
             raise ValueError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.queries}")
         rows = queries.embeddings[picked]
         labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
-    relevant = _relevant_names(args.queries, picked) if args.queries else None
+        relevant = _relevant_names(args.queries, picked)
     for i, (label, hits) in enumerate(zip(labels, searcher.search(rows, args.k))):
         known = None if relevant is None else relevant[i]
         if args.json:
