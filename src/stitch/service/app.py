@@ -281,8 +281,9 @@ def build_app(
     check_images_dir(images_dir)  # before the data and models load
     check_cors_origins(cors_origins)
     data = api.load(data_path)
-    searcher = api.open_searcher(run, data, split, index)
-    recorded = (api.open(run).info.meta.get("encoders") or {}).get("text")  # the space the run was trained on
+    opened = api.open(run)  # once: the searcher and the recorded encoder come from the same loaded run
+    searcher = api.open_searcher(opened, data, split, index)
+    recorded = (opened.info.meta.get("encoders") or {}).get("text")  # the space the run was trained on
     spec = text_encoder or recorded or data.encoders.get("text")
     if spec is None and Path(data_path).name == "flickr8k.npz":
         spec = "minilm"  # the shared Flickr8k captions are all-MiniLM-L6-v2 embeddings (../shared/README.md)
