@@ -133,11 +133,9 @@ def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device) 
 class Trainer:
     """Epochs of ``task`` over ``batches`` with AdamW + warmup/cosine; callbacks see every epoch."""
 
-    def __init__(
-        self, task: Task, batches: CaptionBatches, config: TrainConfig, device, evaluate, callbacks, world=None
-    ) -> None:
+    def __init__(self, task: Task, batches: CaptionBatches, config: TrainConfig, device, evaluate, callbacks) -> None:
         self.task, self.batches, self.config, self.device = task, batches, config, device
-        self.step = (world or Distributed()).wrap(task)  # DDP under torchrun: gradients averaged over ranks
+        self.step = task.world.wrap(task)  # DDP under torchrun: gradients averaged over ranks
         self.evaluate, self.callbacks = evaluate, list(callbacks)
         optim = config.optim
         self.params = [p for p in task.parameters() if p.requires_grad]
@@ -286,7 +284,7 @@ def train(
     )
     evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
     callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
-    trainer = Trainer(task, batches, config, device, evaluator, callbacks, world)
+    trainer = Trainer(task, batches, config, device, evaluator, callbacks)
     state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
     if resume and world.is_main:
         run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
