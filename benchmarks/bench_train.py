@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from stitch.losses import InfoNCELoss
+from stitch.data import PairedEmbeddings
 from stitch.training.batching import CaptionBatches
 from stitch.training.config import ModelConfig
 from stitch.translators import build_model
@@ -50,7 +51,7 @@ def step(model, loss_fn, opt, x, labels, ref, ref_labels):
 
 def stitch_loop(kind, captions, owner, images, batch, epochs) -> float:
     model, loss_fn, opt = setup(kind)
-    batches = CaptionBatches(captions, owner, images, batch)
+    batches = CaptionBatches(PairedEmbeddings(captions, images, owner).shards(), batch)
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
         for x, labels, ref, ref_labels in batches.epoch():
@@ -86,7 +87,7 @@ def batches_only(captions, owner, images, batch, epochs) -> tuple[float, float]:
             gallery[ref_labels]
             seen += len(x)
     base = seen / (time.perf_counter() - start)
-    batches = CaptionBatches(captions, owner, images, batch)
+    batches = CaptionBatches(PairedEmbeddings(captions, images, owner).shards(), batch)
     start, seen = time.perf_counter(), 0
     for _ in range(epochs):
         for x, *_ in batches.epoch():

@@ -246,7 +246,7 @@ def test_training_batches_carry_every_relevant_image_of_a_caption():
     data = make_synthetic(**shape, shared_fraction=0.3)
     padded = data.relevant.padded()
     assert [sorted(r[r >= 0].tolist()) for r in padded] == [data.relevant.row(q).tolist() for q in range(240)]
-    batches = CaptionBatches(data.captions, data.caption_image, data.images, 32, relevant=padded, seed=1)
+    batches = CaptionBatches(data.shards(), 32, seed=1)
     for captions, labels, images, ref_labels in batches.epoch():
         rows = [int(np.where((data.captions == c.numpy()).all(1))[0][0]) for c in captions[:5]]
         for row, label in zip(rows, labels[:5].tolist()):

@@ -13,6 +13,7 @@ import numpy as np
 
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.relevance import Relevance
+from stitch.data.shards import Shard, ShardList
 
 
 def check_finite(name: str, matrix: np.ndarray) -> None:
@@ -203,6 +204,21 @@ class PairedEmbeddings:
         if len(rows) == 0:
             raise DataError(f"split {name!r} not found; the data has {self.split_names()}")
         return self.subset_images(rows)
+
+    def shards(self) -> ShardList:
+        """These pairs as one in-memory shard: what training reads (data on disk is several)."""
+        relevant = None if self.relevance is None else self.relevance.padded()
+        return ShardList([Shard(self.captions, self.images, self.caption_image, relevant=relevant)])
+
+    def holdout(
+        self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
+    ) -> tuple[ShardList, PairedEmbeddings, str]:
+        """Train pairs (as shards), dev pairs and how they were split (see ``train_dev_split``); the same
+        contract as :meth:`stitch.data.sharded.ShardedPairs.holdout`."""
+        from stitch.data.splits import train_dev_split
+
+        train, dev, how = train_dev_split(self, dev_fraction, seed, max_dev_images)
+        return train.shards(), dev, how
 
     def as_queries(self) -> Queries:
         return Queries(self.captions, ids=self.caption_ids, texts=self.caption_texts)

@@ -16,6 +16,7 @@ import numpy as np
 from stitch.data.dataset import DataError, PairedEmbeddings, Queries
 from stitch.data.query_items import is_query_items_folder, read_query_items
 from stitch.data.relevance import Relevance
+from stitch.data.sharded import ShardedPairs, is_sharded_folder, open_sharded
 
 FLICKR_KEYS = ("captions/embeddings", "images/embeddings", "captions/image_index")
 AML_KEYS = ("captions/embeddings", "images/embeddings", "captions/label")
@@ -269,11 +270,14 @@ def read_npy_triplet(captions: Path, images: Path, index: Path, **kwargs) -> Pai
     )
 
 
-def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings:
-    """Read a paired (train-style) file, recognising its layout from its keys (or a query/item folder)."""
+def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings | ShardedPairs:
+    """Read a paired (train-style) file, recognising its layout from its keys, or open a folder: a query/item
+    folder (read into memory) or a stitch sharded folder (memory-mapped, read on demand)."""
     path = Path(path)
     if is_query_items_folder(path):
         return read_query_items(path, **kwargs)
+    if is_sharded_folder(path):
+        return open_sharded(path)
     if path.suffix == ".pt":
         return read_pt(path, **kwargs)
     if path.suffix != ".npz":

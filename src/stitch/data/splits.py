@@ -9,8 +9,11 @@ import numpy as np
 from stitch.data.dataset import DataError, PairedEmbeddings
 
 
-def random_image_split(n_images: int, fractions: dict[str, float], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded partition of image rows into named parts; ``train`` takes what the others leave."""
+def random_image_split(
+    n_images: int, fractions: dict[str, float], seed: int = 0, max_size: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded partition of image rows into named parts; ``train`` takes what the others leave. ``max_size``
+    (0: none) caps each named part, so a held-out set of millions of pairs stays a size one can evaluate."""
     if n_images < 2:
         raise DataError(f"need at least 2 images to split, got {n_images}")
     named = {k: float(v) for k, v in fractions.items() if k != "train"}
@@ -20,6 +23,7 @@ def random_image_split(n_images: int, fractions: dict[str, float], seed: int = 0
     parts, start = {}, 0
     for name, frac in named.items():
         size = max(1, int(round(frac * n_images)))
+        size = min(size, max_size) if max_size else size
         parts[name] = np.sort(order[start : start + size])
         start += size
     parts["train"] = np.sort(order[start:])
@@ -62,7 +66,7 @@ def straddling_captions(data: PairedEmbeddings, image_rows: np.ndarray) -> int:
 
 
 def train_dev_split(
-    data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0
+    data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
 ) -> tuple[PairedEmbeddings, PairedEmbeddings, str]:
     """The file's own ``train``/``dev`` split when it has one, else a seeded image split.
 
@@ -78,8 +82,10 @@ def train_dev_split(
     if data.relevance is not None:
         parts, how = component_split(data, dev_fraction, seed)
     else:
-        parts = random_image_split(data.n_images, {"dev": dev_fraction}, seed=seed)
+        parts = random_image_split(data.n_images, {"dev": dev_fraction}, seed=seed, max_size=max_dev_images)
         how = f"seeded image split (dev fraction {dev_fraction}, seed {seed})"
+        if max_dev_images and len(parts["dev"]) == max_dev_images:
+            how += f", dev capped at {max_dev_images} images"
     return data.subset_images(parts["train"]), data.subset_images(parts["dev"]), how
 
 

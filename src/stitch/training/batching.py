@@ -1,9 +1,17 @@
-"""Batches drawn straight from in-memory tensors: one index permutation per epoch, no per-sample
-DataLoader work. Each batch holds captions, their image labels and the (deduplicated) images they
-are contrasted with, or the row-aligned targets for regression losses. When a caption is relevant to
-several images (``relevant``: its image ids padded with -1), its label is that row, so none of them
-is ever its negative. Under torchrun each rank gets its share of the batch's captions and the whole
-batch's labels and images (see :mod:`stitch.training.distributed`)."""
+"""Training batches read from shards: in RAM (one shard) or memory-mapped on disk (many), one path.
+
+A pass over the data visits the shards in a seeded random order and each shard's captions in a seeded
+random permutation (a shard-aware shuffle: reads stay within one shard's pages), cutting batches across
+shard boundaries; with one shard this is one permutation of all captions. Each batch holds captions,
+their image labels and the (deduplicated) images they are contrasted with, or the row-aligned targets
+for regression losses. When a caption is relevant to several images its label is that row (padded with
+-1), so none of them is ever its negative.
+
+An epoch is a full pass, or ``samples_per_epoch`` captions of an endless sequence of passes (for data too
+large to evaluate after every pass). The position in the current pass is part of the state, so a resumed
+run draws exactly the batches the uninterrupted one would. Under torchrun every rank draws the same
+global batch and reads its share of the captions (see :mod:`stitch.training.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -12,54 +20,133 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from stitch.data.shards import ShardList
 from stitch.training.distributed import Distributed
 
 
 class CaptionBatches:
     def __init__(
         self,
-        captions: np.ndarray,
-        caption_image: np.ndarray,
-        gallery: np.ndarray,
+        shards: ShardList,
         batch_size: int,
         device: torch.device | str = "cpu",
         seed: int = 0,
         aligned_targets: bool = False,
         drop_last: bool = True,
-        relevant: np.ndarray | None = None,
         world: Distributed | None = None,
+        samples_per_epoch: int = 0,
     ) -> None:
-        if len(captions) == 0:
-            raise ValueError("no training captions")
-        self.captions = torch.as_tensor(captions, device=device)
-        self.labels = torch.as_tensor(caption_image, dtype=torch.long, device=device)
-        self.relevant = None if relevant is None else torch.as_tensor(relevant, dtype=torch.long, device=device)
-        self.gallery = torch.as_tensor(gallery, device=device)
-        self.batch_size = min(batch_size, len(captions))
-        self.aligned_targets = aligned_targets
-        self.drop_last = drop_last
+        self.shards, self.device = shards, torch.device(device)
+        self.batch_size = min(batch_size, shards.n_captions)
+        self.aligned_targets, self.drop_last = aligned_targets, drop_last
+        self.samples_per_epoch = samples_per_epoch
         self.generator = torch.Generator().manual_seed(seed)
         self.world = world or Distributed()  # every rank draws the same global batch and keeps its share
+        self._pass: list[np.ndarray] | None = None  # the current pass's (shard, position) pairs
+        self._pass_start: torch.Tensor = self.generator.get_state()  # generator state the pass was drawn from
+        self._taken = 0  # batches of the current pass already yielded
 
     def __len__(self) -> int:
-        n = len(self.captions)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n = self.samples_per_epoch or self.shards.n_captions
+        per_pass = self.shards.n_captions // self.batch_size
+        if not self.samples_per_epoch:
+            return per_pass if self.drop_last else -(-n // self.batch_size)
+        return max(1, n // self.batch_size)
+
+    def _draw_pass(self) -> None:
+        self._pass_start = self.generator.get_state()
+        order = range(len(self.shards))
+        if len(self.shards) > 1:
+            order = torch.randperm(len(self.shards), generator=self.generator).tolist()
+        visits = [(k, torch.randperm(self.shards.shards[k].n_captions, generator=self.generator).numpy()) for k in order]
+        shard_of = np.concatenate([np.full(len(p), k, dtype=np.int32) for k, p in visits])
+        self._pass = [shard_of, np.concatenate([p for _, p in visits])]
+        self._taken = 0
+
+    def _batches_in_pass(self) -> int:
+        n = self.shards.n_captions
+        return n // self.batch_size if (self.drop_last or self.samples_per_epoch) else -(-n // self.batch_size)
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.captions), generator=self.generator).to(self.captions.device)
-        for i in range(len(self)):
-            rows = order[i * self.batch_size : (i + 1) * self.batch_size]
-            own = self.labels[rows]
-            labels = own if self.relevant is None else self.relevant[rows]
-            captions = self.captions[self.world.local_rows(rows)]  # labels and gallery stay global
-            if self.aligned_targets:
-                yield captions, labels, self.gallery[own], own
-            else:
-                images = torch.unique(own)
-                yield captions, labels, self.gallery[images], images
+        for _ in range(len(self)):
+            if self._pass is None or self._taken >= self._batches_in_pass():
+                self._draw_pass()
+            start = self._taken * self.batch_size
+            self._taken += 1
+            shard_of, positions = (a[start : start + self.batch_size] for a in self._pass)
+            yield self._batch(shard_of, positions)
+        if not self.samples_per_epoch:
+            self._pass = None  # a full pass ends with the epoch; the next epoch draws the next pass
 
-    def get_state(self) -> torch.Tensor:
-        return self.generator.get_state()
+    def _batch(self, shard_of: np.ndarray, positions: np.ndarray):
+        """Captions (this rank's share), labels, images and image ids of one global batch."""
+        mine = self.world.local_rows(np.arange(len(positions)))
+        captions, labels, own, parts = [], [], [], []
+        for k in _in_order(shard_of):
+            at = shard_of == k
+            shard = self.shards.shards[k]
+            labels.append(shard.labels(positions[at]))
+            own.append(shard.own_images(positions[at]))
+            parts.append((k, at))
+        captions = np.empty((len(mine), self.shards.text_dim), dtype=np.float32)
+        for k, at in parts:
+            local = np.flatnonzero(at[mine])
+            captions[local] = self.shards.shards[k].read_captions(positions[mine][local])
+        labels, own_local = _stitch_rows(labels, parts, len(positions)), _stitch_rows(own, parts, len(positions))
+        offsets = np.zeros(len(positions), dtype=np.int64)
+        for k, at in parts:
+            offsets[at] = self.shards.shards[k].image_offset
+        if self.aligned_targets:
+            images = self._images_of(shard_of, own_local)
+            return self._tensors(captions, labels, images, own_local + offsets)
+        ids = own_local + offsets
+        unique, first = np.unique(ids, return_index=True)
+        images = self._images_of(shard_of[first], own_local[first])
+        return self._tensors(captions, labels, images, unique)
 
-    def set_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
+    def _images_of(self, shard_of: np.ndarray, local: np.ndarray) -> np.ndarray:
+        out = np.empty((len(local), self.shards.image_dim), dtype=np.float32)
+        for k in _in_order(shard_of):
+            at = shard_of == k
+            out[at] = self.shards.shards[k].read_images(local[at])
+        return out
+
+    def _tensors(self, captions, labels, images, image_ids):
+        def move(array, dtype=None):
+            return torch.as_tensor(array, dtype=dtype).to(self.device, non_blocking=True)
+
+        return move(captions), move(labels, torch.long), move(images), move(image_ids, torch.long)
+
+    def get_state(self) -> dict:
+        """The generator state the current pass was drawn from and how far into it training got."""
+        if self._pass is None:
+            return {"generator": self.generator.get_state(), "taken": torch.tensor(0)}
+        return {"generator": self._pass_start, "taken": torch.tensor(self._taken)}
+
+    def set_state(self, state) -> None:
+        if isinstance(state, torch.Tensor):  # checkpoints of earlier versions: at the start of a pass
+            state = {"generator": state, "taken": torch.tensor(0)}
+        self.generator.set_state(state["generator"])
+        self._pass, taken = None, int(state["taken"])
+        if taken:
+            self._draw_pass()
+            self._taken = taken
+
+
+def _in_order(shard_of: np.ndarray) -> list[int]:
+    """The shards of a batch in the order the batch reaches them."""
+    _, first = np.unique(shard_of, return_index=True)
+    return [int(shard_of[i]) for i in np.sort(first)]
+
+
+def _stitch_rows(pieces: list[np.ndarray], parts, n: int) -> np.ndarray:
+    """Per-shard pieces put back at the batch rows they came from (label rows padded with -1)."""
+    width = max((p.shape[1] for p in pieces if p.ndim == 2), default=0)
+    out = np.full((n, width) if width else (n,), -1, dtype=np.int64)
+    for piece, (_, at) in zip(pieces, parts):
+        if width:
+            piece = piece.reshape(len(piece), -1)
+            out[at, : piece.shape[1]] = piece
+        else:
+            out[at] = piece
+    return out

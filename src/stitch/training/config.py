@@ -73,6 +73,7 @@ class OptimConfig:
     batch_size: int = 512
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
+    samples_per_epoch: int = 0  # captions per epoch (dev evaluation, checkpoint); 0 = one full pass over the data
 
 
 @dataclass
@@ -96,6 +97,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     patience: int = 3  # epochs without dev MRR gain before stopping
     dev_fraction: float = 0.1  # used only when the data has no train/dev split column
+    max_dev_images: int = 25000  # caps a seeded dev split (evaluated every epoch); 0 = no cap
     eval_chunk: int = 1024
     tensorboard: bool = False  # log per-epoch metrics to RUN/tensorboard
 
@@ -159,12 +161,14 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "optim.batch_size": (2, 1 << 20),
     "optim.warmup_fraction": (0.0, 0.999),
     "optim.grad_clip": (0.0, 1e9),
+    "optim.samples_per_epoch": (0, 1 << 40),
     "inference.beta": (0.0, 1e4),
     "inference.k": (1, 1 << 20),
     "inference.bank_size": (1, 1 << 26),
     "seed": (0, 2**63 - 1),
     "patience": (1, 100_000),
     "dev_fraction": (0.0, 0.99),
+    "max_dev_images": (0, 1 << 40),
     "eval_chunk": (1, 1 << 24),
 }
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitch.data import PairedEmbeddings, train_dev_split
+from stitch.data import PairedEmbeddings
+from stitch.data.sharded import ShardedPairs
+from stitch.data.shards import ShardList
 from stitch.registries import MODELS, RESCORERS
 from stitch.retrieval.evaluate import (
     DirectionReport,
@@ -40,6 +42,7 @@ from stitch.training.distributed import Distributed
 from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
 from stitch.translators import build_model
+from stitch.translators.moments import ColumnMoments, PairMoments
 
 # per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
 SCORED_MRR_PREFIX = "dev_mrr_"
@@ -234,7 +237,7 @@ class Trainer:
 
 
 def train(
-    data: PairedEmbeddings,
+    data: PairedEmbeddings | ShardedPairs,
     config: TrainConfig | None,
     run_dir: str | Path | None = None,
     resume: bool = False,
@@ -263,7 +266,7 @@ def train(
         Run.create(run_dir, force)
     world.barrier()  # the folder exists (or creating it failed) before any rank goes on
     _seed_everything(config.seed)
-    train_set, dev_set, how = train_dev_split(data, config.dev_fraction, config.seed)
+    train_set, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
     if resume:
         _check_same_data(Path(run_dir), data, train_set, dev_set, how)
     run = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, world.is_main)
@@ -272,15 +275,13 @@ def train(
         return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None, world.is_main)
     task = Task.for_config(run.model, config, world).to(device)
     batches = CaptionBatches(
-        train_set.captions,
-        train_set.caption_image,
-        train_set.images,
+        train_set,
         config.optim.batch_size,
         device,
         seed=config.seed,
         aligned_targets=task.needs_aligned_targets,
-        relevant=None if train_set.relevance is None else train_set.relevance.padded(),
         world=world,
+        samples_per_epoch=config.optim.samples_per_epoch,
     )
     evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
     callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
@@ -292,18 +293,19 @@ def train(
     return _finish(run, state, dev_set, device, how, task.temperature, world.is_main)
 
 
-def _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, writes: bool = True) -> Run:
-    """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved."""
+def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data_source, writes=True) -> Run:
+    """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved.
+    The z-scoring and the closed-form start take one streamed pass over the training pairs."""
     model = build_model(config.model, data.text_dim, data.image_dim)
     if config.model.standardize_target:
-        model.space.fit(train_set.images)
-    with torch.no_grad():
-        targets = model.space(torch.as_tensor(train_set.images)).numpy()
+        model.space.fit_moments(ColumnMoments.of_chunks(train_set.image_chunks()))
+
+    def in_space(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.space(torch.as_tensor(images)).numpy()
+
     # closed-form fits use every caption-image link, weighted 1/(images of the caption): the mean target
-    per_caption = (
-        targets[train_set.caption_image] if train_set.relevance is None else train_set.relevance.mean_of_items(targets)
-    )
-    model.initialise(train_set.captions, per_caption, config.model)
+    model.initialise(PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks()), config.model)
     meta = {
         "split": how,
         "train_images": train_set.n_images,
@@ -374,8 +376,8 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _keep_bank(train_set: PairedEmbeddings, config: TrainConfig) -> np.ndarray:
+def _keep_bank(train_set: ShardList, config: TrainConfig) -> np.ndarray:
     """A seeded sample of training captions: the query bank of hubness-aware scoring."""
     size = min(config.inference.bank_size, train_set.n_captions)
     rows = np.sort(np.random.default_rng(config.seed).choice(train_set.n_captions, size, replace=False))
-    return train_set.captions[rows]
+    return train_set.read_captions(rows)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.translators.moments import PairMoments
 from stitch.translators.space import Standardizer
 
 
@@ -99,8 +100,9 @@ class Translator(nn.Module):
     def from_config(cls, model_cfg, text_dim: int, image_dim: int) -> Translator:
         raise NotImplementedError
 
-    def initialise(self, captions, targets, model_cfg) -> None:
-        """Fit what is closed-form (``targets``: caption-aligned image features in the model's space)."""
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
+        """Fit what is closed-form from the statistics of (caption, target) pairs, the targets being each
+        caption's image features in the model's space (one pass over the data, in RAM or on disk)."""
 
     def training_queries(self, captions: torch.Tensor) -> torch.Tensor:
         """What the loss sees for a batch of captions (by default the scoring-space queries)."""

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stitch.translators.moments import PairMoments
+
 
 class LinearMap(nn.Module):
     """``y = x @ weight + bias``; the weights come from a closed-form fit, stored as buffers."""
@@ -26,13 +28,7 @@ class LinearMap(nn.Module):
 
 def ridge_solution(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Weights and bias minimising ``|xW + b - y|^2 + alpha |W|^2`` (the bias is not penalised)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    xc = x - x_mean
-    gram = xc.T @ xc + alpha * np.eye(x.shape[1])
-    weight = np.linalg.solve(gram, xc.T @ (y - y_mean))
-    return weight, y_mean - x_mean @ weight
+    return PairMoments.of(x, y).ridge(alpha)
 
 
 def procrustes_solution(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,16 +37,14 @@ def procrustes_solution(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nd
     With different dimensions ``W`` is ``d_x x d_y`` from the SVD of ``x^T y``; a global scale
     fitted by least squares keeps the output on the target's scale.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    xc, yc = x - x_mean, y - y_mean
-    u, _, vt = np.linalg.svd(xc.T @ yc, full_matrices=False)
-    rotation = u @ vt
-    mapped = xc @ rotation
-    scale = float((mapped * yc).sum() / max((mapped * mapped).sum(), 1e-12))
-    weight = scale * rotation
-    return weight, y_mean - x_mean @ weight
+    return PairMoments.of(x, y).procrustes()
+
+
+def closed_form_solution(moments: PairMoments, model_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """``(weight, bias)`` of the configured closed-form fit (``model.init``: procrustes or ridge)."""
+    if model_cfg.init == "procrustes":
+        return moments.procrustes()
+    return moments.ridge(model_cfg.ridge_alpha)
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> LinearMap:

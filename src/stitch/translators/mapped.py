@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from stitch.translators.base import Translator
-from stitch.translators.closed_form import LinearMap, procrustes_solution, ridge_solution
+from stitch.translators.closed_form import LinearMap, closed_form_solution
+from stitch.translators.moments import PairMoments
 from stitch.translators.mlp import MLP, ResidualMLP
 
 
@@ -26,13 +27,6 @@ class MappedTranslator(Translator):
         return self.space.inverse(self.translator(captions))
 
 
-def closed_form_start(model_cfg, captions, targets):
-    """``(weight, bias)`` of the configured closed-form fit (``model.init``: procrustes or ridge)."""
-    if model_cfg.init == "procrustes":
-        return procrustes_solution(captions, targets)
-    return ridge_solution(captions, targets, model_cfg.ridge_alpha)
-
-
 class IdentityTranslator(MappedTranslator):
     """Queries and gallery already share one space (precomputed embeddings): score them as they are."""
 
@@ -45,8 +39,8 @@ class RidgeTranslator(MappedTranslator):
     def from_config(cls, model_cfg, text_dim: int, image_dim: int) -> RidgeTranslator:
         return cls(LinearMap(text_dim, image_dim), text_dim, image_dim)
 
-    def initialise(self, captions, targets, model_cfg) -> None:
-        self.translator.set(*ridge_solution(captions, targets, model_cfg.ridge_alpha))
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
+        self.translator.set(*moments.ridge(model_cfg.ridge_alpha))
 
 
 class ProcrustesTranslator(MappedTranslator):
@@ -54,8 +48,8 @@ class ProcrustesTranslator(MappedTranslator):
     def from_config(cls, model_cfg, text_dim: int, image_dim: int) -> ProcrustesTranslator:
         return cls(LinearMap(text_dim, image_dim), text_dim, image_dim)
 
-    def initialise(self, captions, targets, model_cfg) -> None:
-        self.translator.set(*procrustes_solution(captions, targets))
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
+        self.translator.set(*moments.procrustes())
 
 
 class MLPTranslator(MappedTranslator):
@@ -71,6 +65,6 @@ class ResidualTranslator(MappedTranslator):
         c = model_cfg
         return cls(ResidualMLP(text_dim, image_dim, c.hidden, c.depth, c.dropout, c.activation), text_dim, image_dim)
 
-    def initialise(self, captions, targets, model_cfg) -> None:
-        weight, bias = closed_form_start(model_cfg, captions, targets)
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
+        weight, bias = closed_form_solution(moments, model_cfg)
         self.translator.init_linear(torch.as_tensor(weight), torch.as_tensor(bias))

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.translators.base import Translator
-from stitch.translators.mapped import closed_form_start
+from stitch.translators.closed_form import closed_form_solution
+from stitch.translators.moments import PairMoments
 
 
 class SetPredictionHead(Translator):
@@ -46,9 +47,9 @@ class SetPredictionHead(Translator):
     def from_config(cls, c, text_dim: int, image_dim: int) -> SetPredictionHead:
         return cls(text_dim, image_dim, c.slots, c.hidden, c.slot_dropout, c.aggregation)
 
-    def initialise(self, captions, targets, model_cfg) -> None:
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
         """Start the global translation from the configured closed-form fit."""
-        weight, bias = closed_form_start(model_cfg, captions, targets)
+        weight, bias = closed_form_solution(moments, model_cfg)
         with torch.no_grad():
             self.global_map.weight.copy_(torch.as_tensor(weight, dtype=torch.float32).T)
             self.global_map.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))

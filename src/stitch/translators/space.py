@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stitch.translators.moments import ColumnMoments
+
 
 class Standardizer(nn.Module):
     """``(y - mean) / std`` per feature, and its inverse; identity when not fitted."""
@@ -16,9 +18,12 @@ class Standardizer(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def fit(self, y: np.ndarray) -> Standardizer:
-        y = np.asarray(y, dtype=np.float64)
-        self.mean.copy_(torch.as_tensor(y.mean(0), dtype=torch.float32))
-        self.std.copy_(torch.as_tensor(np.maximum(y.std(0), 1e-6), dtype=torch.float32))
+        return self.fit_moments(ColumnMoments.of_chunks([y]))
+
+    def fit_moments(self, moments: ColumnMoments) -> Standardizer:
+        """Fit from column statistics gathered in one pass (over shards on disk as well as arrays)."""
+        self.mean.copy_(torch.as_tensor(moments.mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(np.maximum(moments.std, 1e-6), dtype=torch.float32))
         return self
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

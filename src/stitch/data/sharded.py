@@ -1,0 +1,308 @@
+"""Pairs that stay on disk: stitch's sharded layout, opened memory-mapped, and its writer.
+
+A folder holds ``stitch-shards.json`` (dimensions, dtype, encoders, each shard's sizes) and per shard
+``NNNNN.captions.npy`` / ``NNNNN.images.npy`` (float16 or float32), ``NNNNN.caption_image.npy`` (local
+image row of each caption) and optional string columns (``caption_ids``, ``caption_texts``,
+``image_names``, ``image_split``). A shard holds whole images: every caption of an image is in the
+image's shard, so a split by image never cuts a shard's caption from its image.
+
+Opening checks every shard's shapes, dimensions and index ranges (cheap: the embeddings are not read);
+values are checked for NaN/Inf when written and again whenever a batch or a dev set reads them, with the
+shard and row named. ``stitch convert`` writes this layout from any supported one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from stitch.data.dataset import PairedEmbeddings
+from stitch.data.errors import DataError, describe_rows
+from stitch.data.shards import CHUNK_ROWS, Shard, ShardList, read_checked
+
+MANIFEST = "stitch-shards.json"
+FORMAT = "stitch-shards"
+VERSION = 1
+TEXT_COLUMNS = ("caption_ids", "caption_texts")
+IMAGE_COLUMNS = ("image_names", "image_split")
+DTYPES = ("float16", "float32")
+
+
+@dataclass
+class ShardedPairs:
+    """Paired embeddings as shards (memory-mapped when read from disk); splits and dev sets read only what
+    they need. Optional per-shard columns live in ``columns[name][shard]``."""
+
+    shards: list[Shard]
+    columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    encoders: dict = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.shards:
+            raise DataError(f"{self.source or 'the data'}: no shards")
+        offsets = np.concatenate([[0], np.cumsum([len(s.images) for s in self.shards])[:-1]])
+        self.shards = [replace(s, image_offset=int(o)) for s, o in zip(self.shards, offsets)]
+        for k, shard in enumerate(self.shards):
+            check_shard(shard, self.shards[0], f"{self.source} shard {k} ({shard.name})")
+        for name, values in self.columns.items():
+            for k, (shard, column) in enumerate(zip(self.shards, values)):
+                want = len(shard.captions) if name in TEXT_COLUMNS else len(shard.images)
+                if len(column) != want:
+                    raise DataError(f"{self.source} shard {k}: column {name} has {len(column)} rows, expected {want}")
+
+    @property
+    def n_captions(self) -> int:
+        return sum(len(s.captions) for s in self.shards)
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(s.images) for s in self.shards)
+
+    @property
+    def text_dim(self) -> int:
+        return self.shards[0].captions.shape[1]
+
+    @property
+    def image_dim(self) -> int:
+        return self.shards[0].images.shape[1]
+
+    def split_names(self) -> list[str]:
+        values = self.columns.get("image_split")
+        return [] if values is None else sorted(set().union(*(set(np.unique(v).tolist()) for v in values)))
+
+    def holdout(
+        self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
+    ) -> tuple[ShardList, PairedEmbeddings, str]:
+        """Train view (read on demand) and the dev images with their captions in memory, split by image:
+        the data's own ``train``/``dev`` column when it has one, else seeded (as the in-memory split)."""
+        from stitch.data.splits import random_image_split
+
+        names = self.split_names()
+        if "train" in names and "dev" in names:
+            split = np.concatenate(self.columns["image_split"])
+            train, dev, how = split == "train", split == "dev", "the file's split column"
+        else:
+            parts = random_image_split(self.n_images, {"dev": dev_fraction}, seed=seed, max_size=max_dev_images)
+            train, dev = np.zeros(self.n_images, bool), np.zeros(self.n_images, bool)
+            train[parts["train"]], dev[parts["dev"]] = True, True
+            how = f"seeded image split (dev fraction {dev_fraction}, seed {seed})"
+            if max_dev_images and len(parts["dev"]) == max_dev_images:
+                how += f", dev capped at {max_dev_images} images"
+        return self.view(train), self.gather(dev), how
+
+    def view(self, image_mask: np.ndarray) -> ShardList:
+        """The images marked in ``image_mask`` (global ids) and their captions, read on demand."""
+        views = []
+        for shard in self.shards:
+            mine = image_mask[shard.image_offset : shard.image_offset + len(shard.images)]
+            rows = np.flatnonzero(mine[np.asarray(shard.caption_image)]).astype(_index_dtype(len(shard.captions)))
+            views.append(shard.view(rows, np.flatnonzero(mine).astype(_index_dtype(len(shard.images)))))
+        return ShardList(views)
+
+    def gather(self, image_mask: np.ndarray) -> PairedEmbeddings:
+        """The marked images and all their captions as an in-memory :class:`PairedEmbeddings`."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("captions", "images", "caption_image")}
+        extra: dict[str, list[np.ndarray]] = {k: [] for k in self.columns}
+        taken = 0
+        for k, shard in enumerate(self.shards):
+            images = np.flatnonzero(image_mask[shard.image_offset : shard.image_offset + len(shard.images)])
+            if not len(images):
+                continue
+            remap = np.full(len(shard.images), -1, dtype=np.int64)
+            remap[images] = np.arange(len(images)) + taken
+            rows = np.flatnonzero(remap[np.asarray(shard.caption_image)] >= 0)
+            where = f"{self.source} shard {k} ({shard.name})"
+            parts["captions"].append(read_checked(shard.captions, rows, f"{where} captions"))
+            parts["images"].append(read_checked(shard.images, images, f"{where} images"))
+            parts["caption_image"].append(remap[np.asarray(shard.caption_image)[rows]])
+            for name, values in self.columns.items():
+                extra[name].append(np.asarray(values[k][rows if name in TEXT_COLUMNS else images]))
+            taken += len(images)
+        if not taken:
+            raise DataError(f"{self.source}: the selection holds no images")
+        joined = {k: np.concatenate(v) for k, v in {**parts, **extra}.items()}
+        return PairedEmbeddings(**joined, encoders=dict(self.encoders), allow_images_without_captions=True)
+
+    def to_memory(self) -> PairedEmbeddings:
+        """Every pair in RAM (float32): for data that fits, or to evaluate a whole file."""
+        return self.gather(np.ones(self.n_images, dtype=bool))
+
+
+def _index_dtype(n: int) -> type:
+    return np.int32 if n < 2**31 else np.int64
+
+
+def check_shard(shard: Shard, first: Shard, where: str) -> None:
+    """Shapes, dtypes, dimensions (against the first shard) and index ranges, without reading embeddings."""
+    for name, matrix in (("captions", shard.captions), ("images", shard.images)):
+        if matrix.ndim != 2 or 0 in matrix.shape[1:]:
+            raise DataError(f"{where}: {name} must be a rows x dims matrix, got shape {matrix.shape}")
+        if matrix.dtype.kind != "f":
+            raise DataError(f"{where}: {name} must be floating point (float16/float32), got {matrix.dtype}")
+    for name, a, b in (("text", shard.captions, first.captions), ("image", shard.images, first.images)):
+        if a.shape[1] != b.shape[1]:
+            raise DataError(f"{where}: {name} dimension {a.shape[1]} differs from the first shard's {b.shape[1]}")
+    owner = np.asarray(shard.caption_image)
+    if owner.shape != (len(shard.captions),) or owner.dtype.kind not in "iu":
+        raise DataError(
+            f"{where}: caption->image index must be {len(shard.captions)} integers (one per caption), "
+            f"got {owner.dtype} {owner.shape}"
+        )
+    bad = np.flatnonzero((owner < 0) | (owner >= len(shard.images)))
+    if len(bad):
+        raise DataError(f"{where}: caption->image index out of range [0, {len(shard.images)}) in {describe_rows(bad)}")
+
+
+def is_sharded_folder(path: Path) -> bool:
+    return path.is_dir() and (path / MANIFEST).exists()
+
+
+def open_sharded(path: str | Path) -> ShardedPairs:
+    """Open a stitch sharded folder memory-mapped (nothing but the small index arrays is read)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    shards, columns = [], {}
+    for k, entry in enumerate(manifest["shards"]):
+        name = _shard_name(entry, path, k)
+        captions = _open_npy(path, f"{name}.captions.npy", mmap=True)
+        images = _open_npy(path, f"{name}.images.npy", mmap=True)
+        for label, matrix, want in (("captions", captions, entry.get("captions")), ("images", images, entry.get("images"))):
+            if len(matrix) != want:
+                raise DataError(
+                    f"{path}: shard {name} {label} has {len(matrix)} rows but the manifest says {want} "
+                    "(truncated or replaced?)"
+                )
+        owner = _open_npy(path, f"{name}.caption_image.npy", mmap=False)
+        shards.append(Shard(captions, images, owner, name=name))
+        for column in TEXT_COLUMNS + IMAGE_COLUMNS:
+            if column in manifest.get("columns", []):
+                columns.setdefault(column, []).append(_open_npy(path, f"{name}.{column}.npy", mmap=True))
+    return ShardedPairs(shards, columns, dict(manifest.get("encoders", {})), source=str(path))
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: no {MANIFEST}; not a stitch sharded folder (stitch convert writes one)") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}/{MANIFEST} is not valid JSON (truncated?): {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}/{MANIFEST} is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise DataError(f"{path}: layout version {manifest.get('version')!r}; this stitch reads version {VERSION}")
+    if not isinstance(manifest.get("shards"), list) or not manifest["shards"]:
+        raise DataError(f"{path}/{MANIFEST} lists no shards")
+    return manifest
+
+
+def _shard_name(entry, path: Path, k: int) -> str:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name.isalnum():
+        raise DataError(f"{path}/{MANIFEST}: shard {k} has no valid name (letters and digits only), got {name!r}")
+    return name
+
+
+def _open_npy(folder: Path, name: str, mmap: bool) -> np.ndarray:
+    file = folder / name
+    if not file.exists():
+        raise DataError(f"{file}: missing (the manifest lists it)")
+    try:
+        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as err:
+        raise DataError(f"{file}: not a readable .npy array (truncated, corrupt or pickled?): {err}") from err
+
+
+def write_sharded(
+    data: ShardedPairs, out: str | Path, shard_rows: int = 262_144, dtype: str = "float16", force: bool = False
+) -> Path:
+    """Write ``data`` in stitch's layout: whole images per shard, about ``shard_rows`` captions each, every
+    value checked finite. The folder appears only when complete; an existing one is replaced only with
+    ``force``."""
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise DataError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        entries = [_write_block(data, tmp, n, block, dtype) for n, block in enumerate(_blocks(data, shard_rows))]
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "text_dim": data.text_dim,
+            "image_dim": data.image_dim,
+            "dtype": dtype,
+            "encoders": data.encoders,
+            "columns": sorted(data.columns),
+            "shards": entries,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+@dataclass
+class _Block:
+    shard: int  # input shard
+    images: np.ndarray  # input image rows, a contiguous range
+    rows: np.ndarray  # input caption rows of those images, ordered by image (stable)
+    where: str
+
+
+def _blocks(data: ShardedPairs, shard_rows: int) -> Iterator[_Block]:
+    """Contiguous image ranges of each input shard holding about ``shard_rows`` captions each."""
+    for k, shard in enumerate(data.shards):
+        owner = np.asarray(shard.caption_image, dtype=np.int64)
+        order = np.argsort(owner, kind="stable")
+        ends = np.searchsorted(owner[order], np.arange(len(shard.images)), side="right")  # captions up to image i
+        start_image, start_row = 0, 0
+        while start_image < len(shard.images):
+            stop = int(np.searchsorted(ends, start_row + shard_rows, side="right"))
+            stop = max(stop, start_image + 1)
+            end_row = int(ends[stop - 1])
+            yield _Block(k, np.arange(start_image, stop), order[start_row:end_row], f"{data.source} shard {k}")
+            start_image, start_row = stop, end_row
+
+
+def _write_block(data: ShardedPairs, folder: Path, number: int, block: _Block, dtype: str) -> dict:
+    name, shard = f"{number:05d}", data.shards[block.shard]
+    _copy_rows(shard.captions, block.rows, folder, f"{name}.captions.npy", dtype, f"{block.where} captions")
+    _copy_rows(shard.images, block.images, folder, f"{name}.images.npy", dtype, f"{block.where} images")
+    owner = np.asarray(shard.caption_image, dtype=np.int64)[block.rows] - block.images[0]
+    _save(folder, f"{name}.caption_image.npy", owner.astype(_index_dtype(len(block.images))))
+    for column, values in data.columns.items():
+        picked = np.asarray(values[block.shard][block.rows if column in TEXT_COLUMNS else block.images])
+        _save(folder, f"{name}.{column}.npy", picked.astype(str))
+    return {"name": name, "captions": len(block.rows), "images": len(block.images)}
+
+
+def _save(folder: Path, name: str, values: np.ndarray) -> None:
+    with open(folder / name, "wb") as handle:
+        np.save(handle, values, allow_pickle=False)
+
+
+def _copy_rows(source: np.ndarray, rows: np.ndarray, folder: Path, name: str, dtype: str, where: str) -> None:
+    """``source[rows]`` written as ``dtype`` chunk by chunk (memory stays at one chunk), checked finite."""
+    target = np.lib.format.open_memmap(folder / name, mode="w+", dtype=dtype, shape=(len(rows), source.shape[1]))
+    for start in range(0, len(rows), CHUNK_ROWS):
+        picked = rows[start : start + CHUNK_ROWS]
+        values = read_checked(source, picked, where)
+        if dtype == "float16" and np.abs(values).max(initial=0) > np.finfo(np.float16).max:
+            raise DataError(f"{where} has values beyond float16's range; convert with --dtype float32")
+        target[start : start + len(picked)] = values
+    target.flush()
+    del target
