@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from stitch.losses import InfoNCELoss
 from stitch.data import PairedEmbeddings
+from stitch.losses import InfoNCELoss
 from stitch.training.batching import CaptionBatches
 from stitch.training.config import ModelConfig
 from stitch.translators import build_model

@@ -74,7 +74,7 @@ def test_several_shards_visit_every_train_caption_once_per_pass(tmp_path):
     seen = torch.cat([captions for captions, *_ in batches.epoch()])
     assert len(seen) == train.n_captions
     assert len(torch.unique(seen, dim=0)) == train.n_captions  # each once
-    for captions, labels, images, ids in CaptionBatches(train, 50, seed=1).epoch():
+    for _, labels, images, ids in CaptionBatches(train, 50, seed=1).epoch():
         assert torch.equal(images, torch.as_tensor(data.images[ids.numpy()]))  # global ids name the right rows
         assert set(labels.tolist()) == set(ids.tolist())
 

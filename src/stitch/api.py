@@ -41,6 +41,22 @@ def load(
     return read_npy_triplet(captions, images, index, **kwargs)
 
 
+def convert(
+    source: str | Path,
+    out: str | Path,
+    shard_rows: int = 262_144,
+    dtype: str = "float16",
+    image_key: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write any supported paired layout as stitch's sharded layout (whole images per shard, memory-mapped
+    when read back), so large data is prepared once and then streamed."""
+    from stitch.data.sharded import ShardedPairs, write_sharded
+
+    opened = load_pairs(source, image_key=image_key) if image_key else load_pairs(source)
+    return write_sharded(ShardedPairs.of(opened, str(source)), out, shard_rows, dtype, force)
+
+
 def train(
     data: PairedEmbeddings,
     config: TrainConfig | str | Path | None = None,

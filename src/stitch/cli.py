@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,11 @@ from stitch import registries
 
 
 def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--data", help="paired file: .npz (Flickr8k or AML layout) or .pt dict")
+    parser.add_argument(
+        "--data",
+        help="paired data: .npz (Flickr8k or AML layout), .pt dict, a query/item folder, or a folder on disk "
+        "(stitch sharded, clip-retrieval embeddings, Parquet/Arrow tables, Hugging Face datasets)",
+    )
     parser.add_argument("--captions", help="captions .npy (with --images and --index instead of --data)")
     parser.add_argument("--images", help="images .npy")
     parser.add_argument("--index", help="caption->image index .npy (int)")
@@ -26,6 +31,8 @@ def _load_data(args):
 
 
 def cmd_train(args) -> int:
+    if args.nproc:
+        return _relaunch_under_torchrun(args.nproc)
     from stitch import api
     from stitch.packaged import resolve
     from stitch.recipes import recipe_overrides
@@ -52,9 +59,56 @@ def cmd_train(args) -> int:
     )
     from stitch.retrieval.evaluate import format_reports
 
-    print(f"run: {out}")
-    print(f"split: {result.split}; best epoch {result.best_epoch}")
-    print(format_reports(result.dev_reports))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank reports
+        print(f"run: {out}")
+        print(f"split: {result.split}; best epoch {result.best_epoch}")
+        print(format_reports(result.dev_reports))
+    return 0
+
+
+def _relaunch_under_torchrun(nproc: int) -> int:
+    """``stitch train --nproc N ...``: the same command under torchrun (PyTorch's launcher, which watches the
+    workers and stops the job when one dies), N processes on this machine. Every rank needs the same
+    run folder, so ``--out`` is required."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
+        raise ValueError("--nproc needs --out: every process must write to (rank 0) and read the same run folder")
+    kept = _without_option(argv, "--nproc")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*command, "-m", "stitch", *kept])
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
+
+
+def cmd_convert(args) -> int:
+    from stitch import api
+
+    out = api.convert(
+        args.source,
+        args.out,
+        shard_rows=args.shard_rows,
+        dtype=args.dtype,
+        image_key=args.image_key,
+        force=args.force,
+    )
+    opened = api.load(out)
+    print(
+        f"wrote {opened.n_captions} captions of {opened.n_images} images in {len(opened.shards)} shard(s) "
+        f"({args.dtype}) to {out}"
+    )
     return 0
 
 
@@ -426,6 +480,12 @@ def _parser_train(sub) -> None:
         "--force-config", action="store_true", help="with --resume: continue with a config that differs from the run's"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        help="data-parallel processes on this machine: relaunches this command under torchrun (needs --out)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.name=mlp")
     p.set_defaults(func=cmd_train)
 
@@ -647,6 +707,20 @@ def _parser_recipes(sub) -> None:
     p.set_defaults(func=cmd_recipes)
 
 
+def _parser_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="write any supported data layout as stitch's sharded layout (memory-mapped, read on demand)",
+    )
+    p.add_argument("source", help="a paired file or folder (npz, .pt, clip-retrieval, Parquet/Arrow, HF datasets)")
+    p.add_argument("out", help="output folder (refused if it exists, unless --force)")
+    p.add_argument("--shard-rows", type=int, default=262_144, help="captions per shard, at most (whole images)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="embedding precision on disk")
+    p.add_argument("--image-key", help="column whose equal values are one image (rows of clip-retrieval/tables)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_convert)
+
+
 def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
     p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")
@@ -662,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     for add in (
         _parser_train,
+        _parser_convert,
         _parser_evaluate,
         _parser_index,
         _parser_search,

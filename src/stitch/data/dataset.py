@@ -205,6 +205,10 @@ class PairedEmbeddings:
             raise DataError(f"split {name!r} not found; the data has {self.split_names()}")
         return self.subset_images(rows)
 
+    def select(self, split: str | None = None) -> PairedEmbeddings:
+        """The pairs of split ``split`` (all when None) in memory; the contract sharded data shares."""
+        return self if split is None else self.split(split)
+
     def shards(self) -> ShardList:
         """These pairs as one in-memory shard: what training reads (data on disk is several)."""
         relevant = None if self.relevance is None else self.relevance.padded()

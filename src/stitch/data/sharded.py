@@ -14,6 +14,7 @@ shard and row named. ``stitch convert`` writes this layout from any supported on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ import numpy as np
 from stitch.data.dataset import PairedEmbeddings
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.shards import CHUNK_ROWS, Shard, ShardList, read_checked
+from stitch.io.atomic import current_umask
+from stitch.io.progress import chunk_starts
 
 MANIFEST = "stitch-shards.json"
 FORMAT = "stitch-shards"
@@ -56,6 +59,21 @@ class ShardedPairs:
                 want = len(shard.captions) if name in TEXT_COLUMNS else len(shard.images)
                 if len(column) != want:
                     raise DataError(f"{self.source} shard {k}: column {name} has {len(column)} rows, expected {want}")
+
+    @classmethod
+    def of(cls, data: PairedEmbeddings | ShardedPairs, source: str = "") -> ShardedPairs:
+        """Any pairs as shards: sharded data itself, in-memory pairs as one shard (what ``stitch convert``
+        writes out from an npz or ``.pt`` file)."""
+        if isinstance(data, ShardedPairs):
+            return data
+        if data.relevance is not None:
+            raise DataError(
+                f"{source or 'the data'} relates captions to several images; the sharded layout holds one image "
+                "per caption, so keep many-to-many data in an npz (relevance/*) file"
+            )
+        named = {k: getattr(data, k) for k in TEXT_COLUMNS + IMAGE_COLUMNS}
+        columns = {k: [v] for k, v in named.items() if v is not None}
+        return cls([Shard(data.captions, data.images, data.caption_image)], columns, dict(data.encoders), source)
 
     @property
     def n_captions(self) -> int:
@@ -130,6 +148,14 @@ class ShardedPairs:
         joined = {k: np.concatenate(v) for k, v in {**parts, **extra}.items()}
         return PairedEmbeddings(**joined, encoders=dict(self.encoders), allow_images_without_captions=True)
 
+    def select(self, split: str | None = None) -> PairedEmbeddings:
+        """The images of split ``split`` (all when None) with their captions, read into memory."""
+        if split is None:
+            return self.to_memory()
+        if split not in self.split_names():
+            raise DataError(f"split {split!r} not found; the data has {self.split_names()}")
+        return self.gather(np.concatenate(self.columns["image_split"]) == split)
+
     def to_memory(self) -> PairedEmbeddings:
         """Every pair in RAM (float32): for data that fits, or to evaluate a whole file."""
         return self.gather(np.ones(self.n_images, dtype=bool))
@@ -173,7 +199,8 @@ def open_sharded(path: str | Path) -> ShardedPairs:
         name = _shard_name(entry, path, k)
         captions = _open_npy(path, f"{name}.captions.npy", mmap=True)
         images = _open_npy(path, f"{name}.images.npy", mmap=True)
-        for label, matrix, want in (("captions", captions, entry.get("captions")), ("images", images, entry.get("images"))):
+        for label, matrix in (("captions", captions), ("images", images)):
+            want = entry.get(label)
             if len(matrix) != want:
                 raise DataError(
                     f"{path}: shard {name} {label} has {len(matrix)} rows but the manifest says {want} "
@@ -246,6 +273,7 @@ def write_sharded(
             "shards": entries,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private; the output gets the user's umask
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -298,7 +326,7 @@ def _save(folder: Path, name: str, values: np.ndarray) -> None:
 def _copy_rows(source: np.ndarray, rows: np.ndarray, folder: Path, name: str, dtype: str, where: str) -> None:
     """``source[rows]`` written as ``dtype`` chunk by chunk (memory stays at one chunk), checked finite."""
     target = np.lib.format.open_memmap(folder / name, mode="w+", dtype=dtype, shape=(len(rows), source.shape[1]))
-    for start in range(0, len(rows), CHUNK_ROWS):
+    for start in chunk_starts(len(rows), CHUNK_ROWS, f"writing {name}"):
         picked = rows[start : start + CHUNK_ROWS]
         values = read_checked(source, picked, where)
         if dtype == "float16" and np.abs(values).max(initial=0) > np.finfo(np.float16).max:

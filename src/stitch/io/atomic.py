@@ -41,7 +41,7 @@ def ensure_writable(path: str | Path, force: bool = False) -> Path:
     return path
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (changing it races other threads)."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -175,7 +175,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         _fsync_file(Path(tmp))
         os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -58,7 +58,8 @@ class CaptionBatches:
         order = range(len(self.shards))
         if len(self.shards) > 1:
             order = torch.randperm(len(self.shards), generator=self.generator).tolist()
-        visits = [(k, torch.randperm(self.shards.shards[k].n_captions, generator=self.generator).numpy()) for k in order]
+        sizes = [shard.n_captions for shard in self.shards.shards]
+        visits = [(k, torch.randperm(sizes[k], generator=self.generator).numpy()) for k in order]
         shard_of = np.concatenate([np.full(len(p), k, dtype=np.int32) for k, p in visits])
         self._pass = [shard_of, np.concatenate([p for _, p in visits])]
         self._taken = 0

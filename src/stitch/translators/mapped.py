@@ -9,8 +9,8 @@ from torch import nn
 
 from stitch.translators.base import Translator
 from stitch.translators.closed_form import LinearMap, closed_form_solution
-from stitch.translators.moments import PairMoments
 from stitch.translators.mlp import MLP, ResidualMLP
+from stitch.translators.moments import PairMoments
 
 
 class MappedTranslator(Translator):
