@@ -149,3 +149,55 @@ def test_a_killed_distributed_run_resumes_to_the_weights_of_an_uninterrupted_one
     assert max(float((whole[k] - cut[k]).abs().max()) for k in whole) < TOLERANCE
     epochs = np.genfromtxt(tmp_path / "cut" / "metrics.csv", delimiter=",", names=True)["epoch"]
     assert epochs.tolist() == [0, 1, 2, 3]  # each epoch once, none lost or repeated
+
+
+def test_stitch_train_nproc_streams_shards_on_disk_to_the_weights_of_one_process(data_file, tmp_path):
+    """`stitch train --nproc 2` (torchrun underneath) on a multi-shard folder, with epochs of a fixed number of
+    samples crossing pass boundaries: every rank reads its share of each batch from disk, and the weights
+    equal one process reading the same folder; the final table is printed once."""
+    from stitch import api
+
+    folder = api.convert(data_file, tmp_path / "shards", shard_rows=100, dtype="float32")
+    overrides = [*LOSSES["infonce + memory queue"], "optim.samples_per_epoch=448", "optim.epochs=3"]
+    train(folder, tmp_path / "one", overrides, 1)
+    stitch = ["-m", "stitch", "train", "--nproc", "2", "--data", str(folder), "--out", str(tmp_path / "two")]
+    done = subprocess.run([sys.executable, *stitch, "--quiet", *COMMON, *overrides], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("text->image") == 1  # one rank reports
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < TOLERANCE
+    assert len(json.loads((folder / "stitch-shards.json").read_text())["shards"]) == 6
+
+
+DYING_RANK = """
+import os, sys
+from stitch import cli
+from stitch.training import trainer
+
+real = trainer.Trainer.train_epoch
+
+
+def train_epoch(self, epoch, state):
+    if epoch == 1 and os.environ["RANK"] == "1":
+        os._exit(3)  # rank 1 dies mid-job, without a word to its peer
+    return real(self, epoch, state)
+
+
+trainer.Trainer.train_epoch = train_epoch
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_that_dies_fails_the_job_instead_of_hanging(data_file, tmp_path):
+    import time
+
+    script = tmp_path / "dying.py"
+    script.write_text(DYING_RANK)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    stitch = ["train", "--data", str(data_file), "--out", str(tmp_path / "run"), "--quiet", *COMMON, "optim.epochs=4"]
+    started = time.time()
+    done = subprocess.run([*launcher, *stitch], capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert time.time() - started < 120  # torchrun stops the surviving rank; nothing waits for the 10-minute timeout
+    assert "exitcode  : 3" in done.stderr or "exit code 3" in done.stderr.lower(), done.stderr[-2000:]
