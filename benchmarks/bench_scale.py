@@ -34,7 +34,8 @@ BLOCK = 8192  # rows generated together (one seeded generator per block)
 
 
 class SyntheticMatrix:
-    """Rows of ``z @ mix + noise`` (``side`` 1: captions, 2: images; both share the row's latent ``z``) made on demand from per-block seeds, so 4M x 1024 floats never sit in RAM
+    """Rows of ``z @ mix + noise`` (``side`` 1: captions, 2: images; both share the row's latent ``z``) made
+    on demand from per-block seeds, so 4M x 1024 floats never sit in RAM
     (``write_sharded`` reads them chunk by chunk)."""
 
     def __init__(self, n: int, dim: int, side: int, seed: int = 0) -> None:
@@ -146,7 +147,8 @@ def main() -> None:
         "2-process DDP small": measure(small, "stream", args.ddp_drawn, nproc=2),
     }
     gib = 2**30
-    print(f"\n{'run':22} {'pairs':>10} {'drawn':>10} {'samples/s':>10} {'peak RssAnon':>13} {'setup s':>8} {'dev MRR':>8}")
+    header = f"{'run':22} {'pairs':>10} {'drawn':>10} {'samples/s':>10} {'peak RssAnon':>13} {'setup s':>8}"
+    print(f"\n{header} {'dev MRR':>8}")
     for name, r in runs.items():
         setup = r["total_seconds"] - r["train_seconds"]
         print(
@@ -157,7 +159,8 @@ def main() -> None:
     speed = runs["streamed small"]["samples_per_s"] / runs["in memory small"]["samples_per_s"]
     ddp = runs["2-process DDP small"]["samples_per_s"] / runs["streamed small"]["samples_per_s"]
     print(f"\npeak RssAnon large / small: {ratio_rss:.3f} (target <= 1.2)")
-    print(f"peak RssAnon at {args.sizes[1]:,} pairs: {runs['streamed large']['peak_rss_anon'] / gib:.2f} GiB (target < 3)")
+    large_gib = runs["streamed large"]["peak_rss_anon"] / gib
+    print(f"peak RssAnon at {args.sizes[1]:,} pairs: {large_gib:.2f} GiB (target < 3)")
     print(f"streamed / in-memory samples/s: {speed:.3f} (target >= 0.8)")
     print(f"2-process DDP / 1-process samples/s on {os.cpu_count()} cores: {ddp:.3f}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

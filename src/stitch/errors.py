@@ -19,6 +19,7 @@ EXTRAS = {
     "transformers": "encode",
     "model2vec": "encode",
     "onnxruntime": "onnx",
+    "pyarrow": "ondisk",
     "sklearn": "metric",
     "umap": "pip:umap-learn",
     "tensorboard": "pip:tensorboard",

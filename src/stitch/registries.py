@@ -112,14 +112,17 @@ ACTIVATIONS = Registry(
 )
 
 _L = "stitch.losses"
-# kind: regression (needs row-aligned targets), pair (negatives from the batch; a queue can add more), set
+# kind: regression (needs row-aligned targets), pair (negatives from the batch; a queue can add more), set;
+# temperature: the loss has a temperature a schedule can set
 LOSSES = Registry(
     "loss",
     {
         "mse": Entry(f"{_L}.regression:MSELoss", "squared error to the image", {"kind": "regression"}),
         "cosine": Entry(f"{_L}.regression:CosineLoss", "1 - cosine to the image", {"kind": "regression"}),
-        "infonce": Entry(f"{_L}.infonce:InfoNCELoss", "multi-positive symmetric InfoNCE", {"kind": "pair"}),
-        "siglip": Entry(f"{_L}.siglip:SigLIPLoss", "sigmoid pairwise loss", {"kind": "pair"}),
+        "infonce": Entry(
+            f"{_L}.infonce:InfoNCELoss", "multi-positive symmetric InfoNCE", {"kind": "pair", "temperature": True}
+        ),
+        "siglip": Entry(f"{_L}.siglip:SigLIPLoss", "sigmoid pairwise loss", {"kind": "pair", "temperature": True}),
         "contrastive": Entry(f"{_L}.metric:ContrastiveLoss", "siamese margin loss", {"kind": "pair"}),
         "triplet": Entry(f"{_L}.metric:TripletMarginLoss", "triplet margin loss", {"kind": "pair"}),
         "set-triplet": Entry(f"{_L}.set_losses:SetTripletLoss", "triplet on Sinkhorn-matched sets", {"kind": "set"}),
@@ -135,6 +138,16 @@ MINERS = Registry(
         "semihard": Entry(f"{_L}.miners:SemiHardTripletMiner", "negatives farther than the positive, within margin"),
         "hardest": Entry(f"{_L}.miners:BatchHardMiner", "hardest positive and negative per anchor"),
         "distance-weighted": Entry(f"{_L}.miners:DistanceWeightedMiner", "negatives sampled by inverse density"),
+    },
+)
+
+# the order a training pass visits a shard's captions in (stitch.training.sampling)
+SAMPLERS = Registry(
+    "sampler",
+    {
+        "random": Entry("stitch.training.sampling:RandomOrder", "a random permutation of the captions"),
+        "grouped": Entry("stitch.training.sampling:GroupedOrder", "whole images: all captions of an image together"),
+        "hard": Entry("stitch.training.sampling:HardOrder", "whole images, similar images (k-means) in one batch"),
     },
 )
 

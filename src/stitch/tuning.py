@@ -272,7 +272,7 @@ def _train_and_score(data: PairedEmbeddings, config, space: SearchSpace, run_dir
     from stitch import api
 
     result = api.train(data, config, out=run_dir, force=True, progress=False, epoch_callback=epoch_callback)
-    target = data.split("dev") if "dev" in data.split_names() else data
+    target = data.select("dev" if "dev" in data.split_names() else None)
     metrics = api.evaluate(result, target, rerank=None if space.scoring == "run" else "none")[0].metrics
     if space.objective not in metrics:
         raise ConfigError(f"objective {space.objective!r} is not a metric; choose from {sorted(metrics)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data.dataset import DataError, PairedEmbeddings, Queries
+from stitch.data.layouts import detect_layout, open_layout
 from stitch.data.query_items import is_query_items_folder, read_query_items
 from stitch.data.relevance import Relevance
 from stitch.data.sharded import ShardedPairs, is_sharded_folder, open_sharded
@@ -278,6 +279,8 @@ def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings | ShardedPairs:
         return read_query_items(path, **kwargs)
     if is_sharded_folder(path):
         return open_sharded(path)
+    if detect_layout(path) is not None:
+        return open_layout(path, **kwargs)
     if path.suffix == ".pt":
         return read_pt(path, **kwargs)
     if path.suffix != ".npz":

@@ -100,6 +100,11 @@ class ShardList:
         return int(self.starts[-1])
 
     @property
+    def label_width(self) -> int:
+        """0 when every caption has one image (labels are ids), else the widest padded row of relevant images."""
+        return max((0 if s.relevant is None else s.relevant.shape[1] for s in self.shards), default=0)
+
+    @property
     def n_images(self) -> int:
         return sum(s.n_images for s in self.shards)
 

@@ -34,6 +34,9 @@ class MinedLoss(PairLoss):
     def extra_state(self) -> dict[str, float]:
         return self.loss.extra_state()
 
+    def set_temperature(self, temperature: float) -> None:
+        self.loss.set_temperature(temperature)
+
 
 def build_loss(
     name: str,

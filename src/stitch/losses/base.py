@@ -34,3 +34,7 @@ class PairLoss(nn.Module):
     def extra_state(self) -> dict[str, float]:
         """Scalars worth logging per epoch (e.g. a learnt temperature)."""
         return {}
+
+    def set_temperature(self, temperature: float) -> None:
+        """Set the temperature (a schedule's step); losses without one refuse."""
+        raise ValueError(f"{type(self).__name__} has no temperature to schedule")

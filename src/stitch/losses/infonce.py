@@ -61,5 +61,9 @@ class InfoNCELoss(PairLoss):
             loss = (loss + multi_positive_nll(logits.T.float(), positive.T)) / 2
         return loss
 
+    def set_temperature(self, temperature: float) -> None:
+        with torch.no_grad():
+            self.log_scale.fill_(math.log(1.0 / temperature))
+
     def extra_state(self) -> dict[str, float]:
         return {"temperature": self.temperature}

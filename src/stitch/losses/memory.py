@@ -55,3 +55,6 @@ class MemoryQueue(PairLoss):
 
     def extra_state(self) -> dict[str, float]:
         return self.loss.extra_state()
+
+    def set_temperature(self, temperature: float) -> None:
+        self.loss.set_temperature(temperature)

@@ -56,5 +56,9 @@ class SigLIPLoss(PairLoss):
                 total = total + _chunk_loss(*args)
         return total / len(embeddings)
 
+    def set_temperature(self, temperature: float) -> None:
+        with torch.no_grad():
+            self.log_scale.fill_(math.log(1.0 / temperature))
+
     def extra_state(self) -> dict[str, float]:
         return {"temperature": float(1 / self.log_scale.detach().exp()), "bias": float(self.bias.detach())}

@@ -194,7 +194,7 @@ def build_report(
     opened = api.open(run)  # before anything is written: a bad run leaves no half-made output
     out = ensure_writable(out, force)
     data = api.load(data_path)
-    target = data.split(split) if split else data
+    target = data.select(split)
     scorer = opened.scorer()
     q, g = scorer.embed_queries(target.captions), scorer.embed_gallery(target.images)
     scorer.fit(g)

@@ -1,8 +1,10 @@
 """Training batches read from shards: in RAM (one shard) or memory-mapped on disk (many), one path.
 
 A pass over the data visits the shards in a seeded random order and each shard's captions in a seeded
-random permutation (a shard-aware shuffle: reads stay within one shard's pages), cutting batches across
-shard boundaries; with one shard this is one permutation of all captions. Each batch holds captions,
+order — a random permutation, or whole images together (``optim.sampler``, see
+:mod:`stitch.training.sampling`) — a shard-aware shuffle: reads stay within one shard's pages. Batches are
+cut across shard boundaries; with one shard and the random sampler a pass is one permutation of all
+captions. Each batch holds captions,
 their image labels and the (deduplicated) images they are contrasted with, or the row-aligned targets
 for regression losses. When a caption is relevant to several images its label is that row (padded with
 -1), so none of them is ever its negative.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from stitch.data.shards import ShardList
+from stitch.registries import SAMPLERS
 from stitch.training.distributed import Distributed
 
 
@@ -35,11 +38,13 @@ class CaptionBatches:
         drop_last: bool = True,
         world: Distributed | None = None,
         samples_per_epoch: int = 0,
+        sampler: str = "random",
     ) -> None:
         self.shards, self.device = shards, torch.device(device)
         self.batch_size = min(batch_size, shards.n_captions)
         self.aligned_targets, self.drop_last = aligned_targets, drop_last
         self.samples_per_epoch = samples_per_epoch
+        self.order = SAMPLERS.get(sampler, "optim.sampler")()  # the order within a shard (random, grouped, hard)
         self.generator = torch.Generator().manual_seed(seed)
         self.world = world or Distributed()  # every rank draws the same global batch and keeps its share
         self._pass: list[np.ndarray] | None = None  # the current pass's (shard, position) pairs
@@ -58,8 +63,8 @@ class CaptionBatches:
         order = range(len(self.shards))
         if len(self.shards) > 1:
             order = torch.randperm(len(self.shards), generator=self.generator).tolist()
-        sizes = [shard.n_captions for shard in self.shards.shards]
-        visits = [(k, torch.randperm(sizes[k], generator=self.generator).numpy()) for k in order]
+        shards, size = self.shards.shards, self.batch_size
+        visits = [(k, self.order(k, shards[k], self.generator, size)) for k in order]
         shard_of = np.concatenate([np.full(len(p), k, dtype=np.int32) for k, p in visits])
         self._pass = [shard_of, np.concatenate([p for _, p in visits])]
         self._taken = 0
@@ -93,7 +98,8 @@ class CaptionBatches:
         for k, at in parts:
             local = np.flatnonzero(at[mine])
             captions[local] = self.shards.shards[k].read_captions(positions[mine][local])
-        labels, own_local = _stitch_rows(labels, parts, len(positions)), _stitch_rows(own, parts, len(positions))
+        labels = _stitch_rows(labels, parts, len(positions), self.shards.label_width)
+        own_local = _stitch_rows(own, parts, len(positions), 0)
         offsets = np.zeros(len(positions), dtype=np.int64)
         for k, at in parts:
             offsets[at] = self.shards.shards[k].image_offset
@@ -140,13 +146,11 @@ def _in_order(shard_of: np.ndarray) -> list[int]:
     return [int(shard_of[i]) for i in np.sort(first)]
 
 
-def _stitch_rows(pieces: list[np.ndarray], parts, n: int) -> np.ndarray:
-    """Per-shard pieces put back at the batch rows they came from (label rows padded with -1)."""
-    width = max((p.shape[1] for p in pieces if p.ndim == 2), default=0)
+def _stitch_rows(pieces: list[np.ndarray], parts, n: int, width: int) -> np.ndarray:
+    """Per-shard pieces put back at the batch rows they came from; ``width`` > 0: label rows padded with -1."""
     out = np.full((n, width) if width else (n,), -1, dtype=np.int64)
     for piece, (_, at) in zip(pieces, parts):
         if width:
-            piece = piece.reshape(len(piece), -1)
             out[at, : piece.shape[1]] = piece
         else:
             out[at] = piece

@@ -63,6 +63,8 @@ class LossConfig:
     sinkhorn_temperature: float = 0.2  # set-triplet matching
     sinkhorn_iters: int = 10
     sinkhorn_stop_grad: bool = True
+    mse_weight: float = 0.0  # > 0: weight of the MSE of each translated caption to its own image, beside the loss
+    final_temperature: float = 0.0  # > 0 (fixed temperature only): cosine schedule from temperature to this
 
 
 @dataclass
@@ -74,6 +76,8 @@ class OptimConfig:
     warmup_fraction: float = 0.05
     grad_clip: float = 1.0
     samples_per_epoch: int = 0  # captions per epoch (dev evaluation, checkpoint); 0 = one full pass over the data
+    sampler: str = "random"  # random | grouped (whole images per batch) | hard (grouped, similar images together)
+    mixup_alpha: float = 0.0  # > 0: train on caption/image pairs mixed with Beta(alpha, alpha) weights
 
 
 @dataclass
@@ -98,6 +102,7 @@ class TrainConfig:
     patience: int = 3  # epochs without dev MRR gain before stopping
     dev_fraction: float = 0.1  # used only when the data has no train/dev split column
     max_dev_images: int = 25000  # caps a seeded dev split (evaluated every epoch); 0 = no cap
+    filter_fraction: float = 0.0  # drop this share of training pairs least consistent with a ridge map first
     eval_chunk: int = 1024
     tensorboard: bool = False  # log per-epoch metrics to RUN/tensorboard
 
@@ -126,6 +131,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "model.aggregation": ("winner", "mean"),
         "model.init": ("ridge", "procrustes"),
         "inference.rerank": r.RESCORERS.names(),
+        "optim.sampler": r.SAMPLERS.names(),
     }
 
 
@@ -155,6 +161,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "loss.norm_weight": (0.0, 1e6),
     "loss.sinkhorn_temperature": (1e-4, 100.0),
     "loss.sinkhorn_iters": (1, 10_000),
+    "loss.mse_weight": (0.0, 1e6),
+    "loss.final_temperature": (0.0, 100.0),
+    "optim.mixup_alpha": (0.0, 100.0),
+    "filter_fraction": (0.0, 0.9),
     "optim.lr": (1e-9, 10.0),
     "optim.weight_decay": (0.0, 100.0),
     "optim.epochs": (1, 100_000),
@@ -239,6 +249,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         if (low is not None and value < low) or (high is not None and value > high):
             raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
     _check_task(config)
+    _check_ingredients(config)
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     return config
@@ -256,6 +267,19 @@ def _check_task(config: TrainConfig) -> None:
         raise ConfigError(
             f"model.name={config.model.name} trains with loss.name in {fitting}, got {config.loss.name!r}"
         )
+
+
+def _check_ingredients(config: TrainConfig) -> None:
+    """Settings that only make sense together."""
+    from stitch.registries import LOSSES
+
+    if config.loss.final_temperature and config.loss.learnable_temperature:
+        raise ConfigError("loss.final_temperature schedules a fixed temperature: set loss.learnable_temperature=false")
+    if config.loss.final_temperature and not LOSSES.tag(config.loss.name, "temperature", False):
+        raise ConfigError(f"loss.final_temperature needs a loss with a temperature, not {config.loss.name!r}")
+    kind = LOSSES.tag(config.loss.name, "kind")
+    if (config.optim.mixup_alpha or config.loss.mse_weight) and kind != "pair":
+        raise ConfigError("optim.mixup_alpha and loss.mse_weight go with a contrastive loss (infonce, siglip, ...)")
 
 
 def parse_overrides(pairs: list[str]) -> dict:

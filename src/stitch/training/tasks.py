@@ -6,6 +6,8 @@ builds the loss, adds the auxiliary terms its model family needs, and computes o
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,11 +59,40 @@ class Task(nn.Module):
     def training_step(self, captions, labels, images, ref_labels) -> torch.Tensor:
         """The batch's loss. ``captions`` are this rank's share; ``labels``, ``images`` and ``ref_labels`` are the
         whole batch's, and every rank's translated captions are gathered (with gradients) before the loss."""
+        if self.config.optim.mixup_alpha:
+            captions, labels, images, ref_labels = self.mixup(captions, labels, images, ref_labels)
         local, gallery = self.model.training_queries(captions), self.model.embed_gallery(images)
         queries = self.world.gather(local)
         loss = self.loss(queries.float(), labels, None, gallery.float(), ref_labels)
         own = self.world.local_rows(labels)
+        if self.config.loss.mse_weight:
+            targets = gallery[torch.searchsorted(ref_labels, _own_image(own))]
+            loss = loss + self.config.loss.mse_weight * (local.float() - targets.float()).pow(2).sum(1).mean()
         return loss + self.auxiliary_loss(captions, local, images, gallery, own, ref_labels)
+
+    def mixup(self, captions, labels, images, ref_labels):
+        """Embedding mixup: each caption, and its image, mixed with a random partner's at one Beta(a, a)
+        weight per batch. A mixed pair's positive is its own mixed image; a pair of images ``(i, j)`` gets
+        label ``i * 2^31 + j`` so equal mixtures share a label (also in the memory queue) and no other does."""
+        own = _own_image(labels)
+        alpha = self.config.optim.mixup_alpha
+        weight = float(torch.distributions.Beta(alpha, alpha).sample())
+        partner = torch.randperm(len(own)).to(own.device)  # every rank draws the same (seeded alike)
+        everyone = self.world.gather(captions.detach())  # raw inputs: partners may live on another rank
+        mixed = weight * everyone + (1 - weight) * everyone[partner]
+        targets = images[torch.searchsorted(ref_labels, own)]
+        mixed_labels = own * MIXED_LABEL_BASE + own[partner]
+        ids, first = _first_of_each(mixed_labels)
+        mixed_images = (weight * targets + (1 - weight) * targets[partner])[first]
+        return self.world.local_rows(mixed), mixed_labels, mixed_images, ids
+
+    def set_progress(self, fraction: float) -> None:
+        """Called after each optimiser step with the share of training done: steps the temperature schedule
+        (cosine from ``loss.temperature`` to ``loss.final_temperature``)."""
+        final = self.config.loss.final_temperature
+        if final:
+            start = self.config.loss.temperature
+            self.loss.set_temperature(final + (start - final) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
 
     def forward(self, captions, labels, images, ref_labels) -> torch.Tensor:
         """One training step (what DDP calls)."""
@@ -80,6 +111,22 @@ class Task(nn.Module):
     @property
     def temperature(self) -> float | None:
         return self.extra_state().get("temperature")
+
+
+MIXED_LABEL_BASE = 2**31  # image ids stay below it, so i * base + j names the mixture of images i and j
+
+
+def _own_image(labels: torch.Tensor) -> torch.Tensor:
+    """Each caption's own image id (the first of its label row when it has several relevant images)."""
+    return labels if labels.dim() == 1 else labels[:, 0]
+
+
+def _first_of_each(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted distinct values and the first row holding each."""
+    ids, inverse = torch.unique(values, return_inverse=True)
+    rows = torch.arange(len(values), device=values.device)
+    first = torch.full((len(ids),), len(values), device=values.device).scatter_reduce(0, inverse, rows, "amin")
+    return ids, first
 
 
 class TranslateTask(Task):

@@ -39,6 +39,7 @@ from stitch.training.callbacks import (
 from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
 from stitch.training.distributed import Distributed
+from stitch.training.filtering import consistency_scores, drop_least_consistent
 from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
 from stitch.translators import build_model
@@ -178,6 +179,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.task.after_step()
+            self.task.set_progress(self.scheduler.last_epoch / self.total_steps)
             running, count = running + loss.item(), count + 1
             self._notify("on_step_end", state, epoch, running / count)
         return running / max(count, 1)
@@ -269,7 +271,7 @@ def train(
     train_set, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
     if resume:
         _check_same_data(Path(run_dir), data, train_set, dev_set, how)
-    run = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, world.is_main)
+    run, train_set = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, world.is_main)
     run.model.to(device)
     if MODELS.tag(config.model.name, "closed_form", False):
         return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None, world.is_main)
@@ -282,6 +284,7 @@ def train(
         aligned_targets=task.needs_aligned_targets,
         world=world,
         samples_per_epoch=config.optim.samples_per_epoch,
+        sampler=config.optim.sampler,
     )
     evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
     callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
@@ -293,9 +296,10 @@ def train(
     return _finish(run, state, dev_set, device, how, task.temperature, world.is_main)
 
 
-def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data_source, writes=True) -> Run:
-    """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved.
-    The z-scoring and the closed-form start take one streamed pass over the training pairs."""
+def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data_source, writes=True):
+    """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved, and
+    the training pairs it trains on (without the least consistent ones when ``filter_fraction`` is set). The
+    z-scoring and the closed-form start take one streamed pass over the training pairs."""
     model = build_model(config.model, data.text_dim, data.image_dim)
     if config.model.standardize_target:
         model.space.fit_moments(ColumnMoments.of_chunks(train_set.image_chunks()))
@@ -305,7 +309,13 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data
             return model.space(torch.as_tensor(images)).numpy()
 
     # closed-form fits use every caption-image link, weighted 1/(images of the caption): the mean target
-    model.initialise(PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks()), config.model)
+    moments = PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks())
+    model.initialise(moments, config.model)
+    bank = _keep_bank(train_set, config)
+    filtered = ""
+    if config.filter_fraction:
+        scores = consistency_scores(train_set, moments, in_space, config.model.ridge_alpha)
+        train_set, filtered = drop_least_consistent(train_set, scores, config.filter_fraction)
     meta = {
         "split": how,
         "train_images": train_set.n_images,
@@ -314,11 +324,12 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data
         "dev_captions": dev_set.n_captions,
         "data": data_source,
         "encoders": data.encoders,
+        **({"filtered": filtered} if filtered else {}),
     }
-    run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, _keep_bank(train_set, config))
+    run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, bank)
     if writes and run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
         run.save_info()
-    return run
+    return run, train_set
 
 
 def _check_same_data(run_dir: Path, data, train_set, dev_set, how: str) -> None:
