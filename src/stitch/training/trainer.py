@@ -312,14 +312,14 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data
     moments = PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks())
     model.initialise(moments, config.model)
     bank = _keep_bank(train_set, config)
-    filtered = ""
+    filtered, train_images, train_captions = "", train_set.n_images, train_set.n_captions
     if config.filter_fraction:
         scores = consistency_scores(train_set, moments, in_space, config.model.ridge_alpha)
         train_set, filtered = drop_least_consistent(train_set, scores, config.filter_fraction)
     meta = {
         "split": how,
-        "train_images": train_set.n_images,
-        "train_captions": train_set.n_captions,
+        "train_images": train_images,
+        "train_captions": train_captions,
         "dev_images": dev_set.n_images,
         "dev_captions": dev_set.n_captions,
         "data": data_source,
