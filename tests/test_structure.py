@@ -29,6 +29,7 @@ LAYERS = {
     "stitch.api": 6,
     "stitch.bench": 7,
     "stitch.tuning": 7,
+    "stitch.curve": 7,
     "stitch.demo": 7,
     "stitch.metric_learning": 7,
     "stitch.service": 7,

@@ -276,6 +276,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_curve(args) -> int:
+    from stitch.curve import DEFAULT_SIZES, learning_curve
+
+    data = _load_data(args).select(None)
+    sizes = args.sizes or list(DEFAULT_SIZES)
+    learning_curve(data, args.methods, args.out, sizes, args.seed, args.overrides, progress=not args.quiet)
+    print(f"wrote {Path(args.out) / 'curve.csv'} and {Path(args.out) / 'curve.png'}")
+    return 0
+
+
 def cmd_metric(args) -> int:
     from stitch.metric_learning.run import run_metric_learning
     from stitch.metric_learning.train import EmbeddingConfig
@@ -574,6 +584,23 @@ def _parser_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _parser_curve(sub) -> None:
+    p = sub.add_parser("curve", help="quality against the number of training pairs, one line per recipe")
+    _add_data_args(p)
+    p.add_argument("--methods", nargs="+", required=True, help="recipe names (stitch recipes lists them)")
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        help="training captions per point (whole images); 0 = all (default: 250 1000 4000 16000 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the nested image subsets")
+    p.add_argument("--out", required=True, help="folder for curve.csv and curve.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides applied to every method")
+    p.set_defaults(func=cmd_curve)
+
+
 def _parser_metric(sub) -> None:
     p = sub.add_parser("metric", help="classic metric learning on labelled vectors (siamese / triplet)")
     p.add_argument("--data", default="digits", help="'digits' (scikit-learn's bundled set) or an npz with x, labels")
@@ -743,6 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_predict,
         _parser_ensemble,
         _parser_bench,
+        _parser_curve,
         _parser_metric,
         _parser_encode,
         _parser_serve,

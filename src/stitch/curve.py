@@ -1,0 +1,132 @@
+"""``stitch curve``: retrieval quality against the number of training pairs, one line per recipe.
+
+A user with 500 pairs and one with 500,000 need different recipes (closed-form maps are expected to win
+small, learnt ones large); the curve measures it on their data. Every point trains on a seeded subset of
+the training images (by image, so no image is split), growing in nested steps — the 1k-pair subset holds
+the 250-pair one — and is scored on the same dev images, under the run's own scoring and plain cosine.
+Writes ``curve.csv`` and ``curve.png`` after every point, so a long curve's partial results survive.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from stitch import api
+from stitch.data import DataError, PairedEmbeddings, train_dev_split
+from stitch.io.atomic import atomic_write, atomic_write_text
+from stitch.recipes import recipe_overrides
+
+DEFAULT_SIZES = (250, 1000, 4000, 16000, 0)  # training captions; 0 = all of them
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    method: str
+    pairs: int  # training captions used
+    images: int
+    recall_at_1: float  # the run's own scoring
+    mrr: float
+    plain_recall_at_1: float  # plain cosine: what a submission carries
+    plain_mrr: float
+    seconds: float
+
+
+def nested_image_subsets(data: PairedEmbeddings, sizes: list[int], seed: int = 0) -> list[np.ndarray]:
+    """Image rows of ``data`` holding at least ``size`` captions each (0: every image), nested: one seeded
+    order of the images, each subset a prefix of it."""
+    order = np.random.default_rng(seed).permutation(data.n_images)
+    captions_so_far = np.cumsum(np.bincount(data.caption_image, minlength=data.n_images)[order])
+    subsets = []
+    for size in sizes:
+        if size > captions_so_far[-1]:
+            raise DataError(f"{size} training pairs asked for, but the training images hold {captions_so_far[-1]}")
+        take = data.n_images if size == 0 else int(np.searchsorted(captions_so_far, size)) + 1
+        subsets.append(np.sort(order[:take]))
+    return subsets
+
+
+def _with_split(train: PairedEmbeddings, dev: PairedEmbeddings) -> PairedEmbeddings:
+    """Train and dev images in one dataset whose split column says which is which."""
+    offset = train.n_images
+    return PairedEmbeddings(
+        captions=np.concatenate([train.captions, dev.captions]),
+        images=np.concatenate([train.images, dev.images]),
+        caption_image=np.concatenate([train.caption_image, dev.caption_image + offset]),
+        image_split=np.array(["train"] * train.n_images + ["dev"] * dev.n_images),
+        encoders=dict(train.encoders),
+    )
+
+
+def learning_curve(
+    data: PairedEmbeddings,
+    methods: list[str],
+    out_dir: str | Path,
+    sizes: list[int] | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    progress: bool = False,
+) -> list[CurvePoint]:
+    """Train every method on nested subsets of the training images and score each on the dev images."""
+    for name in methods:
+        recipe_overrides(name)  # unknown names fail before any training
+    data = replace(data, relevance=None) if data.relevance is not None else data
+    train, dev, how = train_dev_split(data)
+    subsets = nested_image_subsets(train, list(sizes or DEFAULT_SIZES), seed)
+    out_dir = Path(out_dir)
+    points: list[CurvePoint] = []
+    for images in subsets:
+        subset = _with_split(train.subset_images(images), dev)
+        for name in methods:
+            started = time.perf_counter()
+            result = api.train(subset, None, overrides=[*recipe_overrides(name), *(overrides or [])], progress=progress)
+            own, plain = result.dev_reports[0].metrics, result.dev_metrics
+            points.append(
+                CurvePoint(name, subset.n_captions - dev.n_captions, len(images), own["recall@1"], own["mrr"],
+                           plain["recall@1"], plain["mrr"], time.perf_counter() - started)  # fmt: skip
+            )
+            print(f"[curve] {name} on {points[-1].pairs} pairs: MRR {own['mrr']:.4f} (plain {plain['mrr']:.4f})")
+            write_curve(points, out_dir, f"dev: {how}, gallery of {dev.n_images} images, {dev.n_captions} queries")
+    return points
+
+
+def write_curve(points: list[CurvePoint], out_dir: Path, protocol: str) -> dict[str, Path]:
+    """``curve.csv`` (one row per point, with the protocol) and ``curve.png`` (MRR against pairs, log scale)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "pairs", "images", "recall@1", "mrr", "plain_recall@1", "plain_mrr", "seconds"])
+    for p in points:
+        writer.writerow([p.method, p.pairs, p.images, f"{p.recall_at_1:.4f}", f"{p.mrr:.4f}",
+                         f"{p.plain_recall_at_1:.4f}", f"{p.plain_mrr:.4f}", f"{p.seconds:.1f}"])  # fmt: skip
+    buffer.write(f"# {protocol}\n")
+    paths = {"csv": out_dir / "curve.csv", "plot": out_dir / "curve.png"}
+    atomic_write_text(paths["csv"], buffer.getvalue())
+    atomic_write(paths["plot"], lambda tmp: _plot(points, tmp, protocol))
+    return paths
+
+
+def _plot(points: list[CurvePoint], path: Path, protocol: str) -> None:
+    from stitch.outputs.plots import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, field, title in ((axes[0], "mrr", "the run's own scoring"), (axes[1], "plain_mrr", "plain cosine")):
+        for method in dict.fromkeys(p.method for p in points):
+            mine = sorted((p for p in points if p.method == method), key=lambda p: p.pairs)
+            ax.plot([p.pairs for p in mine], [getattr(p, field) for p in mine], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("training pairs (captions)")
+        ax.set_title(f"dev MRR, {title}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("MRR")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(protocol, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
