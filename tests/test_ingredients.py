@@ -53,7 +53,7 @@ def test_the_mse_term_adds_its_weight_times_the_squared_error_to_the_own_image()
     base = Task.for_config(model, plain).training_step(captions, labels, images, ref_labels)
     total = Task.for_config(model, weighted).training_step(captions, labels, images, ref_labels)
     own = model.embed_gallery(images)[torch.tensor([0, 1, 1, 2, 0])]
-    expected = base + 0.5 * (model.training_queries(captions) - own).pow(2).sum(1).mean()
+    expected = base + 0.5 * (model.training_queries(captions) - own).pow(2).mean()
     assert torch.allclose(total, expected, atol=1e-6) and not torch.allclose(total, base)
 
 

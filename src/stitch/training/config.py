@@ -63,7 +63,7 @@ class LossConfig:
     sinkhorn_temperature: float = 0.2  # set-triplet matching
     sinkhorn_iters: int = 10
     sinkhorn_stop_grad: bool = True
-    mse_weight: float = 0.0  # > 0: weight of the MSE of each translated caption to its own image, beside the loss
+    mse_weight: float = 0.0  # > 0: weight of the mean squared error (per feature) to each caption's own image
     final_temperature: float = 0.0  # > 0 (fixed temperature only): cosine schedule from temperature to this
 
 

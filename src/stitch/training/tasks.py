@@ -67,7 +67,7 @@ class Task(nn.Module):
         own = self.world.local_rows(labels)
         if self.config.loss.mse_weight:
             targets = gallery[torch.searchsorted(ref_labels, _own_image(own))]
-            loss = loss + self.config.loss.mse_weight * (local.float() - targets.float()).pow(2).sum(1).mean()
+            loss = loss + self.config.loss.mse_weight * (local.float() - targets.float()).pow(2).mean()
         return loss + self.auxiliary_loss(captions, local, images, gallery, own, ref_labels)
 
     def mixup(self, captions, labels, images, ref_labels):
