@@ -14,6 +14,8 @@ import torch
 
 from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
+from stitch.data.sharded import ShardedPairs
+from stitch.data.shards import CHUNK_ROWS
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
 from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
@@ -119,8 +121,7 @@ def evaluate(
     """
     dev = resolve_device(device)
     opened = open(run, dev)
-    if split is not None:
-        data = data.split(split)
+    data = data.select(split)  # sharded data: only the evaluated split is read into memory
     if merge_duplicate_texts:
         data, merged = merge_duplicates(data)
         logger.info("merged duplicate texts: %s", merged.describe())
@@ -178,30 +179,36 @@ def write_submission(
 
 def gallery_index(
     run: RunLike,
-    data: PairedEmbeddings,
+    data: PairedEmbeddings | ShardedPairs,
     split: str | None = None,
     kind: str = "exact",
     params: dict | None = None,
     rerank: str | None = None,
     rerank_params: dict | None = None,
     device: str = "cpu",
+    seed: int = 0,
+    chunk: int = CHUNK_ROWS,
 ):
     """``(run, index, scorer)``: an index over the images of ``data`` (or its split) in the run's scoring
-    space, with the run's scoring (or ``rerank``) fitted on that gallery."""
-    from stitch.retrieval.search import build_gallery_index
+    space, with the run's scoring (or ``rerank``) fitted on that gallery.
+
+    ``data`` in memory or on disk (a sharded folder, memory-mapped) takes the same path: the gallery is read,
+    embedded and indexed ``chunk`` images at a time (see :mod:`stitch.retrieval.search`); ``seed`` picks the
+    IVF training sample. Items are named by the data's image names, else by their row numbers in ``data``."""
+    from stitch.retrieval.search import gallery_images, index_gallery
 
     dev = resolve_device(device)
     opened = open(run, dev)
-    gallery = data.split(split) if split else data
-    _check_dims(opened, gallery.text_dim, gallery.image_dim)
+    _check_dims(opened, data.text_dim, data.image_dim)
+    gallery = gallery_images(data, split or None)
     scorer = opened.scorer(rerank, rerank_params, None, dev)
-    index = build_gallery_index(scorer, gallery.images, gallery.image_names, kind, params)
+    index = index_gallery(scorer, gallery, kind, params, seed=seed, chunk=chunk)
     return opened, index, scorer
 
 
 def build_index(
     run: RunLike,
-    data: PairedEmbeddings,
+    data: PairedEmbeddings | ShardedPairs,
     out: str | Path,
     split: str | None = None,
     kind: str = "exact",
@@ -210,15 +217,20 @@ def build_index(
     rerank_params: dict | None = None,
     force: bool = False,
     device: str = "auto",
+    seed: int = 0,
+    chunk: int = CHUNK_ROWS,
 ) -> Path:
     """Index the gallery images of ``data`` (or its split) in the run's scoring space, saved to ``out``
-    with the id of the run it serves."""
+    with the id of the run it serves. ``data`` may be a sharded folder larger than RAM (see
+    :func:`gallery_index`)."""
     from stitch.retrieval.search import save_gallery_index
 
     opened = open(run)
     if opened.path is not None and Path(out).resolve() == opened.path.resolve():
         raise ValueError(f"{out} is the run folder itself: give the index a folder of its own")
-    opened, index, scorer = gallery_index(opened, data, split, kind, params, rerank, rerank_params, device)
+    opened, index, scorer = gallery_index(
+        opened, data, split, kind, params, rerank, rerank_params, device, seed=seed, chunk=chunk
+    )
     return save_gallery_index(out, index, scorer, opened.run_id, force)
 
 

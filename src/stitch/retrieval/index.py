@@ -4,13 +4,31 @@
 are FAISS indexes (``pip install faiss-cpu``), imported only when used. An index folder holds
 ``index.json`` (kind, parameters, dimension, item names) plus the vectors (``vectors.safetensors``
 for exact) or the FAISS file (``index.faiss``); loading one never unpickles anything.
+
+Every kind is built from a :class:`VectorSource`: rows produced chunk by chunk (an array in memory, or a
+gallery on disk embedded a chunk at a time), so building never holds the gallery, only the index:
+
+- ``ivf``/``ivfpq`` train their coarse quantizer (and PQ codebooks) on a seeded sample of
+  :func:`train_sample_size` rows, ``min(n, max(64 nlist, 64 * 2**nbits for ivfpq), TRAIN_SAMPLE_CAP)``
+  (FAISS wants at least 39 points per centroid and subsamples above 256), read chunk-wise; ``nlist`` is
+  lowered to ``sample // 39`` when the sample is smaller than that. Then the vectors are added in chunks.
+- ``exact`` fills its stored matrix chunk by chunk; ``flat``/``hnsw`` add chunk by chunk (HNSW inserts
+  each chunk into the graph). These kinds, IVF-Flat and IVF-PQ with ``refine_factor`` > 0 hold every
+  vector in full (4 bytes a dimension) - that is what they are. A build whose index would not fit is
+  refused before any work (:func:`check_index_fits`: the estimated index size against
+  ``MEMORY_SHARE`` of this machine's RAM), pointing at ``ivfpq`` with ``refine_factor=0``, whose PQ
+  codes take ``m * nbits / 8`` bytes a vector.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +54,13 @@ PARAM_BOUNDS = {
     "nbits": (1, 16),
     "refine_factor": (0, 1000),
 }
+TRAIN_PER_LIST = 64  # IVF training rows per list (FAISS: at least 39, subsamples above 256)
+TRAIN_SAMPLE_CAP = 1 << 19  # most rows an IVF/IVF-PQ training sample holds (524,288: 1 GiB at 512-d)
+MIN_PER_LIST = 39  # fewer training rows per centroid and FAISS k-means warns; nlist is lowered to keep this
+CHUNK = 8192  # rows added to an index at a time
+MEMORY_SHARE = 0.8  # an index estimated above this share of the machine's RAM is refused before building
+
+logger = logging.getLogger(__name__)
 
 
 class IndexFileError(ValueError):
@@ -45,6 +70,44 @@ class IndexFileError(ValueError):
 def _unit(x: np.ndarray | torch.Tensor) -> np.ndarray:
     tensor = torch.as_tensor(np.asarray(x, dtype=np.float32))
     return F.normalize(tensor, dim=1).numpy()
+
+
+class VectorSource(Protocol):
+    """The rows an index is built from, never all in memory at once.
+
+    ``chunks()`` yields every row in order, float32, a chunk at a time, and may be called more than once;
+    ``take(rows)`` returns the rows at sorted positions ``rows`` (a training sample), reading chunk-wise.
+    Rows need not be unit length: the index normalises them."""
+
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def chunks(self) -> Iterator[np.ndarray]: ...
+
+    def take(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ArrayRows:
+    """A :class:`VectorSource` over an array in memory (or a memory-mapped one)."""
+
+    matrix: np.ndarray
+    chunk: int = CHUNK
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self.matrix), self.chunk):
+            yield np.asarray(self.matrix[start : start + self.chunk], dtype=np.float32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix[rows], dtype=np.float32)
 
 
 @dataclass
@@ -104,26 +167,127 @@ class GalleryIndex:
         return folder
 
 
-def build_index(gallery: np.ndarray, kind: str = "exact", names: np.ndarray | None = None, **params) -> GalleryIndex:
+def build_index(
+    gallery: np.ndarray, kind: str = "exact", names: np.ndarray | None = None, seed: int = 0, **params
+) -> GalleryIndex:
     """Index the rows of ``gallery`` (normalised here) for inner-product search."""
+    gallery = np.asarray(gallery, dtype=np.float32)
+    if gallery.ndim != 2 or len(gallery) == 0:
+        raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape {gallery.shape}")
+    return build_index_from(ArrayRows(gallery), kind, names, seed=seed, **params)
+
+
+def build_index_from(
+    source: VectorSource, kind: str = "exact", names: np.ndarray | None = None, seed: int = 0, **params
+) -> GalleryIndex:
+    """Index the rows of ``source`` chunk by chunk (see the module notes); ``seed`` picks the IVF training
+    sample. Names default to the row numbers."""
+    n, dim = len(source), int(source.dim)
+    merged = check_request(kind, params, n, dim)
+    names = np.arange(n).astype(str) if names is None else np.asarray(names).astype(str)
+    if len(names) != n:
+        raise IndexFileError(f"{len(names)} names for {n} gallery rows")
+    if kind == "exact":
+        vectors = np.empty((n, dim), dtype=np.float32)
+        for start, rows in _unit_chunks(source, n, dim):
+            vectors[start : start + len(rows)] = rows
+        return GalleryIndex(kind, dim, names, merged, vectors=vectors)
+    index, built = _faiss_index(kind, source, merged, seed)
+    return GalleryIndex(kind, dim, names, merged, faiss_index=index, meta=built)
+
+
+def _unit_chunks(source: VectorSource, n: int, dim: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, unit rows)`` of every chunk, checked finite and counted against ``n``."""
+    start = 0
+    for rows in source.chunks():
+        yield start, _checked(rows, dim, f"gallery rows from {start}")
+        start += len(rows)
+        if start > n:
+            break
+    if start != n:
+        raise IndexFileError(f"the gallery gave {start} rows, expected {n} (did it change while it was read?)")
+
+
+def _checked(rows: np.ndarray, dim: int, where: str) -> np.ndarray:
+    """Unit float32 rows, C-contiguous (as FAISS takes them); a wrong shape or NaN/Inf is an error."""
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != dim:
+        raise IndexFileError(f"{where} have shape {rows.shape}, expected (n, {dim})")
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise IndexFileError(f"gallery contains NaN/Inf: {where}, {len(bad)} row(s) from position {bad[0]}")
+    return np.ascontiguousarray(_unit(rows))
+
+
+def train_sample_size(n: int, kind: str, params: dict) -> int:
+    """Rows an IVF/IVF-PQ index trains on: ``min(n, max(64 nlist, 64 * 2**nbits (ivfpq)), TRAIN_SAMPLE_CAP)``.
+
+    64 per list sits in FAISS's range (it warns below 39 points per centroid, subsamples above 256); PQ
+    trains ``2**nbits`` centroids per sub-vector, so it asks the same of them. The cap bounds the sample's
+    memory whatever the gallery (``nlist`` is then lowered to ``sample // 39``)."""
+    want = TRAIN_PER_LIST * int(params["nlist"])
+    if kind == "ivfpq":
+        want = max(want, TRAIN_PER_LIST * 2 ** int(params["nbits"]))
+    return int(min(n, want, TRAIN_SAMPLE_CAP))
+
+
+def training_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """The sorted rows of a seeded sample of ``size`` of ``n`` (all of them when ``size >= n``)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def index_bytes(kind: str, n: int, dim: int, params: dict) -> int:
+    """About how many bytes of RAM the built index holds (vectors, codes, ids, graph links)."""
+    vectors = 4 * n * dim
+    if kind == "hnsw":
+        return vectors + 4 * n * 2 * int(params["m"])  # level 0 holds 2m links a vector; upper levels are few
+    if kind == "ivf":
+        return vectors + 8 * n  # plus an id per vector in its list
+    if kind == "ivfpq":
+        codes = n * (int(params["m"]) * int(params["nbits"]) // 8 + 8)
+        return codes + (vectors if int(params["refine_factor"]) > 0 else 0)
+    return vectors
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_index_fits(kind: str, n: int, dim: int, params: dict) -> None:
+    """Refuse, before any work, an index estimated above ``MEMORY_SHARE`` of the machine's RAM."""
+    ram = physical_memory()
+    need = index_bytes(kind, n, dim, params)
+    if ram is None or need <= MEMORY_SHARE * ram:
+        return
+    pq = {**DEFAULT_PARAMS["ivfpq"], "refine_factor": 0}
+    gib = 2**30
+    raise IndexFileError(
+        f"a {kind} index of {n:,} {dim}-d vectors needs about {need / gib:.1f} GiB of RAM, more than "
+        f"{MEMORY_SHARE:.0%} of this machine's {ram / gib:.1f} GiB: {kind} keeps every vector in full. Use "
+        f"--kind ivfpq --param refine_factor=0 (PQ codes, about {index_bytes('ivfpq', n, dim, pq) / gib:.1f} GiB "
+        "with m=32, nbits=8; pick m dividing the dimension)"
+    )
+
+
+def check_request(kind: str, params: dict, n: int, dim: int) -> dict:
+    """Check the kind, its parameters and the size (non-empty; the index fits in RAM, see
+    :func:`check_index_fits`) before any work; the parameters with the kind's defaults filled in."""
     try:
         INDEX_KINDS.check(kind, "index kind")
     except ValueError as err:
         raise IndexFileError(str(err)) from err
     _check_params(kind, params)
-    gallery = np.asarray(gallery, dtype=np.float32)
-    if gallery.ndim != 2 or len(gallery) == 0:
-        raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape {gallery.shape}")
-    if not np.isfinite(gallery).all():
-        raise IndexFileError("gallery contains NaN/Inf")
-    names = np.arange(len(gallery)).astype(str) if names is None else np.asarray(names).astype(str)
-    if len(names) != len(gallery):
-        raise IndexFileError(f"{len(names)} names for {len(gallery)} gallery rows")
+    if n == 0 or dim == 0:
+        raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape ({n}, {dim})")
     merged = {**DEFAULT_PARAMS[kind], **params}
-    vectors = _unit(gallery)
-    if kind == "exact":
-        return GalleryIndex(kind, gallery.shape[1], names, merged, vectors=vectors)
-    return GalleryIndex(kind, gallery.shape[1], names, merged, faiss_index=_faiss_index(kind, vectors, merged))
+    check_index_fits(kind, n, dim, merged)
+    return merged
 
 
 def _check_params(kind: str, params: dict) -> None:
@@ -140,11 +304,14 @@ def _check_params(kind: str, params: dict) -> None:
             raise IndexFileError(f"index parameter {key} must be in [{low}, {high}], got {value}")
 
 
-def _faiss_index(kind: str, vectors: np.ndarray, p: dict):
+def _faiss_index(kind: str, source: VectorSource, p: dict, seed: int) -> tuple[object, dict]:
+    """The FAISS index over ``source`` (trained on a seeded sample first for IVF), and what the build
+    chose (training rows, lists), recorded with it."""
     import faiss
 
-    d = vectors.shape[1]
+    n, d = len(source), int(source.dim)
     metric = faiss.METRIC_INNER_PRODUCT
+    built: dict = {}
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
@@ -152,26 +319,31 @@ def _faiss_index(kind: str, vectors: np.ndarray, p: dict):
         index.hnsw.efConstruction = int(p["ef_construction"])
         index.hnsw.efSearch = int(p["ef_search"])
     else:
-        nlist = max(1, min(int(p["nlist"]), len(vectors) // 39))  # FAISS wants ~39 points per centroid
+        if kind == "ivfpq" and d % int(p["m"]):
+            raise IndexFileError(f"ivfpq needs the dimension ({d}) divisible by m ({p['m']})")
+        size = train_sample_size(n, kind, p)
+        nlist = max(1, min(int(p["nlist"]), size // MIN_PER_LIST))  # FAISS wants ~39 points per centroid
+        if nlist < int(p["nlist"]):
+            logger.info("ivf: %d lists for %d training rows (asked for %s)", nlist, size, p["nlist"])
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
         else:
-            if d % int(p["m"]):
-                raise IndexFileError(f"ivfpq needs the dimension ({d}) divisible by m ({p['m']})")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["m"]), int(p["nbits"]), metric)
-        sample = (
-            vectors
-            if len(vectors) <= 64 * nlist  # k-means sample: 64 points per list
-            else vectors[np.random.default_rng(0).choice(len(vectors), 64 * nlist, replace=False)]
-        )
+        rows = training_rows(n, size, seed)
+        sample = _checked(source.take(rows), d, f"the training sample of {len(rows)} rows (seed {seed})")
+        if len(sample) != len(rows):
+            raise IndexFileError(f"the gallery gave {len(sample)} training rows, expected {len(rows)}")
         index.train(sample)
+        del sample
         index.nprobe = min(int(p["nprobe"]), nlist)
+        built = {"train_rows": int(size), "train_seed": int(seed), "nlist": int(nlist)}
         if kind == "ivfpq" and int(p["refine_factor"]) > 0:
             index = faiss.IndexRefineFlat(index)  # re-rank k x refine_factor PQ candidates exactly
             index.k_factor = float(p["refine_factor"])
-    index.add(vectors)
-    return index
+    for _, rows in _unit_chunks(source, n, d):
+        index.add(rows)
+    return index, built
 
 
 def load_index(folder: str | Path) -> GalleryIndex:

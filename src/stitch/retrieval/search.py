@@ -8,21 +8,36 @@ weights and config) and refuses to answer for another run.
 A query made of several vectors (a set head's slots, scored by the best slot) is searched one vector
 at a time and the candidates merged by their best score: an item in the true top k under max-scoring
 is in the top k of its best vector, so with an exact index the merge is exact.
+
+A gallery is read as a :class:`GalleryImages` (:func:`gallery_images`: pairs in memory are one shard,
+pairs on disk memory-mapped shards), a chunk of rows at a time: the rescorer's statistics are fitted
+chunk-wise (:func:`fit_scorer`, the same numbers as :meth:`Scorer.fit` on the whole gallery) and the
+index is built from the embedded chunks (:func:`~stitch.retrieval.index.build_index_from`), so building
+an index never holds the gallery, only the index.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stitch.data import PairedEmbeddings
+from stitch.data.errors import DataError
+from stitch.data.sharded import ShardedPairs
+from stitch.data.shards import CHUNK_ROWS, Shard
 from stitch.io.atomic import atomic_write, atomic_write_text
-from stitch.retrieval.hubness import Rescorer, build_rescorer
-from stitch.retrieval.index import GalleryIndex, IndexFileError, build_index, load_index
+from stitch.retrieval.hubness import CSLS, Center, DBNorm, InvertedSoftmax, QBNorm, Rescorer, Whiten, build_rescorer
+from stitch.retrieval.index import GalleryIndex, IndexFileError, build_index_from, check_request, load_index
+from stitch.retrieval.ranks import DEFAULT_CHUNK, check_chunk, dot
 from stitch.retrieval.scorer import Scorer
+
+logger = logging.getLogger(__name__)
 
 RERANK_FILE = "rerank.safetensors"
 RERANK_META = "rerank.json"
@@ -54,13 +69,308 @@ def load_rescorer(folder: Path) -> Rescorer | None:
     return rescorer
 
 
+# -- the gallery, read a chunk at a time -------------------------------------------------------------
+@dataclass
+class GalleryImages:
+    """The images of a gallery as shard views read a chunk at a time, with one name per image.
+
+    Each shard's ``image_rows`` are the gallery's rows of it (None: all), in gallery order; rows are read
+    through :meth:`Shard.read_images` (float32, checked finite, a NaN named with its shard and row)."""
+
+    shards: list[Shard]
+    names: np.ndarray
+    source: str = ""
+    starts: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        sizes = [_rows_of(shard) for shard in self.shards]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if len(self.names) != self.starts[-1]:
+            raise DataError(f"{len(self.names)} names for {self.starts[-1]} gallery images")
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, names: np.ndarray | None = None) -> GalleryImages:
+        """A gallery over an image matrix (names default to the row numbers)."""
+        images = np.asarray(images)
+        if images.ndim != 2 or not len(images):
+            raise DataError(f"gallery images must be a non-empty rows x dims matrix, got shape {images.shape}")
+        shard = Shard(np.empty((0, 1), np.float32), images, np.empty(0, np.int64), name="gallery")
+        names = np.arange(len(images)).astype(str) if names is None else np.asarray(names).astype(str)
+        return cls([shard], names)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def image_dim(self) -> int:
+        return self.shards[0].images.shape[1]
+
+    def image_chunks(self, chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+        """Every image of the gallery in order, float32, at most ``chunk`` rows a read."""
+        for shard in self.shards:
+            for start in range(0, _rows_of(shard), chunk):
+                yield self._read(shard, _local(shard, np.arange(start, min(start + chunk, _rows_of(shard)))))
+
+    def take(self, positions: np.ndarray, chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+        """The images at sorted gallery ``positions``, at most ``chunk`` rows a read."""
+        positions = np.asarray(positions, dtype=np.int64)
+        bounds = np.searchsorted(positions, self.starts)
+        for k, shard in enumerate(self.shards):
+            mine = positions[bounds[k] : bounds[k + 1]] - self.starts[k]
+            for start in range(0, len(mine), chunk):
+                yield self._read(shard, _local(shard, mine[start : start + chunk]))
+
+    def _read(self, shard: Shard, rows: np.ndarray) -> np.ndarray:
+        try:
+            return shard.read_images(rows)
+        except DataError as err:
+            raise DataError(f"{self.source}: {err}" if self.source else str(err)) from err
+
+
+def _rows_of(shard: Shard) -> int:
+    return len(shard.images) if shard.image_rows is None else len(shard.image_rows)
+
+
+def _local(shard: Shard, positions: np.ndarray) -> np.ndarray:
+    """Rows of the shard's arrays at positions of its view."""
+    return positions if shard.image_rows is None else np.asarray(shard.image_rows)[positions]
+
+
+def gallery_images(data: PairedEmbeddings | ShardedPairs, split: str | None = None) -> GalleryImages:
+    """The images of ``data`` (or of its split ``split``, by the ``image_split`` column) as a gallery.
+
+    Items are named by the ``image_names`` column when there is one, else by their global row numbers in
+    ``data`` (so a split's items keep the numbers they have in the whole file). The images stay where they
+    are: in memory, or memory-mapped shards read a chunk at a time."""
+    shards, columns, source = _image_shards(data)
+    names, split_of = columns.get("image_names"), columns.get("image_split")
+    if split is not None and split_of is None:
+        raise DataError(f"this data has no split column, so split {split!r} does not exist")
+    views, item_names = [], []
+    for k, shard in enumerate(shards):
+        rows = None if split is None else np.flatnonzero(np.asarray(split_of[k]) == split)
+        if rows is not None and not len(rows):
+            continue
+        views.append(replace(shard, image_rows=rows))
+        picked = np.arange(len(shard.images)) if rows is None else rows
+        item_names.append(
+            np.asarray(names[k])[picked].astype(str) if names is not None else (shard.image_offset + picked).astype(str)
+        )
+    if not views:
+        found = sorted(set().union(*(np.unique(np.asarray(v)).tolist() for v in split_of)))
+        raise DataError(f"split {split!r} not found; the data has {found}")
+    return GalleryImages(views, np.concatenate(item_names), source)
+
+
+def _image_shards(data: PairedEmbeddings | ShardedPairs) -> tuple[list[Shard], dict[str, list[np.ndarray]], str]:
+    """``(shards, image columns per shard, source)``: the one place that tells pairs on disk from pairs in
+    memory (one shard, its columns its own)."""
+    if isinstance(data, ShardedPairs):
+        return data.shards, data.columns, data.source
+    columns = {"image_names": data.image_names, "image_split": data.image_split}
+    return data.shards().shards, {k: [v] for k, v in columns.items() if v is not None}, ""
+
+
+# -- the rescorer's gallery statistics, chunk by chunk ------------------------------------------------
+Embedded = Callable[[], Iterator[torch.Tensor]]  # yields the gallery's unit rows in order, chunk by chunk
+FIT_IN_MEMORY_ROWS = 1_000_000  # a rescorer without a chunk-wise fit gathers the gallery up to this many rows
+DBNORM_WARN_ROWS = 200_000  # dbnorm's gallery-bank normaliser reads the gallery once per chunk: quadratic
+
+
+def fit_scorer(scorer: Scorer, gallery: Embedded, n: int) -> Scorer:
+    """:meth:`Scorer.fit` on a gallery given chunk by chunk (``gallery()`` yields its unit rows in order and
+    may be called again): the same statistics, without holding the gallery.
+
+    Column statistics over the bank (csls, is, and the query-bank part of qbnorm/dbnorm) are computed per
+    chunk by the rescorer's own code; qbnorm's hubs keep a running top-k per bank query; dbnorm's
+    gallery-bank normaliser accumulates a log-sum-exp over every pair of chunks; center/whiten stream the
+    gallery mean. A rescorer stitch does not know is fitted on the gathered gallery, up to
+    ``FIT_IN_MEMORY_ROWS`` rows."""
+    rescorer = scorer.rescorer
+    if rescorer is None:
+        scorer.fitted = True
+        return scorer
+    fit = CHUNKED_FITS.get(type(rescorer))
+    if fit is None:
+        if n > FIT_IN_MEMORY_ROWS:
+            raise ValueError(
+                f"rerank {rescorer.name!r} has no chunk-wise fit and the gallery has {n:,} images (more than "
+                f"{FIT_IN_MEMORY_ROWS:,} to gather in memory): use --rerank is, csls, qbnorm, center or none"
+            )
+        return scorer.fit(torch.cat(list(gallery())))
+    bank = scorer.embed_queries(scorer.bank, what="translated query bank")
+    fit(rescorer, bank, gallery, scorer.model.score, n)
+    scorer.fitted = True
+    return scorer
+
+
+def _per_item(
+    fit, rescorer: Rescorer, bank: torch.Tensor, gallery: Embedded, similarity, attr: str, n: int
+) -> torch.Tensor:
+    """A per-gallery-item statistic: ``attr`` after ``fit`` on each chunk, written into one tensor of ``n``
+    allocated first (a list of small parts between large temporaries fragments the heap: it grew with n)."""
+    out, start = torch.empty(n, device=bank.device), 0
+    for chunk in gallery():
+        fit(rescorer, bank, chunk, similarity=similarity)
+        out[start : start + len(chunk)] = getattr(rescorer, attr)
+        start += len(chunk)
+    _check_count(start, n)
+    return out
+
+
+def _check_count(seen: int, n: int) -> None:
+    if seen != n:
+        raise IndexFileError(f"the gallery gave {seen} rows, expected {n} (did it change while it was read?)")
+
+
+def _fit_csls(rescorer: CSLS, bank, gallery: Embedded, similarity, n: int) -> None:
+    rescorer.offset = _per_item(CSLS.fit, rescorer, bank, gallery, similarity, "offset", n)
+
+
+def _fit_is(rescorer: InvertedSoftmax, bank, gallery: Embedded, similarity, n: int) -> None:
+    rescorer.log_norm = _per_item(InvertedSoftmax.fit, rescorer, bank, gallery, similarity, "log_norm", n)
+    rescorer.offset = rescorer.log_norm
+
+
+def _fit_qbnorm(rescorer: QBNorm, bank, gallery: Embedded, similarity, n: int) -> None:
+    _fit_is(rescorer, bank, gallery, similarity, n)
+    rescorer.activation = _hubs(bank, gallery, similarity, rescorer.top_k, n)
+
+
+def _fit_dbnorm(rescorer: DBNorm, bank, gallery: Embedded, similarity, n: int) -> None:
+    _fit_is(rescorer, bank, gallery, similarity, n)
+    rescorer.log_norm_gallery = _self_log_norm(gallery, rescorer.beta, n)
+    rescorer.offset = rescorer.log_norm + rescorer.gallery_weight * rescorer.log_norm_gallery
+
+
+def _fit_center(rescorer: Center, bank, gallery: Embedded, similarity, n: int) -> None:
+    total, seen, device = None, 0, None
+    for chunk in gallery():
+        part = chunk.detach().cpu().double().sum(0)  # float64 on the CPU: not every accelerator has it
+        total, seen, device = (part if total is None else total + part), seen + len(chunk), chunk.device
+    _check_count(seen, n)
+    mean = (total / n).float().to(device)
+    # the rescorer's own fit, with the gallery replaced by its mean (one row): the same gallery_mean
+    type(rescorer).fit(rescorer, bank, mean[None, :], similarity=similarity)
+
+
+def _hubs(bank: torch.Tensor, gallery: Embedded, similarity, top_k: int, n: int) -> torch.Tensor:
+    """Items among the ``top_k`` of some bank query (QB-Norm's activation set), by a running top-k."""
+    best_scores = best_ids = None
+    start = 0
+    for chunk in gallery():
+        for i in range(0, len(chunk), DEFAULT_CHUNK):
+            part = chunk[i : i + DEFAULT_CHUNK]
+            top = similarity(bank, part).topk(min(top_k, len(part)), dim=1)
+            ids = top.indices + start + i
+            if best_scores is None:
+                best_scores, best_ids = top.values, ids
+            else:
+                scores, both = torch.cat([best_scores, top.values], 1), torch.cat([best_ids, ids], 1)
+                keep = scores.topk(min(top_k, scores.shape[1]), dim=1).indices
+                best_scores, best_ids = scores.gather(1, keep), both.gather(1, keep)
+        start += len(chunk)
+    _check_count(start, n)
+    hubs = torch.zeros(n, dtype=torch.bool, device=bank.device)
+    hubs[best_ids.flatten()] = True
+    return hubs
+
+
+def _self_log_norm(gallery: Embedded, beta: float, n: int) -> torch.Tensor:
+    """``log sum_{g' != g} exp(beta g'.g)`` per item (DBNorm's gallery bank = the gallery): every chunk of
+    columns against every chunk of rows, accumulated; memory DEFAULT_CHUNK x chunk."""
+    out, col_start = None, 0
+    for cols in gallery():
+        out = torch.empty(n, device=cols.device) if out is None else out
+        total = torch.full((len(cols),), float("-inf"), device=cols.device)
+        row_start = 0
+        for rows in gallery():
+            for i in range(0, len(rows), DEFAULT_CHUNK):
+                block = dot(rows[i : i + DEFAULT_CHUNK], cols)
+                first = row_start + i
+                own = torch.arange(len(cols), device=cols.device) + col_start - first  # each column's own row
+                inside = (own >= 0) & (own < len(block))
+                block[own[inside], torch.nonzero(inside).flatten()] = float("-inf")
+                total = torch.logaddexp(total, torch.logsumexp(beta * block, dim=0))
+            row_start += len(rows)
+        _check_count(row_start, n)
+        out[col_start : col_start + len(cols)] = total
+        col_start += len(cols)
+    _check_count(col_start, n)
+    return out
+
+
+CHUNKED_FITS = {
+    CSLS: _fit_csls,
+    InvertedSoftmax: _fit_is,
+    QBNorm: _fit_qbnorm,
+    DBNorm: _fit_dbnorm,
+    Center: _fit_center,
+    Whiten: _fit_center,
+}
+
+
+# -- the index -------------------------------------------------------------------------------------
+@dataclass
+class _ScoredGallery:
+    """The gallery in the scorer's space, embedded and prepared a chunk at a time (a VectorSource)."""
+
+    scorer: Scorer
+    gallery: GalleryImages
+    chunk: int
+
+    @property
+    def dim(self) -> int:
+        return self.scorer.model.space_dim
+
+    def __len__(self) -> int:
+        return len(self.gallery)
+
+    def embedded(self) -> Iterator[torch.Tensor]:
+        for images in self.gallery.image_chunks(self.chunk):
+            yield self.scorer.embed_gallery(images)
+
+    def _prepared(self, images: np.ndarray) -> np.ndarray:
+        return self.scorer.prepare_gallery(self.scorer.embed_gallery(images)).cpu().numpy()
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        for images in self.gallery.image_chunks(self.chunk):
+            yield self._prepared(images)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        parts = [self._prepared(images) for images in self.gallery.take(rows, self.chunk)]
+        return np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
+
+
+def index_gallery(
+    scorer: Scorer,
+    gallery: GalleryImages,
+    kind: str = "exact",
+    params: dict | None = None,
+    seed: int = 0,
+    chunk: int = CHUNK_ROWS,
+) -> GalleryIndex:
+    """Index ``gallery`` in the scorer's space, fitting its rescorer on the gallery first; both read the
+    gallery ``chunk`` rows at a time. ``seed`` picks the IVF training sample."""
+    chunk = check_chunk(chunk)
+    params = dict(params or {})
+    check_request(kind, params, len(gallery), scorer.model.space_dim)  # before any work
+    if scorer.rescorer is not None and scorer.rescorer.name == "dbnorm" and len(gallery) > DBNORM_WARN_ROWS:
+        logger.warning(
+            "dbnorm's gallery-bank normaliser compares every pair of the %d gallery images (%d passes over it)",
+            len(gallery),
+            -(-len(gallery) // chunk),
+        )
+    scored = _ScoredGallery(scorer, gallery, chunk)
+    fit_scorer(scorer, scored.embedded, len(gallery))
+    return build_index_from(scored, kind, gallery.names, seed=seed, **params)
+
+
 def build_gallery_index(
     scorer: Scorer, images: np.ndarray, names: np.ndarray | None, kind: str = "exact", params: dict | None = None
 ) -> GalleryIndex:
-    """Index gallery images in the scorer's space, fitting its rescorer on the gallery first."""
-    gallery = scorer.embed_gallery(images)
-    scorer.fit(gallery)
-    return build_index(scorer.prepare_gallery(gallery).cpu().numpy(), kind, names=names, **(params or {}))
+    """Index gallery images (a matrix) in the scorer's space, fitting its rescorer on the gallery first."""
+    return index_gallery(scorer, GalleryImages.from_arrays(images, names), kind, params)
 
 
 def save_gallery_index(folder: str | Path, index: GalleryIndex, scorer: Scorer, run_id: str, force: bool) -> Path:
