@@ -18,7 +18,7 @@ from stitch.data.shards import Shard
 from stitch.retrieval import index as index_module
 from stitch.retrieval.index import IndexFileError, load_index, train_sample_size
 from stitch.retrieval.scorer import Scorer
-from stitch.retrieval.search import Searcher, fit_scorer, gallery_images
+from stitch.retrieval.search import Searcher, gallery_images
 from stitch.training import open_run
 
 needs_faiss = pytest.mark.skipif(
@@ -99,7 +99,7 @@ def test_chunkwise_rescorer_statistics_equal_the_in_memory_fit(setup, rerank):
     whole, chunked = run.scorer(rerank), run.scorer(rerank)
     gallery = whole.embed_gallery(data.images)
     whole.fit(gallery)
-    fit_scorer(chunked, lambda: iter(torch.split(gallery, 211)), len(gallery))  # chunks across DEFAULT_CHUNK
+    chunked.fit_stream(lambda: iter(torch.split(gallery, 211)), len(gallery))  # chunks across DEFAULT_CHUNK
     state = {k: v for k, v in vars(whole.rescorer).items() if isinstance(v, torch.Tensor)}
     assert state and chunked.fitted
     for key, value in state.items():

@@ -19,33 +19,26 @@ Only rank order per query matters, so per-query constants are dropped.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 
 from stitch.registries import RESCORERS
+from stitch.retrieval.index import IndexFileError
 from stitch.retrieval.ranks import DEFAULT_CHUNK, dot
 
+logger = logging.getLogger(__name__)
 
-def _column_stat(
-    bank: torch.Tensor,
-    gallery: torch.Tensor,
-    reduce,
-    chunk: int = DEFAULT_CHUNK,
-    bank_is_gallery: bool = False,
-    similarity=dot,
-) -> torch.Tensor:
-    """Per-gallery statistic over bank similarities, computed in gallery chunks (memory bank x chunk).
+GalleryChunks = Callable[[], Iterator[torch.Tensor]]  # yields the gallery's unit rows in order, chunk by chunk
+FIT_IN_MEMORY_ROWS = 1_000_000  # a rescorer without a chunk-wise fit gathers the gallery up to this many rows
+DBNORM_WARN_ROWS = 200_000  # dbnorm's gallery-bank normaliser reads the gallery once per chunk: quadratic
 
-    When the bank is the gallery itself, an item's similarity to itself is left out.
-    """
-    parts = []
-    for i in range(0, len(gallery), chunk):
-        scores = similarity(bank, gallery[i : i + chunk])
-        if bank_is_gallery:
-            cols = torch.arange(scores.shape[1], device=scores.device)
-            scores[i + cols, cols] = float("-inf")
-        parts.append(reduce(scores))
-    return torch.cat(parts)
+
+def one_chunk(gallery: torch.Tensor) -> GalleryChunks:
+    """A gallery held in memory, given as a single chunk."""
+    return lambda: iter((gallery,))
 
 
 class Rescorer:
@@ -63,6 +56,24 @@ class Rescorer:
         ``similarity(queries, gallery)`` is the model's score (a query may be a slot set)."""
         return self
 
+    def fit_stream(
+        self, bank: torch.Tensor, gallery: GalleryChunks, similarity, n: int, gallery_bank: torch.Tensor | None = None
+    ):
+        """:meth:`fit` on a gallery of ``n`` rows given chunk by chunk (``gallery()`` yields its unit rows in
+        order and may be called again). This default gathers the gallery (a gallery given whole is used as it
+        is) and refuses to gather more than ``FIT_IN_MEMORY_ROWS`` rows; the rescorers of stitch compute
+        their statistics chunk by chunk instead."""
+        chunks = []
+        for _, chunk in _counted(gallery, n):
+            if chunks and n > FIT_IN_MEMORY_ROWS:
+                raise ValueError(
+                    f"rerank {self.name!r} has no chunk-wise fit and the gallery has {n:,} images (more than "
+                    f"{FIT_IN_MEMORY_ROWS:,} to gather in memory): use --rerank is, csls, qbnorm, center or none"
+                )
+            chunks.append(chunk)
+        whole = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return self.fit(bank, whole, gallery_bank, similarity=similarity)
+
     def queries(self, q: torch.Tensor) -> torch.Tensor:
         return q
 
@@ -77,33 +88,43 @@ class Rescorer:
         return self.scale * scores - offset
 
 
-class CSLS(Rescorer):
+class ChunkwiseRescorer(Rescorer):
+    """A rescorer whose statistics are computed a gallery chunk at a time: :meth:`fit_stream` is the one
+    implementation, and ``fit`` on a gallery in memory is ``fit_stream`` on a single chunk."""
+
+    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
+        return self.fit_stream(query_bank, one_chunk(gallery), similarity, len(gallery), gallery_bank)
+
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        raise NotImplementedError
+
+
+class CSLS(ChunkwiseRescorer):
     name = "csls"
     scale = 2.0
 
     def __init__(self, k: int = 10) -> None:
         self.k = k
 
-    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
-        k = min(self.k, len(query_bank))
-        self.offset = _column_stat(
-            query_bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0), similarity=similarity
-        )
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        k = min(self.k, len(bank))
+        self.offset = _column_stat(bank, gallery, lambda s: s.topk(k, dim=0).values.mean(0), n, similarity)
         return self
 
 
-class InvertedSoftmax(Rescorer):
+class InvertedSoftmax(ChunkwiseRescorer):
     name = "is"
 
     def __init__(self, beta: float = 20.0) -> None:
         self.beta = self.scale = beta
 
-    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
-        self.log_norm = _column_stat(
-            query_bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0), similarity=similarity
-        )
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        self.log_norm = _column_stat(bank, gallery, self._log_sum_exp, n, similarity)
         self.offset = self.log_norm
         return self
+
+    def _log_sum_exp(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(self.beta * scores, dim=0)
 
 
 class QBNorm(InvertedSoftmax):
@@ -113,13 +134,9 @@ class QBNorm(InvertedSoftmax):
         super().__init__(beta)
         self.top_k = top_k
 
-    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
-        super().fit(query_bank, gallery, similarity=similarity)
-        hubs = torch.zeros(len(gallery), dtype=torch.bool, device=gallery.device)
-        for i in range(0, len(query_bank), DEFAULT_CHUNK):
-            top = similarity(query_bank[i : i + DEFAULT_CHUNK], gallery).topk(self.top_k, dim=1).indices
-            hubs[top.flatten()] = True
-        self.activation = hubs
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        super().fit_stream(bank, gallery, similarity, n)
+        self.activation = _hubs(bank, gallery, similarity, self.top_k, n)
         return self
 
     def adjust(self, scores, ids=None):
@@ -136,22 +153,24 @@ class DBNorm(InvertedSoftmax):
         super().__init__(beta)
         self.gallery_weight = gallery_weight
 
-    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
-        super().fit(query_bank, gallery, similarity=similarity)
-        bank = gallery if gallery_bank is None else gallery_bank
-        self.log_norm_gallery = _column_stat(
-            bank, gallery, lambda s: torch.logsumexp(self.beta * s, dim=0), bank_is_gallery=gallery_bank is None
-        )
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        """The gallery bank is ``gallery_bank``, or else the gallery itself (each item's own similarity left
+        out: every chunk of the gallery against every chunk, quadratic)."""
+        super().fit_stream(bank, gallery, similarity, n)
+        if gallery_bank is None:
+            self.log_norm_gallery = _self_log_norm(gallery, self.beta, n)
+        else:
+            self.log_norm_gallery = _column_stat(gallery_bank, gallery, self._log_sum_exp, n)
         self.offset = self.log_norm + self.gallery_weight * self.log_norm_gallery
         return self
 
 
-class Center(Rescorer):
+class Center(ChunkwiseRescorer):
     name = "center"
 
-    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
-        self.query_mean = query_bank.mean(0)
-        self.gallery_mean = (gallery if gallery_bank is None else gallery_bank).mean(0)
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        self.query_mean = bank.mean(0)
+        self.gallery_mean = _gallery_mean(gallery, n) if gallery_bank is None else gallery_bank.mean(0)
         return self
 
     def queries(self, q):
@@ -167,9 +186,9 @@ class Whiten(Center):
     def __init__(self, eps: float = 1e-2) -> None:
         self.eps = eps
 
-    def fit(self, query_bank, gallery, gallery_bank=None, similarity=dot):
-        super().fit(query_bank, gallery, gallery_bank)
-        centred = (query_bank - self.query_mean).double()
+    def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
+        super().fit_stream(bank, gallery, similarity, n, gallery_bank)
+        centred = (bank - self.query_mean).double()
         cov = centred.T @ centred / max(1, len(centred) - 1)
         vals, vecs = torch.linalg.eigh(cov)
         scale = (vals.clamp(min=0) + self.eps * vals.mean()).rsqrt()
@@ -178,6 +197,94 @@ class Whiten(Center):
 
     def queries(self, q):
         return F.normalize((q - self.query_mean) @ self.whitener, dim=1)
+
+
+# -- gallery statistics, a chunk at a time --------------------------------------------------------
+def _counted(gallery: GalleryChunks, n: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first row, chunk)`` of every chunk of the gallery, counted against ``n``."""
+    start = 0
+    for chunk in gallery():
+        if start + len(chunk) > n:
+            start += len(chunk)
+            break
+        yield start, chunk
+        start += len(chunk)
+    if start != n:
+        raise IndexFileError(f"the gallery gave {start} rows, expected {n} (did it change while it was read?)")
+
+
+def _column_stat(bank: torch.Tensor, gallery: GalleryChunks, reduce, n: int, similarity=dot) -> torch.Tensor:
+    """Per-gallery-item statistic ``reduce`` over the item's bank similarities (memory bank x DEFAULT_CHUNK),
+    written into one tensor of ``n`` allocated first (a list of small parts between large temporaries
+    fragments the heap: it grew with n)."""
+    out = None
+    for start, chunk in _counted(gallery, n):
+        for i in range(0, len(chunk), DEFAULT_CHUNK):
+            part = reduce(similarity(bank, chunk[i : i + DEFAULT_CHUNK]))
+            out = part.new_empty(n) if out is None else out
+            out[start + i : start + i + len(part)] = part
+    return bank.new_empty(0) if out is None else out
+
+
+def _hubs(bank: torch.Tensor, gallery: GalleryChunks, similarity, top_k: int, n: int) -> torch.Tensor:
+    """Items among the ``top_k`` of some bank query (QB-Norm's activation set), by a running top-k."""
+    best_scores = best_ids = None
+    for start, chunk in _counted(gallery, n):
+        for i in range(0, len(chunk), DEFAULT_CHUNK):
+            part = chunk[i : i + DEFAULT_CHUNK]
+            top = similarity(bank, part).topk(min(top_k, len(part)), dim=1)
+            ids = top.indices + start + i
+            if best_scores is None:
+                best_scores, best_ids = top.values, ids
+            else:
+                scores, both = torch.cat([best_scores, top.values], 1), torch.cat([best_ids, ids], 1)
+                keep = scores.topk(min(top_k, scores.shape[1]), dim=1).indices
+                best_scores, best_ids = scores.gather(1, keep), both.gather(1, keep)
+    hubs = torch.zeros(n, dtype=torch.bool, device=bank.device)
+    if best_ids is not None:
+        hubs[best_ids.flatten()] = True
+    return hubs
+
+
+def _self_log_norm(gallery: GalleryChunks, beta: float, n: int) -> torch.Tensor:
+    """``log sum_{g' != g} exp(beta g'.g)`` per item (DBNorm's gallery bank = the gallery): every chunk of
+    columns against every chunk of rows, accumulated; memory DEFAULT_CHUNK x chunk."""
+    out = None
+    for col_start, cols in _counted(gallery, n):
+        if out is None:
+            out = cols.new_empty(n)
+            _warn_quadratic(n, len(cols))
+        total = cols.new_full((len(cols),), float("-inf"))
+        for row_start, rows in _counted(gallery, n):
+            for i in range(0, len(rows), DEFAULT_CHUNK):
+                block = dot(rows[i : i + DEFAULT_CHUNK], cols)
+                first = row_start + i
+                own = torch.arange(len(cols), device=cols.device) + col_start - first  # each column's own row
+                inside = (own >= 0) & (own < len(block))
+                block[own[inside], torch.nonzero(inside).flatten()] = float("-inf")
+                total = torch.logaddexp(total, torch.logsumexp(beta * block, dim=0))
+        out[col_start : col_start + len(cols)] = total
+    return torch.empty(0) if out is None else out
+
+
+def _warn_quadratic(n: int, chunk: int) -> None:
+    if n > DBNORM_WARN_ROWS and chunk < n:
+        logger.warning(
+            "dbnorm's gallery-bank normaliser compares every pair of the %d gallery images (%d passes over it)",
+            n,
+            -(-n // chunk),
+        )
+
+
+def _gallery_mean(gallery: GalleryChunks, n: int) -> torch.Tensor:
+    """The mean gallery row, summed in float64 on the CPU (not every accelerator has it)."""
+    total, device = None, None
+    for _, chunk in _counted(gallery, n):
+        for i in range(0, len(chunk), DEFAULT_CHUNK):
+            part = chunk[i : i + DEFAULT_CHUNK].detach().cpu().double().sum(0)
+            total = part if total is None else total + part
+        device = chunk.device
+    return (total / n).float().to(device)
 
 
 def build_rescorer(name: str, **params) -> Rescorer:

@@ -2,7 +2,8 @@
 
 One :class:`Scorer` serves the trainer's dev metric, ``evaluate``, index build and search, the service
 and the report, so a figure printed anywhere is the figure of the same scoring. Get one from a run
-(``run.scorer()``); :meth:`Scorer.fit` learns the gallery statistics a rescorer needs.
+(``run.scorer()``); :meth:`Scorer.fit` learns the gallery statistics a rescorer needs (from a gallery
+in memory, or given chunk by chunk: :meth:`Scorer.fit_stream`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from stitch.registries import RESCORERS
-from stitch.retrieval.hubness import Rescorer, configured_rescorer
+from stitch.retrieval.hubness import GalleryChunks, Rescorer, configured_rescorer, one_chunk
 from stitch.retrieval.ranks import DEFAULT_CHUNK, cosine_ready
 from stitch.translators import Translator, embed_rows
 
@@ -80,10 +81,16 @@ class Scorer:
     # -- fitting and scoring ---------------------------------------------------------------------
     def fit(self, gallery: torch.Tensor, gallery_bank: torch.Tensor | None = None) -> Scorer:
         """Learn the rescorer's gallery statistics (unit ``gallery`` rows) from the translated bank."""
+        return self.fit_stream(one_chunk(gallery), len(gallery), gallery_bank)
+
+    def fit_stream(self, gallery: GalleryChunks, n: int, gallery_bank: torch.Tensor | None = None) -> Scorer:
+        """:meth:`fit` on a gallery of ``n`` rows given chunk by chunk (``gallery()`` yields its unit rows in
+        order and may be called again): the same statistics, computed by the rescorer's own
+        :meth:`~stitch.retrieval.hubness.Rescorer.fit_stream`, without holding the gallery."""
         if self.rescorer is not None:
             bank = self.embed_queries(self.bank, what="translated query bank")
             g_bank = None if gallery_bank is None else cosine_ready(gallery_bank, self.device)
-            self.rescorer.fit(bank, gallery, g_bank, similarity=self.model.score)
+            self.rescorer.fit_stream(bank, gallery, self.model.score, n, g_bank)
         self.fitted = True
         return self
 

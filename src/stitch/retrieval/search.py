@@ -11,7 +11,7 @@ is in the top k of its best vector, so with an exact index the merge is exact.
 
 A gallery is read as a :class:`GalleryImages` (:func:`gallery_images`: pairs in memory are one shard,
 pairs on disk memory-mapped shards), a chunk of rows at a time: the rescorer's statistics are fitted
-chunk-wise (:func:`fit_scorer`, the same numbers as :meth:`Scorer.fit` on the whole gallery) and the
+chunk-wise (:meth:`Scorer.fit_stream`, the same code as :meth:`Scorer.fit` on the whole gallery) and the
 index is built from the embedded chunks (:func:`~stitch.retrieval.index.build_index_from`), so building
 an index never holds the gallery, only the index.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,9 +32,9 @@ from stitch.data.errors import DataError
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS, Shard
 from stitch.io.atomic import atomic_write, atomic_write_text
-from stitch.retrieval.hubness import CSLS, Center, DBNorm, InvertedSoftmax, QBNorm, Rescorer, Whiten, build_rescorer
+from stitch.retrieval.hubness import Rescorer, build_rescorer
 from stitch.retrieval.index import GalleryIndex, IndexFileError, build_index_from, check_request, load_index
-from stitch.retrieval.ranks import DEFAULT_CHUNK, check_chunk, dot
+from stitch.retrieval.ranks import check_chunk
 from stitch.retrieval.scorer import Scorer
 
 logger = logging.getLogger(__name__)
@@ -171,145 +171,6 @@ def _image_shards(data: PairedEmbeddings | ShardedPairs) -> tuple[list[Shard], d
     return data.shards().shards, {k: [v] for k, v in columns.items() if v is not None}, ""
 
 
-# -- the rescorer's gallery statistics, chunk by chunk ------------------------------------------------
-Embedded = Callable[[], Iterator[torch.Tensor]]  # yields the gallery's unit rows in order, chunk by chunk
-FIT_IN_MEMORY_ROWS = 1_000_000  # a rescorer without a chunk-wise fit gathers the gallery up to this many rows
-DBNORM_WARN_ROWS = 200_000  # dbnorm's gallery-bank normaliser reads the gallery once per chunk: quadratic
-
-
-def fit_scorer(scorer: Scorer, gallery: Embedded, n: int) -> Scorer:
-    """:meth:`Scorer.fit` on a gallery given chunk by chunk (``gallery()`` yields its unit rows in order and
-    may be called again): the same statistics, without holding the gallery.
-
-    Column statistics over the bank (csls, is, and the query-bank part of qbnorm/dbnorm) are computed per
-    chunk by the rescorer's own code; qbnorm's hubs keep a running top-k per bank query; dbnorm's
-    gallery-bank normaliser accumulates a log-sum-exp over every pair of chunks; center/whiten stream the
-    gallery mean. A rescorer stitch does not know is fitted on the gathered gallery, up to
-    ``FIT_IN_MEMORY_ROWS`` rows."""
-    rescorer = scorer.rescorer
-    if rescorer is None:
-        scorer.fitted = True
-        return scorer
-    fit = CHUNKED_FITS.get(type(rescorer))
-    if fit is None:
-        if n > FIT_IN_MEMORY_ROWS:
-            raise ValueError(
-                f"rerank {rescorer.name!r} has no chunk-wise fit and the gallery has {n:,} images (more than "
-                f"{FIT_IN_MEMORY_ROWS:,} to gather in memory): use --rerank is, csls, qbnorm, center or none"
-            )
-        return scorer.fit(torch.cat(list(gallery())))
-    bank = scorer.embed_queries(scorer.bank, what="translated query bank")
-    fit(rescorer, bank, gallery, scorer.model.score, n)
-    scorer.fitted = True
-    return scorer
-
-
-def _per_item(
-    fit, rescorer: Rescorer, bank: torch.Tensor, gallery: Embedded, similarity, attr: str, n: int
-) -> torch.Tensor:
-    """A per-gallery-item statistic: ``attr`` after ``fit`` on each chunk, written into one tensor of ``n``
-    allocated first (a list of small parts between large temporaries fragments the heap: it grew with n)."""
-    out, start = torch.empty(n, device=bank.device), 0
-    for chunk in gallery():
-        fit(rescorer, bank, chunk, similarity=similarity)
-        out[start : start + len(chunk)] = getattr(rescorer, attr)
-        start += len(chunk)
-    _check_count(start, n)
-    return out
-
-
-def _check_count(seen: int, n: int) -> None:
-    if seen != n:
-        raise IndexFileError(f"the gallery gave {seen} rows, expected {n} (did it change while it was read?)")
-
-
-def _fit_csls(rescorer: CSLS, bank, gallery: Embedded, similarity, n: int) -> None:
-    rescorer.offset = _per_item(CSLS.fit, rescorer, bank, gallery, similarity, "offset", n)
-
-
-def _fit_is(rescorer: InvertedSoftmax, bank, gallery: Embedded, similarity, n: int) -> None:
-    rescorer.log_norm = _per_item(InvertedSoftmax.fit, rescorer, bank, gallery, similarity, "log_norm", n)
-    rescorer.offset = rescorer.log_norm
-
-
-def _fit_qbnorm(rescorer: QBNorm, bank, gallery: Embedded, similarity, n: int) -> None:
-    _fit_is(rescorer, bank, gallery, similarity, n)
-    rescorer.activation = _hubs(bank, gallery, similarity, rescorer.top_k, n)
-
-
-def _fit_dbnorm(rescorer: DBNorm, bank, gallery: Embedded, similarity, n: int) -> None:
-    _fit_is(rescorer, bank, gallery, similarity, n)
-    rescorer.log_norm_gallery = _self_log_norm(gallery, rescorer.beta, n)
-    rescorer.offset = rescorer.log_norm + rescorer.gallery_weight * rescorer.log_norm_gallery
-
-
-def _fit_center(rescorer: Center, bank, gallery: Embedded, similarity, n: int) -> None:
-    total, seen, device = None, 0, None
-    for chunk in gallery():
-        part = chunk.detach().cpu().double().sum(0)  # float64 on the CPU: not every accelerator has it
-        total, seen, device = (part if total is None else total + part), seen + len(chunk), chunk.device
-    _check_count(seen, n)
-    mean = (total / n).float().to(device)
-    # the rescorer's own fit, with the gallery replaced by its mean (one row): the same gallery_mean
-    type(rescorer).fit(rescorer, bank, mean[None, :], similarity=similarity)
-
-
-def _hubs(bank: torch.Tensor, gallery: Embedded, similarity, top_k: int, n: int) -> torch.Tensor:
-    """Items among the ``top_k`` of some bank query (QB-Norm's activation set), by a running top-k."""
-    best_scores = best_ids = None
-    start = 0
-    for chunk in gallery():
-        for i in range(0, len(chunk), DEFAULT_CHUNK):
-            part = chunk[i : i + DEFAULT_CHUNK]
-            top = similarity(bank, part).topk(min(top_k, len(part)), dim=1)
-            ids = top.indices + start + i
-            if best_scores is None:
-                best_scores, best_ids = top.values, ids
-            else:
-                scores, both = torch.cat([best_scores, top.values], 1), torch.cat([best_ids, ids], 1)
-                keep = scores.topk(min(top_k, scores.shape[1]), dim=1).indices
-                best_scores, best_ids = scores.gather(1, keep), both.gather(1, keep)
-        start += len(chunk)
-    _check_count(start, n)
-    hubs = torch.zeros(n, dtype=torch.bool, device=bank.device)
-    hubs[best_ids.flatten()] = True
-    return hubs
-
-
-def _self_log_norm(gallery: Embedded, beta: float, n: int) -> torch.Tensor:
-    """``log sum_{g' != g} exp(beta g'.g)`` per item (DBNorm's gallery bank = the gallery): every chunk of
-    columns against every chunk of rows, accumulated; memory DEFAULT_CHUNK x chunk."""
-    out, col_start = None, 0
-    for cols in gallery():
-        out = torch.empty(n, device=cols.device) if out is None else out
-        total = torch.full((len(cols),), float("-inf"), device=cols.device)
-        row_start = 0
-        for rows in gallery():
-            for i in range(0, len(rows), DEFAULT_CHUNK):
-                block = dot(rows[i : i + DEFAULT_CHUNK], cols)
-                first = row_start + i
-                own = torch.arange(len(cols), device=cols.device) + col_start - first  # each column's own row
-                inside = (own >= 0) & (own < len(block))
-                block[own[inside], torch.nonzero(inside).flatten()] = float("-inf")
-                total = torch.logaddexp(total, torch.logsumexp(beta * block, dim=0))
-            row_start += len(rows)
-        _check_count(row_start, n)
-        out[col_start : col_start + len(cols)] = total
-        col_start += len(cols)
-    _check_count(col_start, n)
-    return out
-
-
-CHUNKED_FITS = {
-    CSLS: _fit_csls,
-    InvertedSoftmax: _fit_is,
-    QBNorm: _fit_qbnorm,
-    DBNorm: _fit_dbnorm,
-    Center: _fit_center,
-    Whiten: _fit_center,
-}
-
-
 # -- the index -------------------------------------------------------------------------------------
 @dataclass
 class _ScoredGallery:
@@ -355,14 +216,8 @@ def index_gallery(
     chunk = check_chunk(chunk)
     params = dict(params or {})
     check_request(kind, params, len(gallery), scorer.model.space_dim)  # before any work
-    if scorer.rescorer is not None and scorer.rescorer.name == "dbnorm" and len(gallery) > DBNORM_WARN_ROWS:
-        logger.warning(
-            "dbnorm's gallery-bank normaliser compares every pair of the %d gallery images (%d passes over it)",
-            len(gallery),
-            -(-len(gallery) // chunk),
-        )
     scored = _ScoredGallery(scorer, gallery, chunk)
-    fit_scorer(scorer, scored.embedded, len(gallery))
+    scorer.fit_stream(scored.embedded, len(gallery))
     return build_index_from(scored, kind, gallery.names, seed=seed, **params)
 
 
