@@ -455,3 +455,36 @@ def test_datasets_folder_with_a_lost_or_cut_arrow_file_names_it(tmp_path, damage
     with pytest.raises(DataError, match="data-00002-of-00004.arrow") as err:
         open_layout(folder)
     assert expected in str(err.value)
+
+
+@pytest.mark.slow
+def test_flickr8k_round_trip_convert_train_evaluate_gives_the_npz_metrics(tmp_path):
+    """Each layout -> `stitch convert` (float16, the default) -> train -> evaluate on dev: the metrics of the
+    npz within 0.002, for a closed-form map and a learnt one streamed from the shards."""
+    from stitch import api
+
+    if not FLICKR.exists():
+        pytest.skip(f"{FLICKR} is absent: the shared data folder must sit beside the repo as ../shared")
+    data = load_pairs(FLICKR)
+    thirds = (0, data.n_images // 3, 2 * data.n_images // 3, data.n_images)
+    folders = {
+        "clip": _write_clip(tmp_path / "clip", data, bounds=thirds),
+        "parquet": _write_tables(tmp_path / "parquet", data, ".parquet", fixed=True, bounds=thirds),
+        "hf": _write_hf(tmp_path / "hf", data, num_shards=1),
+    }
+    recipes = {
+        "ridge": ["model.name=ridge"],
+        "mlp": ["model.name=mlp", "model.hidden=256", "optim.epochs=1", "inference.bank_size=2000"],
+    }
+
+    def dev_metrics(source, recipe: str) -> tuple[float, float]:
+        result = api.train(api.load(source), None, overrides=recipes[recipe], progress=False)
+        report = api.evaluate(result, api.load(source), split="dev", rerank="none")[0].metrics
+        return report["recall@1"], report["mrr"]
+
+    expected = {recipe: dev_metrics(FLICKR, recipe) for recipe in recipes}
+    for name, folder in folders.items():
+        converted = api.convert(folder, tmp_path / f"{name}.shards", image_key=KEY)
+        for recipe in recipes:
+            got = dev_metrics(converted, recipe)
+            assert np.allclose(got, expected[recipe], atol=0.002), (name, recipe, got, expected[recipe])

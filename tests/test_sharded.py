@@ -140,3 +140,16 @@ def test_writing_never_replaces_a_folder_unasked_and_leaves_nothing_half_written
     with pytest.raises(DataError, match="250"):
         write_sharded(broken, tmp_path / "t")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no half-written folder, no temporary
+
+
+def test_small_input_shards_merge_into_output_shards_in_order(tmp_path):
+    data = _pairs()
+    pieces = []
+    for lo, hi in ((0, 10), (10, 150), (150, 300)):  # three input files of whole images
+        rows = np.flatnonzero((data.caption_image >= lo) & (data.caption_image < hi))
+        pieces.append(Shard(data.captions[rows], data.images[lo:hi], data.caption_image[rows] - lo))
+    folder = write_sharded(ShardedPairs(pieces), tmp_path / "s", shard_rows=500, dtype="float32")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert [e["captions"] for e in manifest["shards"]] == [498, 402]  # packed across input files, whole images
+    back = open_sharded(folder).to_memory()
+    assert np.array_equal(back.captions, data.captions) and np.array_equal(back.caption_image, data.caption_image)

@@ -284,38 +284,58 @@ def write_sharded(
 
 
 @dataclass
-class _Block:
-    shard: int  # input shard
-    images: np.ndarray  # input image rows, a contiguous range
-    rows: np.ndarray  # input caption rows of those images, ordered by image (stable)
-    where: str
+class _Piece:
+    """A contiguous image range of one input shard and its captions (ordered by image, stable)."""
+
+    shard: int
+    images: np.ndarray
+    rows: np.ndarray
 
 
-def _blocks(data: ShardedPairs, shard_rows: int) -> Iterator[_Block]:
-    """Contiguous image ranges of each input shard holding about ``shard_rows`` captions each."""
+def _blocks(data: ShardedPairs, shard_rows: int) -> Iterator[list[_Piece]]:
+    """Output shards of at most ``shard_rows`` captions (at least one image each), packed from consecutive
+    image ranges across input shards, so small input files merge and the pairs keep their order."""
+    block: list[_Piece] = []
+    size = 0
     for k, shard in enumerate(data.shards):
         owner = np.asarray(shard.caption_image, dtype=np.int64)
         order = np.argsort(owner, kind="stable")
-        ends = np.searchsorted(owner[order], np.arange(len(shard.images)), side="right")  # captions up to image i
+        ends = np.searchsorted(owner[order], np.arange(len(shard.images)), side="right")  # captions of images <= i
         start_image, start_row = 0, 0
         while start_image < len(shard.images):
-            stop = int(np.searchsorted(ends, start_row + shard_rows, side="right"))
+            stop = int(np.searchsorted(ends, start_row + shard_rows - size, side="right"))
+            if stop <= start_image and block:  # the next image does not fit: close this shard
+                yield block
+                block, size = [], 0
+                continue
             stop = max(stop, start_image + 1)
             end_row = int(ends[stop - 1])
-            yield _Block(k, np.arange(start_image, stop), order[start_row:end_row], f"{data.source} shard {k}")
+            block.append(_Piece(k, np.arange(start_image, stop), order[start_row:end_row]))
+            size += end_row - start_row
             start_image, start_row = stop, end_row
+            if size >= shard_rows:
+                yield block
+                block, size = [], 0
+    if block:
+        yield block
 
 
-def _write_block(data: ShardedPairs, folder: Path, number: int, block: _Block, dtype: str) -> dict:
-    name, shard = f"{number:05d}", data.shards[block.shard]
-    _copy_rows(shard.captions, block.rows, folder, f"{name}.captions.npy", dtype, f"{block.where} captions")
-    _copy_rows(shard.images, block.images, folder, f"{name}.images.npy", dtype, f"{block.where} images")
-    owner = np.asarray(shard.caption_image, dtype=np.int64)[block.rows] - block.images[0]
-    _save(folder, f"{name}.caption_image.npy", owner.astype(_index_dtype(len(block.images))))
+def _write_block(data: ShardedPairs, folder: Path, number: int, block: list[_Piece], dtype: str) -> dict:
+    name, where = f"{number:05d}", f"{data.source} shard"
+    captions = [(data.shards[p.shard].captions, p.rows, f"{where} {p.shard} captions") for p in block]
+    images = [(data.shards[p.shard].images, p.images, f"{where} {p.shard} images") for p in block]
+    _copy_rows(captions, folder, f"{name}.captions.npy", dtype)
+    _copy_rows(images, folder, f"{name}.images.npy", dtype)
+    firsts = np.cumsum([0] + [len(p.images) for p in block])
+    owner = np.concatenate(
+        [np.asarray(data.shards[p.shard].caption_image, dtype=np.int64)[p.rows] - p.images[0] + first
+         for p, first in zip(block, firsts)]  # fmt: skip
+    )
+    _save(folder, f"{name}.caption_image.npy", owner.astype(_index_dtype(int(firsts[-1]))))
     for column, values in data.columns.items():
-        picked = np.asarray(values[block.shard][block.rows if column in TEXT_COLUMNS else block.images])
-        _save(folder, f"{name}.{column}.npy", picked.astype(str))
-    return {"name": name, "captions": len(block.rows), "images": len(block.images)}
+        parts = [np.asarray(values[p.shard])[p.rows if column in TEXT_COLUMNS else p.images] for p in block]
+        _save(folder, f"{name}.{column}.npy", np.concatenate(parts).astype(str))
+    return {"name": name, "captions": len(owner), "images": int(firsts[-1])}
 
 
 def _save(folder: Path, name: str, values: np.ndarray) -> None:
@@ -323,14 +343,19 @@ def _save(folder: Path, name: str, values: np.ndarray) -> None:
         np.save(handle, values, allow_pickle=False)
 
 
-def _copy_rows(source: np.ndarray, rows: np.ndarray, folder: Path, name: str, dtype: str, where: str) -> None:
-    """``source[rows]`` written as ``dtype`` chunk by chunk (memory stays at one chunk), checked finite."""
-    target = np.lib.format.open_memmap(folder / name, mode="w+", dtype=dtype, shape=(len(rows), source.shape[1]))
-    for start in chunk_starts(len(rows), CHUNK_ROWS, f"writing {name}"):
-        picked = rows[start : start + CHUNK_ROWS]
-        values = read_checked(source, picked, where)
-        if dtype == "float16" and np.abs(values).max(initial=0) > np.finfo(np.float16).max:
-            raise DataError(f"{where} has values beyond float16's range; convert with --dtype float32")
-        target[start : start + len(picked)] = values
+def _copy_rows(pieces: list[tuple[np.ndarray, np.ndarray, str]], folder: Path, name: str, dtype: str) -> None:
+    """``source[rows]`` of every piece, one after another, written as ``dtype`` chunk by chunk (memory stays at
+    one chunk), checked finite."""
+    total, width = sum(len(rows) for _, rows, _ in pieces), pieces[0][0].shape[1]
+    target = np.lib.format.open_memmap(folder / name, mode="w+", dtype=dtype, shape=(total, width))
+    at = 0
+    for source, rows, where in pieces:
+        for start in chunk_starts(len(rows), CHUNK_ROWS, f"writing {name}"):
+            picked = rows[start : start + CHUNK_ROWS]
+            values = read_checked(source, picked, where)
+            if dtype == "float16" and np.abs(values).max(initial=0) > np.finfo(np.float16).max:
+                raise DataError(f"{where} has values beyond float16's range; convert with --dtype float32")
+            target[at : at + len(picked)] = values
+            at += len(picked)
     target.flush()
     del target
