@@ -15,6 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _merged(parts: Iterable, what: str):
+    """Every part merged into one (in order)."""
+    total = None
+    for part in parts:
+        total = part if total is None else total.merge(part)
+    if total is None:
+        raise ValueError(f"no {what} to take moments of")
+    return total
+
+
 @dataclass
 class ColumnMoments:
     """Count, mean and centred sum of squares of each column."""
@@ -24,15 +34,13 @@ class ColumnMoments:
     m2: np.ndarray
 
     @classmethod
+    def of(cls, y: np.ndarray) -> ColumnMoments:
+        y = np.asarray(y, dtype=np.float64)
+        return cls(len(y), y.mean(0), ((y - y.mean(0)) ** 2).sum(0))
+
+    @classmethod
     def of_chunks(cls, chunks: Iterable[np.ndarray]) -> ColumnMoments:
-        total: ColumnMoments | None = None
-        for chunk in chunks:
-            y = np.asarray(chunk, dtype=np.float64)
-            part = cls(len(y), y.mean(0), ((y - y.mean(0)) ** 2).sum(0))
-            total = part if total is None else total.merge(part)
-        if total is None:
-            raise ValueError("no rows to take moments of")
-        return total
+        return _merged((cls.of(chunk) for chunk in chunks), "rows")
 
     def merge(self, other: ColumnMoments) -> ColumnMoments:
         n = self.n + other.n
@@ -68,13 +76,7 @@ class PairMoments:
 
     @classmethod
     def of_chunks(cls, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> PairMoments:
-        total: PairMoments | None = None
-        for x, y in chunks:
-            part = cls.of(x, y)
-            total = part if total is None else total.merge(part)
-        if total is None:
-            raise ValueError("no pairs to take moments of")
-        return total
+        return _merged((cls.of(x, y) for x, y in chunks), "pairs")
 
     def merge(self, other: PairMoments) -> PairMoments:
         n = self.n + other.n
