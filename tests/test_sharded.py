@@ -79,14 +79,15 @@ def test_several_shards_visit_every_train_caption_once_per_pass(tmp_path):
         assert set(labels.tolist()) == set(ids.tolist())
 
 
-def test_resumed_stream_draws_the_batches_of_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("sampler", ["random", "grouped", "hard"])
+def test_resumed_stream_draws_the_batches_of_the_uninterrupted_one(tmp_path, sampler):
     data = _pairs()
     train = open_sharded(write_sharded(_as_sharded(data), tmp_path / "s", shard_rows=90)).holdout(0.1)[0]
-    whole = CaptionBatches(train, 32, seed=3, samples_per_epoch=200)
+    whole = CaptionBatches(train, 32, seed=3, samples_per_epoch=200, sampler=sampler)
     first = [b[0] for b in whole.epoch()]
     state = whole.get_state()
     rest = [b[0] for _ in range(5) for b in whole.epoch()]  # several epochs, across pass boundaries
-    again = CaptionBatches(train, 32, seed=3, samples_per_epoch=200)
+    again = CaptionBatches(train, 32, seed=3, samples_per_epoch=200, sampler=sampler)
     again.set_state(state)
     assert len(first) == 6
     assert all(torch.equal(a, b) for a, b in zip(rest, [b[0] for _ in range(5) for b in again.epoch()]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stitch.data import DataError, kfold_by_image, random_image_split, train_dev_split
+from stitch.data import DataError, kfold_by_image, make_synthetic, random_image_split, train_dev_split
 from stitch.data.dataset import PairedEmbeddings
 
 
@@ -58,3 +58,19 @@ def test_kfold_holds_out_each_image_once(small_data):
     assert sum(held) == small_data.n_images
     with pytest.raises(DataError):
         next(kfold_by_image(small_data, k=1))
+
+
+def test_a_split_column_without_dev_never_trains_on_its_test_images():
+    data = make_synthetic(n_images=200, captions_per_image=2, text_dim=8, image_dim=8, latent_dim=4)
+    split = np.where(np.arange(200) < 150, "train", "test")
+    tagged = type(data)(data.captions, data.images, data.caption_image, image_split=split)
+    train, dev, how = tagged.holdout(0.2, seed=1)
+    assert "of the file's train images" in how
+    assert train.n_images + dev.n_images == 150  # the 50 test images are in neither part
+    test_images = _image_keys(tagged.split("test"))
+    assert not test_images & _image_keys(dev)
+    assert not test_images & {tuple(np.round(row, 5)) for chunk in train.image_chunks() for row in chunk}
+    renamed = type(data)(data.captions, data.images, data.caption_image,
+                         image_split=np.where(split == "test", "validation", "train"))  # fmt: skip
+    _, dev, how = renamed.holdout()
+    assert how == "the file's split column" and dev.n_images == 50

@@ -268,12 +268,12 @@ def tune(
 
 
 def _train_and_score(data: PairedEmbeddings, config, space: SearchSpace, run_dir=None, epoch_callback=None) -> dict:
-    """Train one config and score it on dev (the whole data when it has no dev split) as the space says."""
+    """Train one config and score it on the dev images it early-stopped on, under its own scoring or plain
+    cosine as the space says (the training images are never scored)."""
     from stitch import api
 
     result = api.train(data, config, out=run_dir, force=True, progress=False, epoch_callback=epoch_callback)
-    target = data.select("dev" if "dev" in data.split_names() else None)
-    metrics = api.evaluate(result, target, rerank=None if space.scoring == "run" else "none")[0].metrics
+    metrics = result.dev_reports[0].metrics if space.scoring == "run" else result.dev_metrics
     if space.objective not in metrics:
         raise ConfigError(f"objective {space.objective!r} is not a metric; choose from {sorted(metrics)}")
     return metrics

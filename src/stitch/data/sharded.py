@@ -98,21 +98,14 @@ class ShardedPairs:
     def holdout(
         self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
     ) -> tuple[ShardList, PairedEmbeddings, str]:
-        """Train view (read on demand) and the dev images with their captions in memory, split by image:
-        the data's own ``train``/``dev`` column when it has one, else seeded (as the in-memory split)."""
-        from stitch.data.splits import random_image_split
+        """Train view (read on demand) and the dev images with their captions in memory, split by image
+        exactly as the same pairs in memory would be (:func:`stitch.data.splits.image_holdout`)."""
+        from stitch.data.splits import image_holdout
 
-        names = self.split_names()
-        if "train" in names and "dev" in names:
-            split = np.concatenate(self.columns["image_split"])
-            train, dev, how = split == "train", split == "dev", "the file's split column"
-        else:
-            parts = random_image_split(self.n_images, {"dev": dev_fraction}, seed=seed, max_size=max_dev_images)
-            train, dev = np.zeros(self.n_images, bool), np.zeros(self.n_images, bool)
-            train[parts["train"]], dev[parts["dev"]] = True, True
-            how = f"seeded image split (dev fraction {dev_fraction}, seed {seed})"
-            if max_dev_images and len(parts["dev"]) == max_dev_images:
-                how += f", dev capped at {max_dev_images} images"
+        split = np.concatenate(self.columns["image_split"]) if "image_split" in self.columns else None
+        train_rows, dev_rows, how = image_holdout(split, self.n_images, dev_fraction, seed, max_dev_images)
+        train, dev = np.zeros(self.n_images, bool), np.zeros(self.n_images, bool)
+        train[train_rows], dev[dev_rows] = True, True
         return self.view(train), self.gather(dev), how
 
     def view(self, image_mask: np.ndarray) -> ShardList:
@@ -206,7 +199,7 @@ def open_sharded(path: str | Path) -> ShardedPairs:
                     f"{path}: shard {name} {label} has {len(matrix)} rows but the manifest says {want} "
                     "(truncated or replaced?)"
                 )
-        owner = _open_npy(path, f"{name}.caption_image.npy", mmap=False)
+        owner = _open_npy(path, f"{name}.caption_image.npy", mmap=True)
         shards.append(Shard(captions, images, owner, name=name))
         for column in TEXT_COLUMNS + IMAGE_COLUMNS:
             if column in manifest.get("columns", []):

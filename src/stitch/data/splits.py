@@ -65,27 +65,48 @@ def straddling_captions(data: PairedEmbeddings, image_rows: np.ndarray) -> int:
     return int(((hits > 0) & (hits < links.counts)).sum())
 
 
+DEV_NAMES = ("dev", "validation")  # the split-column names a held-out part goes by
+
+
+def image_holdout(
+    image_split: np.ndarray | None, n_images: int, dev_fraction: float, seed: int, max_dev_images: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Train and dev image rows, and where they came from: the split column's ``train`` and ``dev`` (or
+    ``validation``) images when it has them; else a seeded split of its ``train`` images (so its ``test``
+    images are never trained on), or of every image when there is no column."""
+    names = set() if image_split is None else set(np.unique(image_split).tolist())
+    dev_name = next((name for name in DEV_NAMES if name in names), None)
+    if "train" in names and dev_name:
+        train, dev = np.flatnonzero(image_split == "train"), np.flatnonzero(image_split == dev_name)
+        return train, dev, "the file's split column"
+    pool, where = np.arange(n_images), ""
+    if "train" in names:
+        pool, where = np.flatnonzero(image_split == "train"), " of the file's train images"
+    parts = random_image_split(len(pool), {"dev": dev_fraction}, seed=seed, max_size=max_dev_images)
+    how = f"seeded image split{where} (dev fraction {dev_fraction}, seed {seed})"
+    if max_dev_images and len(parts["dev"]) == max_dev_images:
+        how += f", dev capped at {max_dev_images} images"
+    return pool[parts["train"]], pool[parts["dev"]], how
+
+
 def train_dev_split(
     data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
 ) -> tuple[PairedEmbeddings, PairedEmbeddings, str]:
-    """The file's own ``train``/``dev`` split when it has one, else a seeded image split.
+    """The file's own train/dev split when it has one, else a seeded image split (see :func:`image_holdout`),
+    by connected component when captions are relevant to several images.
 
     Returns the two sets and a description of where the split came from.
     """
+    if data.relevance is None:
+        train, dev, how = image_holdout(data.image_split, data.n_images, dev_fraction, seed, max_dev_images)
+        return data.subset_images(train), data.subset_images(dev), how
     names = data.split_names()
-    if "train" in names and "dev" in names:
-        how = "the file's split column"
-        if data.relevance is not None:
-            leaks = straddling_captions(data, np.where(data.image_split == "dev")[0])
-            how += f" ({leaks} captions relevant to images on both sides)" if leaks else ""
-        return data.split("train"), data.split("dev"), how
-    if data.relevance is not None:
-        parts, how = component_split(data, dev_fraction, seed)
-    else:
-        parts = random_image_split(data.n_images, {"dev": dev_fraction}, seed=seed, max_size=max_dev_images)
-        how = f"seeded image split (dev fraction {dev_fraction}, seed {seed})"
-        if max_dev_images and len(parts["dev"]) == max_dev_images:
-            how += f", dev capped at {max_dev_images} images"
+    dev_name = next((name for name in DEV_NAMES if name in names), None)
+    if "train" in names and dev_name:
+        leaks = straddling_captions(data, np.where(data.image_split == dev_name)[0])
+        how = "the file's split column" + (f" ({leaks} captions relevant to images on both sides)" if leaks else "")
+        return data.split("train"), data.split(dev_name), how
+    parts, how = component_split(data, dev_fraction, seed)
     return data.subset_images(parts["train"]), data.subset_images(parts["dev"]), how
 
 

@@ -44,10 +44,10 @@ class CaptionBatches:
         self.batch_size = min(batch_size, shards.n_captions)
         self.aligned_targets, self.drop_last = aligned_targets, drop_last
         self.samples_per_epoch = samples_per_epoch
-        self.order = SAMPLERS.get(sampler, "optim.sampler")()  # the order within a shard (random, grouped, hard)
+        self.order = SAMPLERS.get(sampler, "optim.sampler")(seed)  # the order within a shard (random, grouped, hard)
         self.generator = torch.Generator().manual_seed(seed)
         self.world = world or Distributed()  # every rank draws the same global batch and keeps its share
-        self._pass: list[np.ndarray] | None = None  # the current pass's (shard, position) pairs
+        self._pass: _Pass | None = None  # the current pass
         self._pass_start: torch.Tensor = self.generator.get_state()  # generator state the pass was drawn from
         self._taken = 0  # batches of the current pass already yielded
 
@@ -60,13 +60,7 @@ class CaptionBatches:
 
     def _draw_pass(self) -> None:
         self._pass_start = self.generator.get_state()
-        order = range(len(self.shards))
-        if len(self.shards) > 1:
-            order = torch.randperm(len(self.shards), generator=self.generator).tolist()
-        shards, size = self.shards.shards, self.batch_size
-        visits = [(k, self.order(k, shards[k], self.generator, size)) for k in order]
-        shard_of = np.concatenate([np.full(len(p), k, dtype=np.int32) for k, p in visits])
-        self._pass = [shard_of, np.concatenate([p for _, p in visits])]
+        self._pass = _Pass(self.shards, self.order, self.generator, self.batch_size)
         self._taken = 0
 
     def _batches_in_pass(self) -> int:
@@ -77,10 +71,8 @@ class CaptionBatches:
         for _ in range(len(self)):
             if self._pass is None or self._taken >= self._batches_in_pass():
                 self._draw_pass()
-            start = self._taken * self.batch_size
             self._taken += 1
-            shard_of, positions = (a[start : start + self.batch_size] for a in self._pass)
-            yield self._batch(shard_of, positions)
+            yield self._batch(*self._pass.take(self.batch_size))
         if not self.samples_per_epoch:
             self._pass = None  # a full pass ends with the epoch; the next epoch draws the next pass
 
@@ -137,7 +129,34 @@ class CaptionBatches:
         self._pass, taken = None, int(state["taken"])
         if taken:
             self._draw_pass()
+            self._pass.take(taken * self.batch_size)  # replays the pass's draws up to where it stopped
             self._taken = taken
+
+
+class _Pass:
+    """One pass over the shards: their order, then each shard's caption order drawn when the batches reach it,
+    so memory holds one shard's order (not one entry per caption of the data) and the generator is consumed
+    in the same sequence however the pass is cut into batches."""
+
+    def __init__(self, shards: ShardList, order, generator: torch.Generator, batch_size: int) -> None:
+        self.shards, self.order, self.generator, self.batch_size = shards, order, generator, batch_size
+        self.queue = list(range(len(shards)))
+        if len(shards) > 1:
+            self.queue = torch.randperm(len(shards), generator=generator).tolist()
+        self.shard, self.positions = -1, np.empty(0, dtype=np.int64)
+
+    def take(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``count`` (shard, position) pairs of the pass (fewer at its end)."""
+        shard_of, positions = [], []
+        while count > 0 and (len(self.positions) or self.queue):
+            if not len(self.positions):
+                self.shard = self.queue.pop(0)
+                self.positions = self.order(self.shard, self.shards.shards[self.shard], self.generator, self.batch_size)
+            part, self.positions = self.positions[:count], self.positions[count:]
+            shard_of.append(np.full(len(part), self.shard, dtype=np.int32))
+            positions.append(part)
+            count -= len(part)
+        return np.concatenate(shard_of), np.concatenate(positions)
 
 
 def _in_order(shard_of: np.ndarray) -> list[int]:

@@ -31,11 +31,14 @@ def _captions_by_image_order(own: np.ndarray, image_rank: np.ndarray, generator:
 
 
 class RandomOrder:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
     def __call__(self, k: int, shard: Shard, generator: torch.Generator, batch_size: int) -> np.ndarray:
         return torch.randperm(shard.n_captions, generator=generator).numpy()
 
 
-class GroupedOrder:
+class GroupedOrder(RandomOrder):
     def __call__(self, k: int, shard: Shard, generator: torch.Generator, batch_size: int) -> np.ndarray:
         own = _images_of_captions(shard)
         rank = np.zeros(len(shard.images), dtype=np.int64)
@@ -44,10 +47,12 @@ class GroupedOrder:
         return _captions_by_image_order(own, rank, generator)
 
 
-class HardOrder:
-    """Clusters are fitted once per shard (seeded by the pass generator's first draw) and kept."""
+class HardOrder(RandomOrder):
+    """Clusters are fitted once per shard, from a generator of their own seeded by (seed, shard), so the pass
+    generator's draws — and a resumed run's batches — do not depend on when a shard was first clustered."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
         self.clusters: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, k: int, shard: Shard, generator: torch.Generator, batch_size: int) -> np.ndarray:
@@ -56,7 +61,8 @@ class HardOrder:
             images = np.unique(own)
             per_batch = max(1, round(batch_size * len(images) / len(own)))
             clusters = -(-len(images) // per_batch)
-            self.clusters[k] = (images, kmeans_labels(shard.read_images(images), clusters, generator))
+            own_generator = torch.Generator().manual_seed(self.seed * 100_003 + k)
+            self.clusters[k] = (images, kmeans_labels(shard.read_images(images), clusters, own_generator))
         images, label = self.clusters[k]
         cluster_rank = torch.randperm(int(label.max()) + 1, generator=generator).numpy()
         within = torch.rand(len(images), generator=generator).numpy()
