@@ -45,3 +45,12 @@ def test_the_curve_command_writes_one_row_per_method_and_size(tmp_path):
     ridge = [float(r["plain_mrr"]) for r in rows if r["method"] == "ridge"]
     assert ridge[0] < ridge[-1]  # 40 pairs fit worse than all of them: the curve measures something
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_existing_curve_is_not_replaced_unasked(tmp_path):
+    from stitch.curve import learning_curve
+
+    (tmp_path / "curve.csv").write_text("mine")
+    with pytest.raises(FileExistsError):
+        learning_curve(make_synthetic(**SHAPE), ["ridge"], tmp_path, [40])
+    assert (tmp_path / "curve.csv").read_text() == "mine"

@@ -154,3 +154,17 @@ def test_small_input_shards_merge_into_output_shards_in_order(tmp_path):
     assert [e["captions"] for e in manifest["shards"]] == [498, 402]  # packed across input files, whole images
     back = open_sharded(folder).to_memory()
     assert np.array_equal(back.captions, data.captions) and np.array_equal(back.caption_image, data.caption_image)
+
+
+def test_force_replaces_only_a_sharded_folder(tmp_path):
+    data = _pairs()
+    folder = write_sharded(_as_sharded(data), tmp_path / "s", dtype="float32")
+    smaller = type(data)(data.captions[:30], data.images[:10], data.caption_image[:30])
+    write_sharded(ShardedPairs.of(smaller), folder, force=True)
+    assert open_sharded(folder).n_captions == 30 and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a stitch sharded folder"):
+        write_sharded(ShardedPairs.of(smaller), mine, force=True)
+    assert (mine / "thesis.txt").read_text() == "keep me"

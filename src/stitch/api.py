@@ -53,8 +53,11 @@ def convert(
 ) -> Path:
     """Write any supported paired layout as stitch's sharded layout (whole images per shard, memory-mapped
     when read back), so large data is prepared once and then streamed."""
+    from stitch.data.layouts import detect_layout
     from stitch.data.sharded import ShardedPairs, write_sharded
 
+    if image_key and detect_layout(source) is None:
+        raise DataError(f"{source}: --image-key groups the rows of a clip-retrieval, table or datasets layout only")
     opened = load_pairs(source, image_key=image_key) if image_key else load_pairs(source)
     return write_sharded(ShardedPairs.of(opened, str(source)), out, shard_rows, dtype, force)
 

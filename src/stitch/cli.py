@@ -281,7 +281,7 @@ def cmd_curve(args) -> int:
 
     data = _load_data(args).select(None)
     sizes = args.sizes or list(DEFAULT_SIZES)
-    learning_curve(data, args.methods, args.out, sizes, args.seed, args.overrides, progress=not args.quiet)
+    learning_curve(data, args.methods, args.out, sizes, args.seed, args.overrides, not args.quiet, args.force)
     print(f"wrote {Path(args.out) / 'curve.csv'} and {Path(args.out) / 'curve.png'}")
     return 0
 
@@ -596,6 +596,7 @@ def _parser_curve(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the nested image subsets")
     p.add_argument("--out", required=True, help="folder for curve.csv and curve.png")
+    p.add_argument("--force", action="store_true", help="replace an existing curve in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides applied to every method")
     p.set_defaults(func=cmd_curve)

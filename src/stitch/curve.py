@@ -19,7 +19,7 @@ import numpy as np
 
 from stitch import api
 from stitch.data import DataError, PairedEmbeddings, train_dev_split
-from stitch.io.atomic import atomic_write, atomic_write_text
+from stitch.io.atomic import atomic_write, atomic_write_text, ensure_writable
 from stitch.recipes import recipe_overrides
 
 DEFAULT_SIZES = (250, 1000, 4000, 16000, 0)  # training captions; 0 = all of them
@@ -71,10 +71,12 @@ def learning_curve(
     seed: int = 0,
     overrides: list[str] | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> list[CurvePoint]:
     """Train every method on nested subsets of the training images and score each on the dev images."""
     for name in methods:
         recipe_overrides(name)  # unknown names fail before any training
+    ensure_writable(Path(out_dir) / "curve.csv", force)  # before hours of training, not after
     data = replace(data, relevance=None) if data.relevance is not None else data
     train, dev, how = train_dev_split(data)
     subsets = nested_image_subsets(train, list(sizes or DEFAULT_SIZES), seed)

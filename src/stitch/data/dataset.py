@@ -214,6 +214,13 @@ class PairedEmbeddings:
         relevant = None if self.relevance is None else self.relevance.padded()
         return ShardList([Shard(self.captions, self.images, self.caption_image, relevant=relevant)])
 
+    def image_shards(self) -> tuple[list[Shard], dict[str, list[np.ndarray]], str]:
+        """``(shards, per-shard image columns, source)`` of the images (a gallery): one shard in memory; the
+        contract sharded data shares."""
+        named = {"image_names": self.image_names, "image_split": self.image_split}
+        columns = {k: [v] for k, v in named.items() if v is not None}
+        return [Shard(self.captions, self.images, self.caption_image)], columns, ""
+
     def holdout(
         self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
     ) -> tuple[ShardList, PairedEmbeddings, str]:

@@ -141,6 +141,10 @@ class ShardedPairs:
         joined = {k: np.concatenate(v) for k, v in {**parts, **extra}.items()}
         return PairedEmbeddings(**joined, encoders=dict(self.encoders), allow_images_without_captions=True)
 
+    def image_shards(self) -> tuple[list[Shard], dict[str, list[np.ndarray]], str]:
+        """``(shards, per-shard columns, source)``: the images as a gallery read shard by shard."""
+        return self.shards, self.columns, self.source
+
     def select(self, split: str | None = None) -> PairedEmbeddings:
         """The images of split ``split`` (all when None) with their captions, read into memory."""
         if split is None:
@@ -249,8 +253,7 @@ def write_sharded(
     out = Path(out)
     if dtype not in DTYPES:
         raise DataError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    _check_replaceable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -267,13 +270,40 @@ def write_sharded(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private; the output gets the user's umask
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _move_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """Before any work: an existing output is replaced only with ``force``, and only if it is a stitch sharded
+    folder (or empty) — never a user's other folder or file."""
+    if not out.exists():
+        return
+    if not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a sharded folder; refusing to replace it")
+    if not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is a folder but not a stitch sharded folder; refusing to replace it")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """The finished folder takes ``out``'s name; an old one is moved aside first and removed only after, so a
+    failure at any point leaves one complete copy."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
 
 
 @dataclass

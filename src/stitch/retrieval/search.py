@@ -142,7 +142,7 @@ def gallery_images(data: PairedEmbeddings | ShardedPairs, split: str | None = No
     Items are named by the ``image_names`` column when there is one, else by their global row numbers in
     ``data`` (so a split's items keep the numbers they have in the whole file). The images stay where they
     are: in memory, or memory-mapped shards read a chunk at a time."""
-    shards, columns, source = _image_shards(data)
+    shards, columns, source = data.image_shards()
     names, split_of = columns.get("image_names"), columns.get("image_split")
     if split is not None and split_of is None:
         raise DataError(f"this data has no split column, so split {split!r} does not exist")
@@ -160,15 +160,6 @@ def gallery_images(data: PairedEmbeddings | ShardedPairs, split: str | None = No
         found = sorted(set().union(*(np.unique(np.asarray(v)).tolist() for v in split_of)))
         raise DataError(f"split {split!r} not found; the data has {found}")
     return GalleryImages(views, np.concatenate(item_names), source)
-
-
-def _image_shards(data: PairedEmbeddings | ShardedPairs) -> tuple[list[Shard], dict[str, list[np.ndarray]], str]:
-    """``(shards, image columns per shard, source)``: the one place that tells pairs on disk from pairs in
-    memory (one shard, its columns its own)."""
-    if isinstance(data, ShardedPairs):
-        return data.shards, data.columns, data.source
-    columns = {"image_names": data.image_names, "image_split": data.image_split}
-    return data.shards().shards, {k: [v] for k, v in columns.items() if v is not None}, ""
 
 
 # -- the index -------------------------------------------------------------------------------------
