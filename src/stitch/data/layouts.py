@@ -400,10 +400,26 @@ def _labels(table: _Table, spec: _Spec) -> tuple[np.ndarray | None, np.ndarray |
     captions = None
     if spec.caption_column and spec.caption_column in table.names:
         pa = _pyarrow()
-        texts = pa.compute.fill_null(table.read(spec.caption_column).cast(pa.string()), "")
-        captions = np.asarray(texts.to_numpy(zero_copy_only=False)).astype(str)
+        captions = TextColumn(pa.compute.fill_null(table.read(spec.caption_column).cast(pa.string()), ""))
     has_split = spec.split_column and spec.split_column in table.names
     return keys, captions, _strings(table, spec.split_column) if has_split else None
+
+
+class TextColumn:
+    """Caption texts kept in Arrow's compact form (memory-mapped where the file is) and turned into numpy
+    strings only for the rows asked for: as one numpy array every row would take 4 bytes x the longest
+    caption, gigabytes for a few million web captions that training never reads."""
+
+    def __init__(self, column) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        return np.asarray(self.column.take(_pyarrow().array(rows)).to_numpy(zero_copy_only=False)).astype(str)
 
 
 def _strings(table: _Table, name: str) -> np.ndarray:
@@ -539,7 +555,7 @@ def _group(part: _Part, source: Path) -> tuple[Shard, dict[str, np.ndarray]]:
     the first row's embedding, in order of first appearance (gathered into memory unless every key is new)."""
     n = len(part.text)
     if part.keys is None:
-        owner, firsts = np.arange(n), np.arange(n)
+        owner = firsts = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
     else:
         _, first, inverse = np.unique(part.keys, return_index=True, return_inverse=True)
         order = np.argsort(first)

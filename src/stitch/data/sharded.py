@@ -356,7 +356,7 @@ def _write_block(data: ShardedPairs, folder: Path, number: int, block: list[_Pie
     )
     _save(folder, f"{name}.caption_image.npy", owner.astype(_index_dtype(int(firsts[-1]))))
     for column, values in data.columns.items():
-        parts = [np.asarray(values[p.shard])[p.rows if column in TEXT_COLUMNS else p.images] for p in block]
+        parts = [np.asarray(values[p.shard][p.rows if column in TEXT_COLUMNS else p.images]) for p in block]
         _save(folder, f"{name}.{column}.npy", np.concatenate(parts).astype(str))
     return {"name": name, "captions": len(owner), "images": int(firsts[-1])}
 
