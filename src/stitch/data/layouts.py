@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from stitch.data.errors import DataError, describe_rows
-from stitch.data.sharded import ShardedPairs
+from stitch.data.sharded import ShardedPairs, open_npy
 from stitch.data.shards import Shard
 
 LAYOUTS = ("clip-retrieval", "table", "hf-datasets")
@@ -248,10 +248,7 @@ def _clip_part(folder: Path, i: int, files: dict[str, Path], spec: _Spec) -> _Pa
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
-        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError, OSError) as err:
-        raise DataError(f"{path}: not a readable .npy array (truncated, corrupt or pickled?): {err}") from err
+    matrix = open_npy(path)
     if matrix.ndim != 2 or matrix.dtype.kind != "f":
         raise DataError(
             f"{path}: embeddings must be a rows x dims float16/float32 matrix, got {matrix.dtype} "

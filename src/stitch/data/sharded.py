@@ -238,6 +238,11 @@ def _open_npy(folder: Path, name: str, mmap: bool) -> np.ndarray:
     file = folder / name
     if not file.exists():
         raise DataError(f"{file}: missing (the manifest lists it)")
+    return open_npy(file, mmap)
+
+
+def open_npy(file: Path, mmap: bool = True) -> np.ndarray:
+    """A ``.npy`` array, memory-mapped by default, never unpickled; unreadable files named."""
     try:
         return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, EOFError, OSError) as err:
