@@ -47,6 +47,15 @@ class Shard:
         """Rows of the underlying arrays for positions within this view."""
         return positions if self.rows is None else self.rows[positions]
 
+    def image_rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of the image array for positions within this view's images."""
+        return positions if self.image_rows is None else np.asarray(self.image_rows)[positions]
+
+    def image_chunks(self, chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+        """The view's images in order, float32, at most ``chunk`` rows a read."""
+        for start in range(0, self.n_images, chunk):
+            yield self.read_images(self.image_rows_at(np.arange(start, min(start + chunk, self.n_images))))
+
     def read_captions(self, positions: np.ndarray) -> np.ndarray:
         """Captions at positions of this view, float32, checked finite (files on disk are read lazily, so a
         NaN is caught, with its shard and row, when first read)."""
@@ -124,9 +133,7 @@ class ShardList:
     def image_chunks(self, chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
         """Every image of the view, float32, a chunk at a time."""
         for shard in self.shards:
-            rows = np.arange(len(shard.images)) if shard.image_rows is None else shard.image_rows
-            for start in range(0, len(rows), chunk):
-                yield shard.read_images(rows[start : start + chunk])
+            yield from shard.image_chunks(chunk)
 
     def pair_chunks(self, chunk: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(captions, target images)`` a chunk at a time; a caption relevant to several images gets

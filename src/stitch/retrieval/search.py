@@ -83,7 +83,7 @@ class GalleryImages:
     starts: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        sizes = [_rows_of(shard) for shard in self.shards]
+        sizes = [shard.n_images for shard in self.shards]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         if len(self.names) != self.starts[-1]:
             raise DataError(f"{len(self.names)} names for {self.starts[-1]} gallery images")
@@ -108,8 +108,10 @@ class GalleryImages:
     def image_chunks(self, chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
         """Every image of the gallery in order, float32, at most ``chunk`` rows a read."""
         for shard in self.shards:
-            for start in range(0, _rows_of(shard), chunk):
-                yield self._read(shard, _local(shard, np.arange(start, min(start + chunk, _rows_of(shard)))))
+            try:
+                yield from shard.image_chunks(chunk)
+            except DataError as err:
+                raise self._named(err) from err
 
     def take(self, positions: np.ndarray, chunk: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
         """The images at sorted gallery ``positions``, at most ``chunk`` rows a read."""
@@ -118,22 +120,14 @@ class GalleryImages:
         for k, shard in enumerate(self.shards):
             mine = positions[bounds[k] : bounds[k + 1]] - self.starts[k]
             for start in range(0, len(mine), chunk):
-                yield self._read(shard, _local(shard, mine[start : start + chunk]))
+                try:
+                    yield shard.read_images(shard.image_rows_at(mine[start : start + chunk]))
+                except DataError as err:
+                    raise self._named(err) from err
 
-    def _read(self, shard: Shard, rows: np.ndarray) -> np.ndarray:
-        try:
-            return shard.read_images(rows)
-        except DataError as err:
-            raise DataError(f"{self.source}: {err}" if self.source else str(err)) from err
-
-
-def _rows_of(shard: Shard) -> int:
-    return len(shard.images) if shard.image_rows is None else len(shard.image_rows)
-
-
-def _local(shard: Shard, positions: np.ndarray) -> np.ndarray:
-    """Rows of the shard's arrays at positions of its view."""
-    return positions if shard.image_rows is None else np.asarray(shard.image_rows)[positions]
+    def _named(self, err: DataError) -> DataError:
+        """The error of a shard read, with the gallery's source in front."""
+        return DataError(f"{self.source}: {err}" if self.source else str(err))
 
 
 def gallery_images(data: PairedEmbeddings | ShardedPairs, split: str | None = None) -> GalleryImages:
