@@ -6,6 +6,7 @@ max - min over seeds) for the run's own scoring (inverted softmax) and plain cos
 Dev is for choosing: these figures choose; they are not a final test score.
 
     python benchmarks/ablation.py --seeds 0 1 2 [--only grouped mixup] [--csv benchmarks/results_ablation.csv]
+        [--runs bench/runs/ablation]
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ def finished(path: Path) -> set[tuple[str, int]]:
     return {(r["ingredient"], int(r["seed"])) for r in csv.DictReader(path.open())}
 
 
-def run_one(data, name: str, seed: int) -> dict:
+def run_one(data, name: str, seed: int, runs: Path | None) -> dict:
     from stitch import api
 
     started = time.perf_counter()
-    result = api.train(data, None, overrides=[*INGREDIENTS[name], f"seed={seed}"], progress=False)
+    out = None if runs is None else runs / f"{name.replace(' ', '_').replace('%', 'pct').replace('>', '')}-s{seed}"
+    result = api.train(data, None, out=out, overrides=[*INGREDIENTS[name], f"seed={seed}"], progress=False)
     own, plain = result.dev_reports[0].metrics, result.dev_metrics
     return {
         "ingredient": name,
@@ -86,6 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=list(INGREDIENTS))
     parser.add_argument("--csv", type=Path, default=Path(__file__).with_name("results_ablation.csv"))
+    parser.add_argument("--runs", type=Path, help="keep each run's folder here (e.g. for ensembles of them)")
     args = parser.parse_args()
     if not FLICKR.exists():
         raise SystemExit(f"{FLICKR} is absent: the shared data folder must sit beside the repo as ../shared")
@@ -97,7 +100,7 @@ def main() -> None:
         for name in args.only or list(INGREDIENTS):
             if (name, seed) in done:
                 continue
-            row = run_one(data, name, seed)
+            row = run_one(data, name, seed, args.runs)
             print(row, flush=True)
             new = not args.csv.exists()
             with args.csv.open("a", newline="") as handle:

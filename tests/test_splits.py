@@ -74,3 +74,20 @@ def test_a_split_column_without_dev_never_trains_on_its_test_images():
                          image_split=np.where(split == "test", "validation", "train"))  # fmt: skip
     _, dev, how = renamed.holdout()
     assert how == "the file's split column" and dev.n_images == 50
+
+
+def test_folds_keep_every_caption_with_all_its_images():
+    from stitch.data.splits import image_folds
+
+    data = make_synthetic(
+        n_images=240, captions_per_image=3, text_dim=8, image_dim=8, latent_dim=4, shared_fraction=0.2
+    )
+    links = data.relevant
+    assert (links.counts > 1).any()  # some captions are relevant to several images
+    folds = image_folds(data, k=4, seed=3)
+    per_link = folds[links.items]
+    first = per_link[links.indptr[:-1]]
+    assert (per_link == np.repeat(first, links.counts)).all()  # a caption's images share one fold
+    sizes = np.bincount(folds, minlength=4)
+    assert sizes.sum() == 240 and sizes.min() > 0.2 * 240
+    assert (image_folds(data, k=4, seed=3) == folds).all() and not (image_folds(data, k=4, seed=4) == folds).all()

@@ -21,6 +21,7 @@ from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
 from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
 from stitch.training import train as _train
 from stitch.training.device import resolve_device
+from stitch.training.ensemble import is_ensemble_folder, train_ensemble
 from stitch.translators import embed_rows
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ def train(
     resuming_as_is = kwargs.get("resume") and config is None and not overrides
     if not isinstance(config, TrainConfig) and not resuming_as_is:
         config = load_config(config, overrides)
+    if (config is not None and config.ensemble.size > 1) or (kwargs.get("resume") and is_ensemble_folder(out)):
+        kwargs.pop("force_config", None)
+        return train_ensemble(data, config, out, **kwargs)
     return _train(data, config, run_dir=out, **kwargs)
 
 

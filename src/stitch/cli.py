@@ -61,7 +61,11 @@ def cmd_train(args) -> int:
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one rank reports
         print(f"run: {out}")
-        print(f"split: {result.split}; best epoch {result.best_epoch}")
+        if result.members:
+            best = ", ".join(str(m.best_epoch) for m in result.members)
+            print(f"split: {result.split}; {len(result.members)} members averaged (best epochs {best})")
+        else:
+            print(f"split: {result.split}; best epoch {result.best_epoch}")
         print(format_reports(result.dev_reports))
     return 0
 
@@ -257,7 +261,8 @@ def cmd_ensemble(args) -> int:
     from stitch.training.ensemble import write_ensemble
 
     weights = [float(w) for w in args.weights] if args.weights else None
-    print(f"wrote ensemble of {len(args.runs)} runs to {write_ensemble(args.out, args.runs, weights, args.force)}")
+    out = write_ensemble(args.out, args.runs, weights, args.force, args.combine)
+    print(f"wrote ensemble of {len(args.runs)} runs ({args.combine}) to {out}")
     return 0
 
 
@@ -565,10 +570,17 @@ def _parser_predict(sub) -> None:
 
 
 def _parser_ensemble(sub) -> None:
-    p = sub.add_parser("ensemble", help="average several runs (seeds or recipes) into one predictor folder")
-    p.add_argument("runs", nargs="+", help="run folders trained on the same data split")
+    p = sub.add_parser("ensemble", help="combine several runs (seeds, folds or recipes) into one predictor folder")
+    p.add_argument("runs", nargs="+", help="run folders (average: scoring in one space, e.g. the same data split)")
     p.add_argument("--out", required=True, help="ensemble folder (usable as --run anywhere)")
     p.add_argument("--weights", nargs="*", help="one weight per run (default equal)")
+    p.add_argument(
+        "--combine",
+        choices=["average", "score"],
+        default="average",
+        help="average: mean unit translation (one space; submittable); score: weighted mean of the runs' cosine "
+        "scores (any recipes or spaces, e.g. dual heads with a translator; search and evaluate only)",
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_ensemble)
 

@@ -110,13 +110,28 @@ def train_dev_split(
     return data.subset_images(parts["train"]), data.subset_images(parts["dev"]), how
 
 
+def image_folds(data: PairedEmbeddings, k: int = 5, seed: int = 0) -> np.ndarray:
+    """Each image's fold in ``0..k-1``: whole connected components of the caption-image graph (single images
+    when each caption has one image) dealt in seeded order to the fold with the fewest images, so no
+    caption is relevant to images of two folds and the folds differ in size by at most one component."""
+    if k < 2 or k > data.n_images:
+        raise DataError(f"k must be between 2 and the number of images ({data.n_images}), got {k}")
+    _, image_component = data.relevant.components()
+    names, component, sizes = np.unique(image_component, return_inverse=True, return_counts=True)
+    if len(names) < k:
+        raise DataError(f"{k} folds need at least {k} connected components of captions and images, got {len(names)}")
+    fold_of_component = np.empty(len(names), dtype=np.int64)
+    filled = np.zeros(k, dtype=np.int64)
+    for c in np.random.default_rng(seed).permutation(len(names)):
+        fold = int(np.argmin(filled))
+        fold_of_component[c], filled[fold] = fold, filled[fold] + sizes[c]
+    return fold_of_component[component]
+
+
 def kfold_by_image(
     data: PairedEmbeddings, k: int = 5, seed: int = 0
 ) -> Iterator[tuple[PairedEmbeddings, PairedEmbeddings]]:
-    """K folds over images: each image is in the held-out part of exactly one fold."""
-    if k < 2 or k > data.n_images:
-        raise DataError(f"k must be between 2 and the number of images ({data.n_images}), got {k}")
-    order = np.random.default_rng(seed).permutation(data.n_images)
-    for held in np.array_split(order, k):
-        rest = np.setdiff1d(order, held)
-        yield data.subset_images(np.sort(rest)), data.subset_images(np.sort(held))
+    """K (train, held-out) pairs of subsets: each image is held out in exactly one fold (see :func:`image_folds`)."""
+    folds = image_folds(data, k, seed)
+    for fold in range(k):
+        yield data.subset_images(np.flatnonzero(folds != fold)), data.subset_images(np.flatnonzero(folds == fold))

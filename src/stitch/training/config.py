@@ -91,11 +91,24 @@ class InferenceConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Members trained inside one ``stitch train`` and averaged into one predictor (training/ensemble.py)."""
+
+    folds: int = 0  # >= 2: K members, each trained on K-1 folds of the training images, early-stopped on the other
+    seeds: int = 1  # members per fold (or in all, without folds): seeds seed, seed + 1, ...
+
+    @property
+    def size(self) -> int:
+        return max(self.folds, 1) * self.seeds
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -175,6 +188,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "inference.beta": (0.0, 1e4),
     "inference.k": (1, 1 << 20),
     "inference.bank_size": (1, 1 << 26),
+    "ensemble.folds": (0, 100),
+    "ensemble.seeds": (1, 1000),
     "seed": (0, 2**63 - 1),
     "patience": (1, 100_000),
     "dev_fraction": (0.0, 0.99),
@@ -277,6 +292,8 @@ def _check_ingredients(config: TrainConfig) -> None:
         raise ConfigError("loss.final_temperature schedules a fixed temperature: set loss.learnable_temperature=false")
     if config.loss.final_temperature and not LOSSES.tag(config.loss.name, "temperature", False):
         raise ConfigError(f"loss.final_temperature needs a loss with a temperature, not {config.loss.name!r}")
+    if config.ensemble.folds == 1:
+        raise ConfigError("ensemble.folds must be 0 (no folds) or at least 2")
     kind = LOSSES.tag(config.loss.name, "kind")
     if (config.optim.mixup_alpha or config.loss.mse_weight) and kind != "pair":
         raise ConfigError("optim.mixup_alpha and loss.mse_weight go with a contrastive loss (infonce, siglip, ...)")

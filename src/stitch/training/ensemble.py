@@ -1,31 +1,49 @@
-"""Ensemble runs: several runs (seeds or recipes) averaged into one predictor folder.
+"""Ensemble runs: several runs (seeds, folds or recipes) combined into one predictor folder.
 
-An ensemble folder holds ``ensemble.json`` (member run folders, weights) and opens as an
+An ensemble folder holds ``ensemble.json`` (member run folders, weights, how they combine) and opens as an
 :class:`EnsembleRun`, which has a run's interface (model, config, bank, scorer, run_id), so it works
-wherever a run folder does: evaluate, predict, index, search, serve, report.
+wherever a run folder does: evaluate, predict, index, search, serve, report. ``train_ensemble`` trains
+the members of ``config.ensemble`` (folds by image, seeds) inside one ``stitch train``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from stitch.data import PairedEmbeddings
+from stitch.data.splits import image_folds, train_dev_split
 from stitch.io.atomic import atomic_write_text
-from stitch.training.run import CONFIG, Run, RunError
-from stitch.translators.ensemble import Ensemble, check_weights
+from stitch.training.config import EnsembleConfig, TrainConfig, config_from_dict
+from stitch.training.device import resolve_device
+from stitch.training.run import CONFIG, SUMMARY, Run, RunError, run_summary
+from stitch.training.trainer import TrainResult, dev_tables, train
+from stitch.translators.ensemble import Ensemble, Fusion, check_weights
+from stitch.translators.moments import ColumnMoments
 
 ENSEMBLE = "ensemble.json"
+MEMBERS = "members"
+RECIPE = "ensemble-config.json"  # the recipe an ensemble is trained with (its members' configs differ by seed)
+COMBINE = {"average": Ensemble, "score": Fusion}  # how members combine: mean translation | mean score
 
 
 class EnsembleRun(Run):
-    """Members' translations averaged; config and bank are the first member's, temperature the mean."""
+    """Members combined (``average``: mean unit translation, one space; ``score``: mean cosine score, any
+    spaces); config and bank are the first member's, temperature the members' mean."""
 
-    def __init__(self, members: list[Run], weights: list[float] | None, path: Path | None = None) -> None:
+    def __init__(
+        self, members: list[Run], weights: list[float] | None, path: Path | None = None, combine: str = "average"
+    ) -> None:
+        if combine not in COMBINE:
+            raise RunError(f"members combine by one of {list(COMBINE)}, got {combine!r}")
         weights = check_weights(weights, len(members))
-        model = Ensemble([m.model for m in members], weights)
+        model = COMBINE[combine]([m.model for m in members], weights)
         temps = [m.temperature for m in members if m.temperature is not None]
         temperature = sum(temps) / len(temps) if temps else None
         info = members[0].info
@@ -33,11 +51,11 @@ class EnsembleRun(Run):
             info.config, info.text_dim, info.image_dim, {**info.meta, "ensemble": [str(m.path) for m in members]}
         )
         super().__init__(model.eval(), info, path, members[0].bank, temperature)
-        self.members, self.weights = members, weights
+        self.members, self.weights, self.combine = members, weights, combine
 
     @property
     def run_id(self) -> str:
-        body = json.dumps([[m.run_id for m in self.members], self.weights])
+        body = json.dumps([[m.run_id for m in self.members], self.weights, self.combine])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     @property
@@ -53,27 +71,34 @@ def open_run(path: str | Path, device: str | torch.device = "cpu", _seen: tuple[
         raise RunError(f"ensemble cycle: {path} is its own member (through {[str(p) for p in _seen]})")
     if not (path / ENSEMBLE).exists():
         return Run.load(path, device)
-    members, weights = read_ensemble(path)
+    members, weights, combine = read_ensemble(path)
     runs = [open_run(m, device, _seen + (resolved,)) for m in members]
-    return EnsembleRun(runs, weights, path)
+    return EnsembleRun(runs, weights, path, combine)
 
 
-def read_ensemble(folder: str | Path) -> tuple[list[Path], list[float]]:
+def read_ensemble(folder: str | Path) -> tuple[list[Path], list[float], str]:
+    """Member folders (relative ones are inside ``folder``), weights and how they combine."""
     path = Path(folder) / ENSEMBLE
     try:
         body = json.loads(path.read_text())
-        return [Path(p) for p in body["members"]], [float(w) for w in body["weights"]]
+        members = [Path(folder) / p if not Path(p).is_absolute() else Path(p) for p in body["members"]]
+        return members, [float(w) for w in body["weights"]], str(body.get("combine", "average"))
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise RunError(f"{path} is not a valid ensemble file: {err}") from err
 
 
 def write_ensemble(
-    out: str | Path, runs: list[str | Path], weights: list[float] | None = None, force: bool = False
+    out: str | Path,
+    runs: list[str | Path],
+    weights: list[float] | None = None,
+    force: bool = False,
+    combine: str = "average",
 ) -> Path:
     """Check the members load together, then write the ensemble folder.
 
     ``out`` must be a new folder or an ensemble folder (replaced only with ``force``): never a trained
-    run, and never one of its own members."""
+    run, and never one of its own members. Members inside ``out`` are recorded relative to it, so the
+    folder can move."""
     out = Path(out)
     if (out / CONFIG).exists():
         raise RunError(f"{out} holds a trained run; an ensemble needs a folder of its own")
@@ -85,11 +110,157 @@ def write_ensemble(
         raise RunError(f"{out} cannot be a member of itself")
     weights = check_weights(weights, len(runs))
     members = [open_run(r, _seen=(out.resolve(),)) for r in runs]
-    EnsembleRun(members, weights)  # validates that the members score in one space
+    try:
+        EnsembleRun(members, weights, combine=combine)  # validates that the members can combine this way
+    except ValueError as err:
+        hint = " (members from other spaces combine by score: --combine score)" if combine == "average" else ""
+        raise RunError(f"{err}{hint}") from err
     out.mkdir(parents=True, exist_ok=True)
-    body = {"members": [str(Path(r).resolve()) for r in runs], "weights": weights}
+    body = {"members": [_member_path(out, r) for r in runs], "weights": weights, "combine": combine}
     atomic_write_text(out / ENSEMBLE, json.dumps(body, indent=2))
     return out
 
 
-__all__ = ["ENSEMBLE", "EnsembleRun", "open_run", "read_ensemble", "write_ensemble"]
+def _member_path(out: Path, run: str | Path) -> str:
+    run = Path(run).resolve()
+    return str(run.relative_to(out.resolve())) if run.is_relative_to(out.resolve()) else str(run)
+
+
+def train_ensemble(
+    data,
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    **kwargs,
+) -> TrainResult:
+    """The members of ``config.ensemble``, each a full run of the recipe, averaged and evaluated on the dev
+    images no member trained on.
+
+    With ``folds`` = K the training images are dealt into K folds (by connected component, see
+    :func:`~stitch.data.splits.image_folds`); member k trains on the others, early-stops on fold k and
+    reports its out-of-fold metrics; all members z-score with the whole training set's statistics so their
+    translations average in one space. ``seeds`` members per fold differ by seed. Members live in
+    ``RUN/members/NAME``; ``--resume`` keeps finished members and resumes an interrupted one."""
+    out = None if run_dir is None else Path(run_dir)
+    config = _prepare_folder(out, config, resume, force)
+    spec, member_config = config.ensemble, dataclasses.replace(config, ensemble=EnsembleConfig())
+    train_part, dev_set, how = _split(data, config)
+    folds, moments = None, None
+    if spec.folds:
+        folds = image_folds(train_part, spec.folds, config.seed)
+        moments = ColumnMoments.of_chunks(train_part.shards().image_chunks())
+    results, names = [], []
+    for fold in range(max(spec.folds, 1)):
+        for seed in range(config.seed, config.seed + spec.seeds):
+            names.append(f"fold{fold}-seed{seed}" if folds is not None else f"seed{seed}")
+            folder = None if out is None else out / MEMBERS / names[-1]
+            member_data = data
+            if folds is not None:
+                member_data = dataclasses.replace(train_part, image_split=np.where(folds == fold, "dev", "train"))
+            member = dataclasses.replace(member_config, seed=seed)
+            results.append(_member(member_data, member, folder, moments, **kwargs))
+    ensemble = EnsembleRun([r.run for r in results], None, out)
+    plain, reports, scoring = dev_tables(ensemble, dev_set, resolve_device(config.device))
+    if out is not None:
+        summary = _summary(results, names, plain, reports, how, scoring, out_of_fold=folds is not None)
+        body = {"members": [f"{MEMBERS}/{n}" for n in names], "weights": ensemble.weights, "combine": "average"}
+        atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
+        atomic_write_text(out / ENSEMBLE, json.dumps(body, indent=2))
+    return TrainResult(ensemble, -1, plain, [], how, reports, members=results)
+
+
+def _prepare_folder(out: Path | None, config: TrainConfig | None, resume: bool, force: bool) -> TrainConfig:
+    """A new (or, with ``force``, emptied) ensemble folder holding its recipe; or the recipe to resume."""
+    if out is not None and resume:
+        return _resume_config(out, config)
+    if out is not None:
+        Run.create(out, force)
+        (out / ENSEMBLE).unlink(missing_ok=True)
+        if (out / MEMBERS).exists():  # --force: the old members go too
+            shutil.rmtree(out / MEMBERS)
+        atomic_write_text(out / RECIPE, config.to_json())
+    return config
+
+
+def _summary(results, names, plain, reports, how: str, scoring: str, out_of_fold: bool) -> dict:
+    """summary.json of an ensemble: its dev metrics, each member's, and (K-fold) the out-of-fold mean."""
+    summary = run_summary(-1, reports[0].metrics, how, scoring)
+    summary["plain"] = plain
+    summary["members"] = [
+        {
+            "name": n,
+            "best_epoch": r.best_epoch,
+            "split": r.split,
+            scoring: _headline(r.dev_reports[0].metrics),
+            "cosine": _headline(r.dev_metrics),
+        }
+        for n, r in zip(names, results)
+    ]
+    if out_of_fold:
+        summary["out_of_fold"] = {
+            "what": "each member on the training images of its held-out fold (its early-stopping set), averaged",
+            scoring: _mean([r.dev_reports[0].metrics for r in results]),
+            "cosine": _mean([r.dev_metrics for r in results]),
+        }
+    return summary
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("recall@1", "recall@10", "mrr") if k in metrics}
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in _headline(rows[0])}
+
+
+def is_ensemble_folder(path: str | Path | None) -> bool:
+    """Whether ``path`` holds an ensemble (finished, or being trained by ``train_ensemble``)."""
+    return path is not None and ((Path(path) / ENSEMBLE).exists() or (Path(path) / RECIPE).exists())
+
+
+def _resume_config(out: Path, config: TrainConfig | None) -> TrainConfig:
+    """The ensemble's own recipe; a different one given to ``--resume`` is refused."""
+    if not (out / RECIPE).exists():
+        raise RunError(f"{out} holds no ensemble being trained ({RECIPE} is missing); nothing to resume")
+    own = config_from_dict(json.loads((out / RECIPE).read_text()))
+    if config is not None and config.to_dict() != own.to_dict():
+        raise RunError(f"{out} was started with another recipe; resume it without a config or overrides")
+    return own
+
+
+def _split(data, config: TrainConfig) -> tuple[PairedEmbeddings | None, PairedEmbeddings, str]:
+    """The training pairs (in memory, for folds) and the dev pairs every member is evaluated on together."""
+    if not config.ensemble.folds:
+        _, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
+        return None, dev_set, how
+    if not isinstance(data, PairedEmbeddings):
+        raise RunError(
+            "a K-fold ensemble deals training images into folds in memory: load the pairs into memory "
+            "(ShardedPairs.to_memory()) or train seed members only (ensemble.folds=0)"
+        )
+    return train_dev_split(data, config.dev_fraction, config.seed, config.max_dev_images)
+
+
+def _member(data, config: TrainConfig, folder: Path | None, moments, **kwargs) -> TrainResult:
+    """One member: re-opened (and re-evaluated) when its folder is finished, resumed when interrupted, else
+    trained afresh."""
+    if folder is not None and (folder / SUMMARY).exists():
+        run = Run.load(folder)
+        _, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
+        plain, reports, _ = dev_tables(run, dev_set, resolve_device(config.device))
+        best = json.loads((folder / SUMMARY).read_text())["best_epoch"]
+        return TrainResult(run, int(best), plain, run.metrics, how, reports)
+    resuming = folder is not None and (folder / "checkpoint.pt").exists()
+    return train(data, None if resuming else config, folder, resume=resuming, image_moments=moments, **kwargs)
+
+
+__all__ = [
+    "ENSEMBLE",
+    "EnsembleRun",
+    "is_ensemble_folder",
+    "open_run",
+    "read_ensemble",
+    "train_ensemble",
+    "write_ensemble",
+]

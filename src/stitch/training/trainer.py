@@ -62,6 +62,7 @@ class TrainResult:
     history: list[dict]
     split: str
     dev_reports: list[DirectionReport] = field(default_factory=list)
+    members: list[TrainResult] = field(default_factory=list)  # an ensemble's members, each a full result
 
     @property
     def model(self):
@@ -248,12 +249,14 @@ def train(
     data_source: str = "",
     epoch_callback=None,
     force_config: bool = False,
+    image_moments: ColumnMoments | None = None,
 ) -> TrainResult:
     """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
 
     With ``resume`` the run continues with its own config (a differing ``config`` is refused unless
     ``force_config``), and nothing in the folder changes before the checkpoint is verified to fit.
     ``epoch_callback(epoch, row)`` is called after each epoch (tuning reports and prunes with it).
+    ``image_moments`` replace the training images' own z-scoring statistics (K-fold ensemble members).
     """
     if resume:
         if run_dir is None:
@@ -271,7 +274,9 @@ def train(
     train_set, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
     if resume:
         _check_same_data(Path(run_dir), data, train_set, dev_set, how)
-    run, train_set = _initial_run(data, train_set, dev_set, how, config, run_dir, data_source, world.is_main)
+    run, train_set = _initial_run(
+        data, train_set, dev_set, how, config, run_dir, data_source, world.is_main, image_moments
+    )
     run.model.to(device)
     if MODELS.tag(config.model.name, "closed_form", False):
         return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None, world.is_main)
@@ -296,13 +301,16 @@ def train(
     return _finish(run, state, dev_set, device, how, task.temperature, world.is_main)
 
 
-def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, data_source, writes=True):
+def _initial_run(
+    data, train_set: ShardList, dev_set, how, config, run_dir, data_source, writes=True, image_moments=None
+):
     """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved, and
     the training pairs it trains on (without the least consistent ones when ``filter_fraction`` is set). The
     z-scoring and the closed-form start take one streamed pass over the training pairs."""
     model = build_model(config.model, data.text_dim, data.image_dim)
     if config.model.standardize_target:
-        model.space.fit_moments(ColumnMoments.of_chunks(train_set.image_chunks()))
+        own = image_moments is None
+        model.space.fit_moments(ColumnMoments.of_chunks(train_set.image_chunks()) if own else image_moments)
 
     def in_space(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -366,10 +374,7 @@ def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature,
         run.model.load_state_dict(state.best_model)
     run.model.eval()
     run.temperature = temperature
-    scorer = _scorer(run.model, run.config, run.config.inference.rerank, temperature, run.bank, device)
-    q, g = scorer.embed_queries(dev_set.captions, "translated dev captions"), scorer.embed_gallery(dev_set.images)
-    reports = evaluate_embeddings(q, g, dev_set.relevant, chunk=run.config.eval_chunk, device=device, scorer=scorer)
-    plain = text_to_image_metrics(q, g, dev_set.relevant, scorer.plain().fit(g), run.config.eval_chunk)
+    plain, reports, scoring = dev_tables(run, dev_set, device)
     fitted = not state.history  # closed-form fits have one row, epoch 0
     if fitted:
         state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
@@ -377,9 +382,20 @@ def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature,
         if fitted:
             run.save_weights()
             run.append_metrics(state.history[0])
-        run.write_summary(run_summary(state.best_epoch, reports[0].metrics, how, scorer.name))
+        run.write_summary(run_summary(state.best_epoch, reports[0].metrics, how, scoring))
         run.save_bank()
     return TrainResult(run, state.best_epoch, plain, state.history, how, reports)
+
+
+@torch.no_grad()
+def dev_tables(run: Run, dev_set, device) -> tuple[dict[str, float], list[DirectionReport], str]:
+    """The final dev tables of a trained run: plain-cosine text->image metrics, the labelled reports
+    (both directions) under the run's own scoring, and that scoring's name."""
+    scorer = _scorer(run.model, run.config, run.config.inference.rerank, run.temperature, run.bank, device)
+    q, g = scorer.embed_queries(dev_set.captions, "translated dev captions"), scorer.embed_gallery(dev_set.images)
+    reports = evaluate_embeddings(q, g, dev_set.relevant, chunk=run.config.eval_chunk, device=device, scorer=scorer)
+    plain = text_to_image_metrics(q, g, dev_set.relevant, scorer.plain().fit(g), run.config.eval_chunk)
+    return plain, reports, scorer.name
 
 
 def _seed_everything(seed: int) -> None:

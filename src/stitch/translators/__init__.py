@@ -11,7 +11,7 @@ import torch
 from stitch.registries import MODELS
 from stitch.translators.base import NonFiniteError, Translator, check_finite
 from stitch.translators.closed_form import LinearMap, fit_procrustes, fit_ridge, procrustes_solution, ridge_solution
-from stitch.translators.ensemble import Ensemble
+from stitch.translators.ensemble import Ensemble, Fusion
 from stitch.translators.heads import DualEncoder
 from stitch.translators.mapped import MappedTranslator
 from stitch.translators.mlp import MLP, ResidualMLP
@@ -38,6 +38,7 @@ def embed_rows(
 __all__ = [
     "DualEncoder",
     "Ensemble",
+    "Fusion",
     "LinearMap",
     "MLP",
     "MappedTranslator",

@@ -1,11 +1,12 @@
-"""An ensemble of translators averaged into one: the mean of the members' unit translations, which
-ranks a gallery exactly as the mean of the members' cosine scores."""
+"""Runs combined into one predictor: :class:`Ensemble` averages the members' unit translations (one space,
+submittable; ranks as the mean of cosine scores), :class:`Fusion` averages their scores across spaces."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stitch.translators.base import Translator
@@ -52,3 +53,38 @@ class Ensemble(Translator):
 
     def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
         return sum(w * m.to_image_space(captions) for w, m in zip(self.weights, self.members))
+
+
+class Fusion(Translator):
+    """Score-level fusion of runs that score in different spaces (recipes of other families, other splits):
+    a query's score for an item is the weighted mean of the members' cosine scores.
+
+    Each side is the concatenation of the members' unit vectors scaled by the square roots of the weights,
+    so one dot product is that weighted mean and indexes, rescorers and the service need nothing new.
+    There is no single image-space prediction, so a fusion cannot be submitted (use :class:`Ensemble`)."""
+
+    has_image_space = False
+
+    def __init__(self, members: list[Translator], weights: list[float] | None = None) -> None:
+        if not members:
+            raise ValueError("a fusion needs at least one member")
+        first = members[0]
+        super().__init__(first.query_dim, first.gallery_dim)
+        for other in members:
+            if (other.query_dim, other.gallery_dim) != (first.query_dim, first.gallery_dim):
+                raise ValueError("fused runs must take the same caption and image features")
+        self.members = nn.ModuleList(members)
+        weights = check_weights(weights, len(members))
+        self.register_buffer("scales", torch.tensor(weights, dtype=torch.float32).div(sum(weights)).sqrt())
+
+    @property
+    def space_dim(self) -> int:
+        return sum(m.space_dim for m in self.members)
+
+    def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
+        parts = [m.single_vector(m.normalize_queries(m.embed_queries(captions))) for m in self.members]
+        return torch.cat([s * p for s, p in zip(self.scales, parts)], dim=-1)
+
+    def embed_gallery(self, images: torch.Tensor) -> torch.Tensor:
+        parts = [F.normalize(m.embed_gallery(images).float(), dim=-1) for m in self.members]
+        return torch.cat([s * p for s, p in zip(self.scales, parts)], dim=-1)
