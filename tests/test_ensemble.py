@@ -187,3 +187,28 @@ def test_an_ensemble_config_is_checked():
     with pytest.raises(ConfigError, match="ensemble.seeds"):
         load_config(None, ["ensemble.seeds=0"])
     assert load_config(None, ["ensemble.folds=5", "ensemble.seeds=2"]).ensemble.size == 10
+
+
+def test_a_partner_recipe_is_trained_in_the_same_command_and_fused_by_score(small_data, tmp_path):
+    out = tmp_path / "fused"
+    overrides = [*FAST, "ensemble.seeds=2", "ensemble.partner=reverse", "ensemble.partner_weight=0.3"]
+    result = api.train(small_data, None, out=out, overrides=overrides, progress=False)
+    members, weights, combine = read_ensemble(out)
+    assert combine == "score" and weights == [0.7, 0.3]
+    assert [m.name for m in members] == ["average", "partner-reverse"]
+    assert read_ensemble(out / "members" / "average")[2] == "average"
+    partner = open_run(out / "members" / "partner-reverse")
+    assert partner.config.model.name == "dual" and partner.config.model.text_tower == "identity"
+    assert partner.model.space_dim == small_data.text_dim  # images mapped into the caption space
+    fused = open_run(out)
+    assert isinstance(fused.model, Fusion) and isinstance(fused.model.members[0], Ensemble)
+    report = api.evaluate(out, small_data, split="dev")[0]
+    assert report.metrics["mrr"] == pytest.approx(result.dev_reports[0].metrics["mrr"], abs=1e-6)
+    by_hand = write_ensemble(tmp_path / "by-hand", [members[0], members[1]], [0.7, 0.3], combine="score")
+    again = api.evaluate(by_hand, small_data, split="dev")[0]
+    assert again.metrics["mrr"] == pytest.approx(report.metrics["mrr"], abs=1e-6)
+    assert [m["name"] for m in json.loads((out / "summary.json").read_text())["members"]] == [
+        "seed0",
+        "seed1",
+        "partner-reverse",
+    ]

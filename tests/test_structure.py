@@ -25,7 +25,7 @@ LAYERS = {
     "stitch.outputs.report": 7,  # applications: they open runs through the API
     "stitch.outputs.export": 7,
     "stitch.encoders": 5,
-    "stitch.recipes": 5,
+    "stitch.recipes": 0,  # named configs: a registry (pure data), read by training for ensemble partners
     "stitch.api": 6,
     "stitch.bench": 7,
     "stitch.tuning": 7,

@@ -76,7 +76,7 @@ def train(
     resuming_as_is = kwargs.get("resume") and config is None and not overrides
     if not isinstance(config, TrainConfig) and not resuming_as_is:
         config = load_config(config, overrides)
-    if (config is not None and config.ensemble.size > 1) or (kwargs.get("resume") and is_ensemble_folder(out)):
+    if (config is not None and config.ensemble.active) or (kwargs.get("resume") and is_ensemble_folder(out)):
         kwargs.pop("force_config", None)
         return train_ensemble(data, config, out, **kwargs)
     return _train(data, config, run_dir=out, **kwargs)

@@ -32,6 +32,18 @@ _BEFORE_TUNING = (
     "optim.batch_size=1024",
     "patience=5",
 )
+# today's defaults spelled out, for recipes built on them (the comprehension below prepends _BEFORE_TUNING)
+_TODAY = (
+    "model.hidden=3072",
+    "model.dropout=0.535",
+    "loss.temperature=0.0715",
+    "loss.queue_size=4096",
+    "optim.lr=7.08e-4",
+    "optim.weight_decay=0.014",
+    "optim.epochs=20",
+    "optim.batch_size=512",
+    "patience=3",
+)
 # seed 003's projection-head setup: MLP towers into 512-d, lr 1e-4, batch 512, up to 50 epochs
 _SEED003 = (
     "model.name=dual",
@@ -208,6 +220,22 @@ RECIPES: dict[str, Recipe] = {
             ),
             "set-prediction head, K 6 gated slots, triplet on Sinkhorn-matched set similarity with the hardest "
             "in-batch negative (margin 0.2), intra-set diversity + global discrimination + MMD, lr 1e-3, 20 epochs",
+        ),
+        Recipe(
+            "reverse",
+            "stitch",
+            ("model.name=dual", "model.text_tower=identity", "model.image_tower=mlp", *_TODAY),
+            "the other direction: captions stay as they are and an MLP image tower (3072, dropout 0.535) maps "
+            "images into the caption space, trained like the default (InfoNCE, learnt temperature, queue 4096); "
+            "weaker alone, but its errors differ from the default's, so it is a fusion partner",
+        ),
+        Recipe(
+            "fused",
+            "stitch",
+            (*_TODAY, "ensemble.partner=reverse", "ensemble.partner_weight=0.2"),
+            "the default recipe and the reverse recipe trained in one command and fused by score (0.8 / 0.2), "
+            "scored with inverted softmax; for searching a gallery you hold: a fusion has no image-space "
+            "predictions, so it cannot be submitted",
         ),
     ]
 }

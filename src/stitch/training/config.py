@@ -96,10 +96,17 @@ class EnsembleConfig:
 
     folds: int = 0  # >= 2: K members, each trained on K-1 folds of the training images, early-stopped on the other
     seeds: int = 1  # members per fold (or in all, without folds): seeds seed, seed + 1, ...
+    partner: str = ""  # a named recipe (stitch.recipes) trained beside the members and fused with them by score
+    partner_weight: float = 0.2  # the partner's share of the fused score
 
     @property
     def size(self) -> int:
         return max(self.folds, 1) * self.seeds
+
+    @property
+    def active(self) -> bool:
+        """Whether training makes an ensemble folder rather than one run."""
+        return self.size > 1 or bool(self.partner)
 
 
 @dataclass
@@ -133,6 +140,7 @@ class TrainConfig:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Settings whose values are registry names (the registries are the one spelling of each)."""
     from stitch import registries as r
+    from stitch.recipes import RECIPES
 
     return {
         "model.name": r.MODELS.names(),
@@ -145,6 +153,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "model.init": ("ridge", "procrustes"),
         "inference.rerank": r.RESCORERS.names(),
         "optim.sampler": r.SAMPLERS.names(),
+        "ensemble.partner": ("", *RECIPES),
     }
 
 
@@ -190,6 +199,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "inference.bank_size": (1, 1 << 26),
     "ensemble.folds": (0, 100),
     "ensemble.seeds": (1, 1000),
+    "ensemble.partner_weight": (0.0, 1.0),
     "seed": (0, 2**63 - 1),
     "patience": (1, 100_000),
     "dev_fraction": (0.0, 0.99),

@@ -20,7 +20,7 @@ import torch
 from stitch.data import PairedEmbeddings
 from stitch.data.splits import image_folds, train_dev_split
 from stitch.io.atomic import atomic_write_text
-from stitch.training.config import EnsembleConfig, TrainConfig, config_from_dict
+from stitch.training.config import EnsembleConfig, TrainConfig, config_from_dict, load_config
 from stitch.training.device import resolve_device
 from stitch.training.run import CONFIG, SUMMARY, Run, RunError, run_summary
 from stitch.training.trainer import TrainResult, dev_tables, train
@@ -160,14 +160,46 @@ def train_ensemble(
                 member_data = dataclasses.replace(train_part, image_split=np.where(folds == fold, "dev", "train"))
             member = dataclasses.replace(member_config, seed=seed)
             results.append(_member(member_data, member, folder, moments, **kwargs))
-    ensemble = EnsembleRun([r.run for r in results], None, out)
+    if spec.partner:
+        names.append(f"partner-{spec.partner}")
+        folder = None if out is None else out / MEMBERS / names[-1]
+        results.append(_member(data, _partner_config(config), folder, None, **kwargs))
+    ensemble, body = _combine(results, names, spec, out)
     plain, reports, scoring = dev_tables(ensemble, dev_set, resolve_device(config.device))
     if out is not None:
         summary = _summary(results, names, plain, reports, how, scoring, out_of_fold=folds is not None)
-        body = {"members": [f"{MEMBERS}/{n}" for n in names], "weights": ensemble.weights, "combine": "average"}
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
         atomic_write_text(out / ENSEMBLE, json.dumps(body, indent=2))
     return TrainResult(ensemble, -1, plain, [], how, reports, members=results)
+
+
+def _partner_config(config: TrainConfig) -> TrainConfig:
+    """The partner recipe, with the ensemble's seed, device and dev split."""
+    from stitch.recipes import recipe_overrides
+
+    own = load_config(None, recipe_overrides(config.ensemble.partner))
+    keep = ("seed", "device", "amp", "dev_fraction", "max_dev_images", "eval_chunk")
+    return dataclasses.replace(own, **{k: getattr(config, k) for k in keep})
+
+
+def _combine(results: list[TrainResult], names: list[str], spec: EnsembleConfig, out: Path | None):
+    """The trained members as one run, and its ensemble.json body: the recipe's members averaged (their own
+    ``members/average`` folder when there are several), then fused by score with the partner if any."""
+    own = results[: len(results) - bool(spec.partner)]
+    paths = [f"{MEMBERS}/{n}" for n in names]
+    if not spec.partner:
+        return EnsembleRun([r.run for r in own], None, out), {"members": paths, "weights": [1.0] * len(own)}
+    main, main_path = own[0].run, paths[0]
+    if len(own) > 1:
+        main_path = f"{MEMBERS}/average"
+        main = EnsembleRun([r.run for r in own], None, None if out is None else out / main_path)
+        if out is not None:
+            inner = {"members": [f"../{n}" for n in names[: len(own)]], "weights": main.weights, "combine": "average"}
+            (out / main_path).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / main_path / ENSEMBLE, json.dumps(inner, indent=2))
+    weights = [1.0 - spec.partner_weight, spec.partner_weight]
+    fused = EnsembleRun([main, results[-1].run], weights, out, "score")
+    return fused, {"members": [main_path, paths[-1]], "weights": weights, "combine": "score"}
 
 
 def _prepare_folder(out: Path | None, config: TrainConfig | None, resume: bool, force: bool) -> TrainConfig:

@@ -132,8 +132,10 @@ class DualEncoder(Translator):
         momentum: float = 0.0,
     ) -> None:
         super().__init__(text_dim, image_dim)
-        if image_tower == "identity":
+        if image_tower == "identity":  # the shared space is one side's own: images', or (below) captions'
             shared_dim = image_dim
+        elif text_tower == "identity":
+            shared_dim = text_dim
         self.shared_dim = shared_dim
         self.text_tower = build_tower(text_tower, text_dim, shared_dim, hidden, dropout)
         self.image_tower = build_tower(image_tower, image_dim, shared_dim, hidden, dropout)
