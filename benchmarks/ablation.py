@@ -32,6 +32,8 @@ INGREDIENTS = {
         "loss.temperature=0.1",
         "loss.final_temperature=0.04",
     ],
+    "3-fold ensemble": ["ensemble.folds=3"],
+    "fused with reverse (0.2)": ["ensemble.partner=reverse", "ensemble.partner_weight=0.2"],
 }
 FIELDS = ["ingredient", "seed", "recall@1", "mrr", "plain_recall@1", "plain_mrr", "best_epoch", "train_s", "load"]
 
@@ -46,7 +48,8 @@ def run_one(data, name: str, seed: int, runs: Path | None) -> dict:
     from stitch import api
 
     started = time.perf_counter()
-    out = None if runs is None else runs / f"{name.replace(' ', '_').replace('%', 'pct').replace('>', '')}-s{seed}"
+    slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
+    out = None if runs is None else runs / f"{slug}-s{seed}"
     result = api.train(data, None, out=out, overrides=[*INGREDIENTS[name], f"seed={seed}"], progress=False)
     own, plain = result.dev_reports[0].metrics, result.dev_metrics
     return {
