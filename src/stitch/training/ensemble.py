@@ -22,6 +22,7 @@ from stitch.data.splits import image_folds, train_dev_split
 from stitch.io.atomic import atomic_write_text
 from stitch.training.config import EnsembleConfig, TrainConfig, config_from_dict, load_config
 from stitch.training.device import resolve_device
+from stitch.training.distributed import Distributed
 from stitch.training.run import CONFIG, SUMMARY, Run, RunError, run_summary
 from stitch.training.trainer import TrainResult, dev_tables, train
 from stitch.translators.ensemble import Ensemble, Fusion, check_weights
@@ -143,7 +144,11 @@ def train_ensemble(
     translations average in one space. ``seeds`` members per fold differ by seed. Members live in
     ``RUN/members/NAME``; ``--resume`` keeps finished members and resumes an interrupted one."""
     out = None if run_dir is None else Path(run_dir)
-    config = _prepare_folder(out, config, resume, force)
+    device = resolve_device(config.device if config is not None else "auto")
+    world = Distributed.from_env(device)  # under torchrun every rank trains every member; rank 0 writes
+    if world.is_main or resume:
+        config = _prepare_folder(out, config, resume, force)
+    world.barrier()
     spec, member_config = config.ensemble, dataclasses.replace(config, ensemble=EnsembleConfig())
     train_part, dev_set, how = _split(data, config)
     folds, moments = None, None
@@ -164,9 +169,9 @@ def train_ensemble(
         names.append(f"partner-{spec.partner}")
         folder = None if out is None else out / MEMBERS / names[-1]
         results.append(_member(data, _partner_config(config), folder, None, **kwargs))
-    ensemble, body = _combine(results, names, spec, out)
-    plain, reports, scoring = dev_tables(ensemble, dev_set, resolve_device(config.device))
-    if out is not None:
+    ensemble, body = _combine(results, names, spec, out, world.is_main)
+    plain, reports, scoring = dev_tables(ensemble, dev_set, world.device(device))
+    if out is not None and world.is_main:
         summary = _summary(results, names, plain, reports, how, scoring, out_of_fold=folds is not None)
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
         atomic_write_text(out / ENSEMBLE, json.dumps(body, indent=2))
@@ -182,7 +187,7 @@ def _partner_config(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(own, **{k: getattr(config, k) for k in keep})
 
 
-def _combine(results: list[TrainResult], names: list[str], spec: EnsembleConfig, out: Path | None):
+def _combine(results: list[TrainResult], names: list[str], spec: EnsembleConfig, out: Path | None, writes: bool):
     """The trained members as one run, and its ensemble.json body: the recipe's members averaged (their own
     ``members/average`` folder when there are several), then fused by score with the partner if any."""
     own = results[: len(results) - bool(spec.partner)]
@@ -193,7 +198,7 @@ def _combine(results: list[TrainResult], names: list[str], spec: EnsembleConfig,
     if len(own) > 1:
         main_path = f"{MEMBERS}/average"
         main = EnsembleRun([r.run for r in own], None, None if out is None else out / main_path)
-        if out is not None:
+        if out is not None and writes:
             inner = {"members": [f"../{n}" for n in names[: len(own)]], "weights": main.weights, "combine": "average"}
             (out / main_path).mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / main_path / ENSEMBLE, json.dumps(inner, indent=2))
