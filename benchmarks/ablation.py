@@ -34,6 +34,10 @@ INGREDIENTS = {
     ],
     "3-fold ensemble": ["ensemble.folds=3"],
     "fused with reverse (0.2)": ["ensemble.partner=reverse", "ensemble.partner_weight=0.2"],
+    "fused: + reverse + shared heads (0.15 each)": [
+        "ensemble.partner=reverse,shared-heads",
+        "ensemble.partner_weight=0.15",
+    ],
 }
 FIELDS = ["ingredient", "seed", "recall@1", "mrr", "plain_recall@1", "plain_mrr", "best_epoch", "train_s", "load"]
 

@@ -212,3 +212,16 @@ def test_a_partner_recipe_is_trained_in_the_same_command_and_fused_by_score(smal
         "seed1",
         "partner-reverse",
     ]
+
+
+def test_partners_are_named_single_run_recipes_that_leave_the_members_a_share():
+    from stitch.training.config import ConfigError, load_config
+
+    fused = load_config(None, ["ensemble.partner=reverse, shared-heads", "ensemble.partner_weight=0.15"])
+    assert fused.ensemble.partners == ["reverse", "shared-heads"] and fused.ensemble.active
+    with pytest.raises(ConfigError, match="not a named recipe"):
+        load_config(None, ["ensemble.partner=reverse,nope"])
+    with pytest.raises(ConfigError, match="itself an ensemble"):
+        load_config(None, ["ensemble.partner=fused"])
+    with pytest.raises(ConfigError, match="no share"):
+        load_config(None, ["ensemble.partner=reverse,shared-heads", "ensemble.partner_weight=0.5"])

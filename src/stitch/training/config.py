@@ -96,8 +96,8 @@ class EnsembleConfig:
 
     folds: int = 0  # >= 2: K members, each trained on K-1 folds of the training images, early-stopped on the other
     seeds: int = 1  # members per fold (or in all, without folds): seeds seed, seed + 1, ...
-    partner: str = ""  # a named recipe (stitch.recipes) trained beside the members and fused with them by score
-    partner_weight: float = 0.2  # the partner's share of the fused score
+    partner: str = ""  # named recipes (stitch.recipes), comma-separated, trained beside the members, fused by score
+    partner_weight: float = 0.2  # each partner's share of the fused score; the members keep the rest
 
     @property
     def size(self) -> int:
@@ -106,7 +106,11 @@ class EnsembleConfig:
     @property
     def active(self) -> bool:
         """Whether training makes an ensemble folder rather than one run."""
-        return self.size > 1 or bool(self.partner)
+        return self.size > 1 or bool(self.partners)
+
+    @property
+    def partners(self) -> list[str]:
+        return [name.strip() for name in self.partner.split(",") if name.strip()]
 
 
 @dataclass
@@ -140,7 +144,6 @@ class TrainConfig:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Settings whose values are registry names (the registries are the one spelling of each)."""
     from stitch import registries as r
-    from stitch.recipes import RECIPES
 
     return {
         "model.name": r.MODELS.names(),
@@ -153,7 +156,6 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "model.init": ("ridge", "procrustes"),
         "inference.rerank": r.RESCORERS.names(),
         "optim.sampler": r.SAMPLERS.names(),
-        "ensemble.partner": ("", *RECIPES),
     }
 
 
@@ -304,9 +306,26 @@ def _check_ingredients(config: TrainConfig) -> None:
         raise ConfigError(f"loss.final_temperature needs a loss with a temperature, not {config.loss.name!r}")
     if config.ensemble.folds == 1:
         raise ConfigError("ensemble.folds must be 0 (no folds) or at least 2")
+    _check_partners(config.ensemble)
     kind = LOSSES.tag(config.loss.name, "kind")
     if (config.optim.mixup_alpha or config.loss.mse_weight) and kind != "pair":
         raise ConfigError("optim.mixup_alpha and loss.mse_weight go with a contrastive loss (infonce, siglip, ...)")
+
+
+def _check_partners(ensemble: EnsembleConfig) -> None:
+    """Partners are named recipes that train one run each, and leave the members a share of the score."""
+    from stitch.recipes import RECIPES, recipe_overrides
+
+    for name in ensemble.partners:
+        if name not in RECIPES:
+            raise ConfigError(f"ensemble.partner {name!r} is not a named recipe; choose from {sorted(RECIPES)}")
+        if any(o.startswith("ensemble.") for o in recipe_overrides(name)):
+            raise ConfigError(f"ensemble.partner {name!r} is itself an ensemble; a partner must train one run")
+    if ensemble.partners and len(ensemble.partners) * ensemble.partner_weight >= 1:
+        raise ConfigError(
+            f"{len(ensemble.partners)} partners x ensemble.partner_weight {ensemble.partner_weight} leave the "
+            "members no share of the score: keep it below 1"
+        )
 
 
 def parse_overrides(pairs: list[str]) -> dict:

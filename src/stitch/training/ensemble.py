@@ -165,10 +165,10 @@ def train_ensemble(
                 member_data = dataclasses.replace(train_part, image_split=np.where(folds == fold, "dev", "train"))
             member = dataclasses.replace(member_config, seed=seed)
             results.append(_member(member_data, member, folder, moments, **kwargs))
-    if spec.partner:
-        names.append(f"partner-{spec.partner}")
+    for partner in spec.partners:
+        names.append(f"partner-{partner}")
         folder = None if out is None else out / MEMBERS / names[-1]
-        results.append(_member(data, _partner_config(config), folder, None, **kwargs))
+        results.append(_member(data, _partner_config(config, partner), folder, None, **kwargs))
     ensemble, body = _combine(results, names, spec, out, world.is_main)
     plain, reports, scoring = dev_tables(ensemble, dev_set, world.device(device))
     if out is not None and world.is_main:
@@ -178,21 +178,22 @@ def train_ensemble(
     return TrainResult(ensemble, -1, plain, [], how, reports, members=results)
 
 
-def _partner_config(config: TrainConfig) -> TrainConfig:
+def _partner_config(config: TrainConfig, partner: str) -> TrainConfig:
     """The partner recipe, with the ensemble's seed, device and dev split."""
     from stitch.recipes import recipe_overrides
 
-    own = load_config(None, recipe_overrides(config.ensemble.partner))
+    own = load_config(None, recipe_overrides(partner))
     keep = ("seed", "device", "amp", "dev_fraction", "max_dev_images", "eval_chunk")
     return dataclasses.replace(own, **{k: getattr(config, k) for k in keep})
 
 
 def _combine(results: list[TrainResult], names: list[str], spec: EnsembleConfig, out: Path | None, writes: bool):
     """The trained members as one run, and its ensemble.json body: the recipe's members averaged (their own
-    ``members/average`` folder when there are several), then fused by score with the partner if any."""
-    own = results[: len(results) - bool(spec.partner)]
+    ``members/average`` folder when there are several), then fused by score with the partners if any."""
+    n_partners = len(spec.partners)
+    own = results[: len(results) - n_partners]
     paths = [f"{MEMBERS}/{n}" for n in names]
-    if not spec.partner:
+    if not n_partners:
         return EnsembleRun([r.run for r in own], None, out), {"members": paths, "weights": [1.0] * len(own)}
     main, main_path = own[0].run, paths[0]
     if len(own) > 1:
@@ -202,9 +203,9 @@ def _combine(results: list[TrainResult], names: list[str], spec: EnsembleConfig,
             inner = {"members": [f"../{n}" for n in names[: len(own)]], "weights": main.weights, "combine": "average"}
             (out / main_path).mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / main_path / ENSEMBLE, json.dumps(inner, indent=2))
-    weights = [1.0 - spec.partner_weight, spec.partner_weight]
-    fused = EnsembleRun([main, results[-1].run], weights, out, "score")
-    return fused, {"members": [main_path, paths[-1]], "weights": weights, "combine": "score"}
+    weights = [1.0 - n_partners * spec.partner_weight] + [spec.partner_weight] * n_partners
+    fused = EnsembleRun([main, *(r.run for r in results[len(own) :])], weights, out, "score")
+    return fused, {"members": [main_path, *paths[len(own) :]], "weights": weights, "combine": "score"}
 
 
 def _prepare_folder(out: Path | None, config: TrainConfig | None, resume: bool, force: bool) -> TrainConfig:
