@@ -149,6 +149,15 @@ def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], re
     print("  " + describe(f"{concurrency} in flight, {len(loaded)} req", loaded, errors, wall))
     mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
     print(f"  loaded service / bare encoder throughput: {len(loaded) / wall / bare:.2f}; mean batch {mean_batch:.1f}")
+    # with continuous batching even a service that cost nothing would form two alternating groups of about
+    # concurrency / 2, so the encoder alone at the batch size the service formed separates the service's own
+    # overhead from the batching policy (both ratios are printed)
+    formed = max(1, round(mean_batch))
+    bare_formed = bare_encoder(spec, texts[120 : 120 + requests], formed)
+    print(
+        f"  bare encoder, batches of {formed} (as formed): {bare_formed:7.1f} texts/s; "
+        f"loaded service / that: {len(loaded) / wall / bare_formed:.2f}"
+    )
 
 
 def main() -> None:

@@ -172,7 +172,8 @@ def train_ensemble(
     ensemble, body = _combine(results, names, spec, out, world.is_main)
     plain, reports, scoring = dev_tables(ensemble, dev_set, world.device(device))
     if out is not None and world.is_main:
-        summary = _summary(results, names, plain, reports, how, scoring, out_of_fold=folds is not None)
+        n_folded = 0 if folds is None else len(results) - len(spec.partners)
+        summary = _summary(results, names, plain, reports, how, scoring, n_folded)
         atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
         atomic_write_text(out / ENSEMBLE, json.dumps(body, indent=2))
     return TrainResult(ensemble, -1, plain, [], how, reports, members=results)
@@ -221,8 +222,9 @@ def _prepare_folder(out: Path | None, config: TrainConfig | None, resume: bool, 
     return config
 
 
-def _summary(results, names, plain, reports, how: str, scoring: str, out_of_fold: bool) -> dict:
-    """summary.json of an ensemble: its dev metrics, each member's, and (K-fold) the out-of-fold mean."""
+def _summary(results, names, plain, reports, how: str, scoring: str, n_folded: int) -> dict:
+    """summary.json of an ensemble: its dev metrics, each member's, and the out-of-fold mean of the first
+    ``n_folded`` members (K-fold members; their dev set is their held-out fold)."""
     summary = run_summary(-1, reports[0].metrics, how, scoring)
     summary["plain"] = plain
     summary["members"] = [
@@ -235,11 +237,12 @@ def _summary(results, names, plain, reports, how: str, scoring: str, out_of_fold
         }
         for n, r in zip(names, results)
     ]
-    if out_of_fold:
+    if n_folded:
+        folded = results[:n_folded]
         summary["out_of_fold"] = {
             "what": "each member on the training images of its held-out fold (its early-stopping set), averaged",
-            scoring: _mean([r.dev_reports[0].metrics for r in results]),
-            "cosine": _mean([r.dev_metrics for r in results]),
+            scoring: _mean([r.dev_reports[0].metrics for r in folded]),
+            "cosine": _mean([r.dev_metrics for r in folded]),
         }
     return summary
 
