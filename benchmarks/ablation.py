@@ -7,6 +7,7 @@ Dev is for choosing: these figures choose; they are not a final test score.
 
     python benchmarks/ablation.py --seeds 0 1 2 [--only grouped mixup] [--csv benchmarks/results_ablation.csv]
         [--runs bench/runs/ablation]
+    python benchmarks/ablation.py --table    # the README table from the CSV, nothing trained
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def run_one(data, name: str, seed: int, runs: Path | None) -> dict:
 def table(path: Path) -> str:
     rows = list(csv.DictReader(path.open()))
     lines = [
-        "| ingredient | seeds | R@1 (IS) | MRR (IS) | R@1 (cosine) | MRR (cosine) | train s |",
+        "| ingredient | seeds | R@1 (IS) | MRR (IS) | R@1 (cosine) | MRR (cosine) | train s (load) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in INGREDIENTS:
@@ -82,11 +83,15 @@ def table(path: Path) -> str:
 
         def cell(key: str, mine: list[dict] = mine) -> str:
             values = np.array([float(r[key]) for r in mine])
+            if len(values) == 1:
+                return f"{values[0]:.4f}"
             return f"{values.mean():.4f} ± {(values.max() - values.min()) / 2:.4f}"
 
         seconds = np.mean([float(r["train_s"]) for r in mine])
+        load = np.mean([float(r["load"]) for r in mine])  # 1-minute load average at the end: > 1.5 means shared cores
         keys = ("recall@1", "mrr", "plain_recall@1", "plain_mrr")
-        lines.append(f"| {name} | {len(mine)} | " + " | ".join(cell(k) for k in keys) + f" | {seconds:.0f} |")
+        cells = " | ".join(cell(k) for k in keys)
+        lines.append(f"| {name} | {len(mine)} | {cells} | {seconds:.0f} ({load:.1f}) |")
     return "\n".join(lines)
 
 
@@ -96,7 +101,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(INGREDIENTS))
     parser.add_argument("--csv", type=Path, default=Path(__file__).with_name("results_ablation.csv"))
     parser.add_argument("--runs", type=Path, help="keep each run's folder here (e.g. for ensembles of them)")
+    parser.add_argument("--table", action="store_true", help="print the table of the rows in --csv; train nothing")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.csv))
+        return
     if not FLICKR.exists():
         raise SystemExit(f"{FLICKR} is absent: the shared data folder must sit beside the repo as ../shared")
     from stitch import api
