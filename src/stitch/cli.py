@@ -330,6 +330,9 @@ def cmd_encode(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from stitch.service.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before torch loads: OpenMP reads it once
     from stitch.service.app import serve
 
     serve(
