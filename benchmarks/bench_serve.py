@@ -5,7 +5,10 @@ the data whose dev images form the gallery) it first measures the bare encoder i
 same dev caption texts, in batches of 20 (what 20 requests in flight form) — then starts ``stitch serve``
 in its own process and sends 500 GET /search requests with 20 in flight, and 100 one at a time. It
 reports p50 / p99 / max, throughput, the service's loaded throughput as a fraction of the bare encoder's
-(the service's overhead budget), errors, and the dev R@1 / MRR of the run it serves. Texts are distinct
+(the service's overhead budget), errors, and the dev R@1 / MRR of the run it serves. As the load generator
+shares the cores, it also reads the service process's CPU time under load (Linux ``/proc``) and compares the
+CPU per request with the bare encoder's CPU per text at the batch size the service formed: the difference is
+what the service adds beyond the encoder. Texts are distinct
 across warm-up, baseline and load, so the service's query cache does not flatter it.
 
 Usage: python benchmarks/bench_serve.py --path minilm=minilm,RUN,DATA --path static=static:DIR,RUN2,DATA2
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import subprocess
@@ -79,26 +83,37 @@ def describe(name: str, latencies: list[float], errors: int, wall: float) -> str
     )
 
 
-def bare_encoder(spec: str, texts: list[str], batch: int = 20) -> float:
-    """Texts per second of the encoder alone (no HTTP, no search), after a warm-up, best of 3."""
+def bare_encoder(spec: str, texts: list[str], batch: int = 20) -> tuple[float, float]:
+    """(texts per second, CPU ms per text) of the encoder alone (no HTTP, no search), after a warm-up,
+    best of 3."""
     from stitch.encoders.text import text_encoder
 
     encoder = text_encoder(spec)
     encoder.encode(texts[:batch])
-    best = 0.0
+    best, cpu_ms = 0.0, float("inf")
     for _ in range(3):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(texts), batch):
             encoder.encode(texts[i : i + batch])
         best = max(best, len(texts) / (time.perf_counter() - start))
-    return best
+        cpu_ms = min(cpu_ms, (time.process_time() - cpu) * 1000 / len(texts))
+    return best, cpu_ms
 
 
-def start_service(run: str, data: str, spec: str) -> tuple[subprocess.Popen, str]:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_service(run: str, data: str, spec: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "stitch", "serve", "--run", run, "--data", data, "--image-dir", str(IMAGES)]
     command += ["--split", "dev", "--port", str(port), "--text-encoder", spec]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -121,21 +136,24 @@ def batch_totals(url: str) -> tuple[float, float]:
     return float(total.group(1)), float(count.group(1))
 
 
-def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], requests: int, concurrency: int):
+def measure_path(
+    name: str, spec: str, run: str, data: str, texts: list[str], requests: int, concurrency: int, env: dict[str, str]
+):
     from stitch import api
 
     t2i = api.evaluate(run, api.load(data), split="dev")[0]
     bare = bare_encoder(spec, texts[120 : 120 + requests])
-    server, url = start_service(run, data, spec)
+    server, url = start_service(run, data, spec, env)
     try:
         asyncio.run(fire(url, texts[:20], 4))  # warm-up
         start = time.perf_counter()
         single, single_errors = asyncio.run(fire(url, texts[20:120], 1))
         single_wall = time.perf_counter() - start
         before = batch_totals(url)
-        start = time.perf_counter()
+        start, server_cpu = time.perf_counter(), process_cpu_s(server.pid)
         loaded, errors = asyncio.run(fire(url, texts[120 : 120 + requests], concurrency))
         wall = time.perf_counter() - start
+        server_cpu = process_cpu_s(server.pid) - server_cpu
         after = batch_totals(url)
     finally:
         server.terminate()
@@ -144,6 +162,7 @@ def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], re
         f"[{name}] encoder {spec}; run {run}: dev {t2i.label()} R@1 {t2i.metrics['recall@1']:.3f} "
         f"MRR {t2i.metrics['mrr']:.3f}"
     )
+    bare, _ = bare
     print(f"  bare encoder, batches of 20: {bare:7.1f} texts/s")
     print("  " + describe("1 in flight", single, single_errors, single_wall))
     print("  " + describe(f"{concurrency} in flight, {len(loaded)} req", loaded, errors, wall))
@@ -153,10 +172,18 @@ def measure_path(name: str, spec: str, run: str, data: str, texts: list[str], re
     # concurrency / 2, so the encoder alone at the batch size the service formed separates the service's own
     # overhead from the batching policy (both ratios are printed)
     formed = max(1, round(mean_batch))
-    bare_formed = bare_encoder(spec, texts[120 : 120 + requests], formed)
+    bare_formed, encoder_cpu_ms = bare_encoder(spec, texts[120 : 120 + requests], formed)
     print(
         f"  bare encoder, batches of {formed} (as formed): {bare_formed:7.1f} texts/s; "
         f"loaded service / that: {len(loaded) / wall / bare_formed:.2f}"
+    )
+    # CPU time, not wall time: the load generator shares the cores, so the service's own bill per request
+    # against the encoder's per text is what the service adds, whoever else runs on the machine
+    service_cpu_ms = server_cpu * 1000 / len(loaded)
+    print(
+        f"  CPU per request: service {service_cpu_ms:.2f} ms, encoder alone {encoder_cpu_ms:.2f} ms per text "
+        f"(batches of {formed}): the service adds {service_cpu_ms - encoder_cpu_ms:.2f} ms "
+        f"(encoder share {encoder_cpu_ms / service_cpu_ms:.2f})"
     )
 
 
@@ -165,7 +192,11 @@ def main() -> None:
     parser.add_argument("--path", action="append", metavar="NAME=ENCODER,RUN,DATA", help="a path to measure")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="KEY=VALUE", help="set in the service's environment only"
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.server_env)
     if not DATA.exists():
         sys.exit(f"{DATA} is absent: the shared data must sit beside the repo as ../shared")
     import numpy as np
@@ -174,6 +205,8 @@ def main() -> None:
     dev = npz["images/split"][npz["captions/image_index"]] == "dev"
     texts = list(dict.fromkeys(str(t) for t in npz["captions/text"][dev]))
     print(f"GET /search, dev gallery 1000, k 10, the run's own scoring, loopback; {time.strftime('%Y-%m-%d %H:%M')}")
+    if env:
+        print(f"service environment: {env}")
     with tempfile.TemporaryDirectory() as scratch:
         paths = args.path or [f"minilm=minilm,{Path(scratch) / 'ridge'},{DATA}"]
         for item in paths:
@@ -182,7 +215,7 @@ def main() -> None:
             if not Path(run).exists():
                 command = [sys.executable, "-m", "stitch", "train", "--data", data, "--out", run, "--quiet"]
                 subprocess.run([*command, "model.name=ridge"], check=True, capture_output=True)
-            measure_path(name, spec, run, data, texts, args.requests, args.concurrency)
+            measure_path(name, spec, run, data, texts, args.requests, args.concurrency, env)
     print(
         "targets: loaded throughput >= 0.9 of the bare encoder (MiniLM paths); static path p50 < 50 ms and "
         "p99 < 200 ms with 20 in flight; zero errors"

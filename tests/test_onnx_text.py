@@ -152,3 +152,31 @@ def test_served_top10_equals_evaluation_on_the_onnx_path(onnx_minilm, cache_dir,
     assert data.encoders["text"] == "onnx:minilm" and data.text_dim == 384
     assert np.abs(data.captions[:5] - onnx_minilm.encode(list(arrays["captions/text"][:5]))).max() < 1e-6
     assert_served_top10_equals_evaluation(path, tmp_path)
+
+
+@pytest.mark.parametrize("policy, spinning", [(None, None), ("ACTIVE", None), ("PASSIVE", "0"), ("passive", "0")])
+def test_onnx_threads_follow_the_openmp_wait_policy(tmp_path, monkeypatch, policy, spinning):
+    """`stitch serve` asks for passive waiting; ONNX Runtime's pool then stops spinning too (measured on the
+    ONNX path under load: 3.5-3.9 instead of 4.6 ms of service CPU per request)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is absent: pip install 'stitch[onnx]'")
+    onnx = pytest.importorskip("onnx", reason="onnx is absent: pip install 'stitch[onnx]'")
+    from onnx import TensorProto, helper
+
+    from stitch.encoders.onnx_text import _session
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    if policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    session = _session(path)
+    try:
+        entry = session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # never set: ONNX Runtime's default, spinning
+        entry = None
+    assert entry == spinning
+    assert session.run(None, {"x": np.ones((2, 3), np.float32)})[0].tolist() == [[1.0] * 3] * 2

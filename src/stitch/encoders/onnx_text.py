@@ -173,6 +173,8 @@ def _session(path: Path, threads: int | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or _cores()
     options.inter_op_num_threads = 1
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # the same wait policy as torch's threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 

@@ -1,10 +1,12 @@
 """How the service's compute threads wait between parallel regions.
 
-PyTorch's OpenMP threads spin after each parallel region by default. That is fastest for one process
-alone, but a service shares its cores with its own event loop (and, on a small machine, with its clients):
-spinning threads take the cycles those need. With passive waiting the loaded PyTorch MiniLM service on the
-2-core benchmark machine served 229 req/s instead of 201 (p50 86 vs 97 ms, 20 in flight), although the
-encoder alone is slower that way (327 vs 393 texts/s). OpenMP reads the setting once, when torch loads.
+PyTorch's OpenMP threads (and ONNX Runtime's pool) spin after each parallel region by default. That is
+fastest for one process alone, but a service shares its cores with its own event loop (and, on a small
+machine, with its clients): spinning threads take the cycles those need. Measured on the 2-core benchmark
+machine, 20 requests in flight (`benchmarks/bench_serve.py`): the PyTorch MiniLM path served 225-229 req/s
+instead of 201, the ONNX path ~400 instead of 195-241 and the static path 930-1,290 instead of 840-870,
+although the encoder alone is slower that way. OpenMP reads the setting once, when torch loads; the ONNX
+encoder reads it when it opens its session (:func:`stitch.encoders.onnx_text._session`).
 """
 
 from __future__ import annotations
