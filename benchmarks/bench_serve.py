@@ -142,7 +142,7 @@ def measure_path(
     from stitch import api
 
     t2i = api.evaluate(run, api.load(data), split="dev")[0]
-    bare = bare_encoder(spec, texts[120 : 120 + requests])
+    bare, bare_cpu_ms = bare_encoder(spec, texts[120 : 120 + requests])
     server, url = start_service(run, data, spec, env)
     try:
         asyncio.run(fire(url, texts[:20], 4))  # warm-up
@@ -150,10 +150,10 @@ def measure_path(
         single, single_errors = asyncio.run(fire(url, texts[20:120], 1))
         single_wall = time.perf_counter() - start
         before = batch_totals(url)
-        start, server_cpu = time.perf_counter(), process_cpu_s(server.pid)
+        start, server_cpu, client_cpu = time.perf_counter(), process_cpu_s(server.pid), time.process_time()
         loaded, errors = asyncio.run(fire(url, texts[120 : 120 + requests], concurrency))
         wall = time.perf_counter() - start
-        server_cpu = process_cpu_s(server.pid) - server_cpu
+        server_cpu, client_cpu = process_cpu_s(server.pid) - server_cpu, time.process_time() - client_cpu
         after = batch_totals(url)
     finally:
         server.terminate()
@@ -162,7 +162,6 @@ def measure_path(
         f"[{name}] encoder {spec}; run {run}: dev {t2i.label()} R@1 {t2i.metrics['recall@1']:.3f} "
         f"MRR {t2i.metrics['mrr']:.3f}"
     )
-    bare, _ = bare
     print(f"  bare encoder, batches of 20: {bare:7.1f} texts/s")
     print("  " + describe("1 in flight", single, single_errors, single_wall))
     print("  " + describe(f"{concurrency} in flight, {len(loaded)} req", loaded, errors, wall))
@@ -184,6 +183,14 @@ def measure_path(
         f"  CPU per request: service {service_cpu_ms:.2f} ms, encoder alone {encoder_cpu_ms:.2f} ms per text "
         f"(batches of {formed}): the service adds {service_cpu_ms - encoder_cpu_ms:.2f} ms "
         f"(encoder share {encoder_cpu_ms / service_cpu_ms:.2f})"
+    )
+    # the load generator's own CPU shares the same cores: even a service that added nothing could not exceed
+    # cores / (encoder CPU per text + client CPU per request) on this machine
+    client_ms = client_cpu * 1000 / len(loaded)
+    ceiling = len(os.sched_getaffinity(0)) * 1000 / (bare_cpu_ms + client_ms) / bare
+    print(
+        f"  load generator CPU per request: {client_ms:.2f} ms; with it on the same cores a service adding "
+        f"nothing (encoder in batches of 20) would reach at most {ceiling:.2f} of the bare encoder's throughput"
     )
 
 
