@@ -235,3 +235,62 @@ def test_non_finite_scores_fail_only_their_query():
     answers = run(main())
     assert isinstance(answers[4], QueryError) and "non-finite" in str(answers[4])
     assert [hits[0].name for hits in answers[:4]] == [f"img{i}-0" for i in range(4)]
+
+
+def closed_loop(batcher: MicroBatcher, callers: int, rounds: int, leaves_after: dict[int, int] | None = None):
+    """``callers`` clients, each sending its next query ``caller`` ms after its previous answer (the time
+    an HTTP client takes to read an answer and send again, staggered); caller c stops after
+    ``leaves_after[c]`` rounds."""
+    leaves_after = leaves_after or {}
+
+    async def caller(c: int) -> None:
+        for _ in range(leaves_after.get(c, rounds)):
+            hits = await batcher.submit(f"q{c}", None, 1)
+            assert hits[0].name == f"img{c}-0"
+            batcher.cache.clear()  # every query reaches the encoder, whose calls are the batches
+            await asyncio.sleep(0.001 * c)
+
+    async def main():
+        await asyncio.wait_for(asyncio.gather(*(caller(c) for c in range(callers))), timeout=20)
+
+    run(main())
+
+
+def test_steady_callers_share_one_batch_instead_of_alternating_halves():
+    """Callers that come back a few ms after their answer: the batcher waits for them, so every round is one
+    batch of all of them; without the wait the first to come back goes alone and the rest form another."""
+    regathered = SlowEncoder()
+    closed_loop(MicroBatcher(EchoSearcher(), regathered, regather_ms=100), callers=8, rounds=5)
+    assert regathered.calls == [8, 8, 8, 8, 8]
+
+    continuous = SlowEncoder()
+    closed_loop(MicroBatcher(EchoSearcher(), continuous, regather_ms=0), callers=8, rounds=5)
+    assert sum(continuous.calls) == 40 and len(continuous.calls) > 5 and min(continuous.calls) < 8
+
+
+def test_a_lone_caller_never_waits_for_a_crowd():
+    """One caller's queries go straight through even with a long regather window (its last batch held one
+    query, so nobody else is expected)."""
+    encoder = SlowEncoder()
+    batcher = MicroBatcher(EchoSearcher(), encoder, regather_ms=5000)
+    started = time.perf_counter()
+    closed_loop(batcher, callers=1, rounds=5)
+    assert encoder.calls == [1] * 5
+    assert time.perf_counter() - started < 2.5  # five 20 ms batches; one 5 s wait would fail this
+
+
+def test_a_caller_that_leaves_costs_one_bounded_wait():
+    """When one of 4 callers stops, the next batch waits at most regather_ms for it, then goes with the 3
+    that came back; from then on 3 is what the batcher expects, so nothing waits again."""
+    encoder = SlowEncoder()
+    batcher = MicroBatcher(EchoSearcher(), encoder, regather_ms=300)
+    started = time.perf_counter()
+    closed_loop(batcher, callers=4, rounds=4, leaves_after={3: 1})
+    assert encoder.calls == [4, 3, 3, 3]
+    assert time.perf_counter() - started < 0.3 * 3  # one expired window, not one per round
+
+
+@pytest.mark.parametrize("setting", [{"regather_ms": -1}, {"regather_ms": float("inf")}, {"max_wait_ms": True}])
+def test_nonsense_waits_are_refused(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        MicroBatcher(EchoSearcher(), SlowEncoder(), **setting)

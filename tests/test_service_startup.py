@@ -48,6 +48,13 @@ def test_cli_serve_port_99999_is_a_clear_error(tmp_path, nothing_loads, capsys):
     assert nothing_loads == []
 
 
+def test_cli_serve_negative_regather_is_a_clear_error(tmp_path, nothing_loads, capsys):
+    argv = ["serve", "--run", "run", "--data", "data.npz", "--image-dir", str(tmp_path), "--regather-ms", "-5"]
+    assert cli.main(argv) == 2
+    assert "regather_ms must be a number of milliseconds >= 0, got -5.0" in capsys.readouterr().err
+    assert nothing_loads == []
+
+
 def images_cases(tmp_path):
     a_file = tmp_path / "pictures.txt"
     a_file.write_text("not a folder")
@@ -81,6 +88,9 @@ def test_build_app_refuses_a_bad_images_folder_before_loading(tmp_path, monkeypa
         ("header_timeout_s", -1),
         ("keep_alive_s", 0),
         ("max_header_bytes", 100),
+        ("regather_ms", -1),
+        ("regather_ms", float("nan")),
+        ("regather_ms", True),
     ],
 )
 def test_serve_refuses_nonsense_limits(tmp_path, nothing_loads, setting, value):
@@ -99,8 +109,10 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
 
     built: dict = {}
 
-    def fake_build(run, data_path, images_dir, split, index, text_encoder, text_precision, limits, cors_origins):
-        built["cors"] = cors_origins
+    def fake_build(
+        run, data_path, images_dir, split, index, text_encoder, text_precision, limits, cors_origins, regather_ms
+    ):
+        built["cors"], built["regather_ms"] = cors_origins, regather_ms
         built["app"] = fake_app(images_dir, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
         return built["app"]
 
@@ -120,9 +132,10 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
     service.serve(
         "run", "data.npz", tmp_path, port=8123, max_body_bytes=5000, body_timeout_s=3,
         header_timeout_s=4, keep_alive_s=2, max_header_bytes=8192, cors_origins=["https://example.org"],
+        regather_ms=25,
     )  # fmt: skip
     config = built["config"]
-    assert built["cors"] == ["https://example.org"]
+    assert built["cors"] == ["https://example.org"] and built["regather_ms"] == 25
     assert built["ran"] and config.port == 8123 and config.app is built["app"]
     assert issubclass(config.http, HeaderTimeoutProtocol) and config.http.header_timeout_s == 4
     assert config.timeout_keep_alive == 2 and config.h11_max_incomplete_event_size == 8192

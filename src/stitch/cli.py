@@ -350,6 +350,7 @@ def cmd_serve(args) -> int:
         header_timeout_s=args.header_timeout,
         keep_alive_s=args.keep_alive,
         cors_origins=args.cors_origin,
+        regather_ms=args.regather_ms,
     )
     return 0
 
@@ -676,6 +677,13 @@ def _parser_serve(sub) -> None:
     p.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take (408 after)")
     p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request head may take (closed after)")
     p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle kept-alive connection stays open")
+    p.add_argument(
+        "--regather-ms",
+        type=float,
+        default=10.0,
+        help="under steady load, how long a batch may wait for the callers just answered to send again, so they "
+        "share one batch (0: never wait; a lone caller never waits)",
+    )
     p.add_argument(
         "--cors-origin",
         action="append",

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from stitch.data.synthetic import SYNTHETIC_ENCODER
 from stitch.io.atomic import safe_member
-from stitch.service.batcher import MicroBatcher
+from stitch.service.batcher import DEFAULT_REGATHER_MS, MicroBatcher, check_wait_ms
 from stitch.service.cors import add_cors, check_cors_origins
 from stitch.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
 from stitch.service.metrics import CONTENT_TYPE, Reading, RequestMetrics, ServiceMetrics
@@ -133,8 +133,10 @@ def create_app(
     limits: Limits = Limits(),
     title: str = "stitch",
     cors_origins: Sequence[str] | None = None,
+    regather_ms: float = DEFAULT_REGATHER_MS,
 ) -> FastAPI:
     """The service app over ``searcher``; every request body passes :class:`BodyLimit` before parsing.
+    ``regather_ms``: how long a batch may wait for the callers just answered (see :mod:`.batcher`).
 
     Middleware, outermost first: :class:`RequestMetrics` (so it counts every answer, refusals included),
     CORS (only with ``cors_origins``; outside the guard so its 413/408 reach a cross-origin page readable),
@@ -153,7 +155,7 @@ def create_app(
     metrics = ServiceMetrics()
     app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)  # added last: outermost
 
-    batcher = MicroBatcher(searcher, text_encoder)
+    batcher = MicroBatcher(searcher, text_encoder, regather_ms=regather_ms)
     _search_routes(app, batcher, text_encoder, limits)
     _gallery_routes(app, searcher, batcher, images_dir, text_encoder, title)
     _metrics_route(app, metrics, searcher, batcher)
@@ -273,14 +275,16 @@ def build_app(
     text_precision: str = "fp32",
     limits: Limits = Limits(),
     cors_origins: Sequence[str] | None = None,
+    regather_ms: float = DEFAULT_REGATHER_MS,
 ) -> FastAPI:
     """Load the run, its gallery (an exact index with the run's rescoring, or ``index``) and the text encoder
-    the data records (or ``text_encoder``); ``cors_origins``: see :func:`create_app`."""
+    the data records (or ``text_encoder``); ``cors_origins``, ``regather_ms``: see :func:`create_app`."""
     from stitch import api
     from stitch.encoders.text import text_encoder as make_text_encoder
 
     check_images_dir(images_dir)  # before the data and models load
     check_cors_origins(cors_origins)
+    check_wait_ms("regather_ms", regather_ms)
     data = api.load(data_path)
     opened = api.open(run)  # once: the searcher and the recorded encoder come from the same loaded run
     searcher = api.open_searcher(opened, data, split, index)
@@ -293,7 +297,15 @@ def build_app(
     encoder = make_text_encoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
-    return create_app(searcher, images_dir, encoder, limits=limits, title=Path(run).name, cors_origins=cors_origins)
+    return create_app(
+        searcher,
+        images_dir,
+        encoder,
+        limits=limits,
+        title=Path(run).name,
+        cors_origins=cors_origins,
+        regather_ms=regather_ms,
+    )
 
 
 def serve(
@@ -312,21 +324,33 @@ def serve(
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     cors_origins: Sequence[str] | None = None,
+    regather_ms: float = DEFAULT_REGATHER_MS,
 ) -> None:
     """Serve a run until interrupted. Limits: request bodies over ``max_body_bytes`` (default 64 KiB, more
     for wide embeddings) get 413 and bodies slower than ``body_timeout_s`` 408; a request head still
     incomplete past ``max_header_bytes`` gets 400 and one slower than ``header_timeout_s`` is closed; idle
     kept-alive connections close after ``keep_alive_s``. ``cors_origins``: the sites whose pages may call the
-    service from a browser (``["*"]``: any; none by default). Arguments are checked before any model loads."""
+    service from a browser (``["*"]``: any; none by default). ``regather_ms``: how long a batch may wait for
+    the callers just answered (0: never). Arguments are checked before any model loads."""
     import uvicorn
 
     check_port(port)
     check_images_dir(images_dir)
     check_server_limits(header_timeout_s, keep_alive_s, max_header_bytes)
     origins = check_cors_origins(cors_origins)
+    check_wait_ms("regather_ms", regather_ms)
     limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)  # checks them
     app = build_app(
-        run, data_path, images_dir, split, index, text_encoder, text_precision, limits=limits, cors_origins=origins
+        run,
+        data_path,
+        images_dir,
+        split,
+        index,
+        text_encoder,
+        text_precision,
+        limits=limits,
+        cors_origins=origins,
+        regather_ms=regather_ms,
     )
     # The models, tokenizer and gallery are millions of long-lived objects: frozen out of the collector's reach,
     # a full collection under load no longer walks them (one did, stalling a loaded batch ~300 ms on the ONNX
