@@ -148,10 +148,12 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_service(run: str, data: str, spec: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_service(
+    run: str, data: str, spec: str, env: dict[str, str] | None = None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "stitch", "serve", "--run", run, "--data", data, "--image-dir", str(IMAGES)]
-    command += ["--split", "dev", "--port", str(port), "--text-encoder", spec]
+    command += ["--split", "dev", "--port", str(port), "--text-encoder", spec, *(extra or [])]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -184,12 +186,13 @@ def measure_path(
     requests: int,
     concurrency: int,
     env: dict[str, str],
+    serve_args: list[str] | None = None,
     loaded_rounds: int = 3,
 ) -> None:
     from stitch import api
 
     t2i = api.evaluate(run, api.load(data), split="dev")[0]
-    server, url = start_service(run, data, spec, env)
+    server, url = start_service(run, data, spec, env, serve_args)
     try:
         asyncio.run(fire(url, texts[:20], 4))  # warm-up
         start = time.perf_counter()
@@ -269,6 +272,13 @@ def main() -> None:
     parser.add_argument(
         "--server-env", action="append", default=[], metavar="KEY=VALUE", help="set in the service's environment only"
     )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="add to `stitch serve` (--serve-arg=--regather-ms=0)",
+    )
     parser.add_argument("--in-process", metavar="JSON", help=argparse.SUPPRESS)  # the child of in_process_figures
     args = parser.parse_args()
     if args.in_process:
@@ -282,8 +292,8 @@ def main() -> None:
     dev = npz["images/split"][npz["captions/image_index"]] == "dev"
     texts = list(dict.fromkeys(str(t) for t in npz["captions/text"][dev]))
     print(f"GET /search, dev gallery 1000, k 10, the run's own scoring, loopback; {time.strftime('%Y-%m-%d %H:%M')}")
-    if env:
-        print(f"service environment: {env}")
+    if env or args.serve_arg:
+        print(f"service environment: {env}; extra serve arguments: {args.serve_arg}")
     with tempfile.TemporaryDirectory() as scratch:
         paths = args.path or [f"minilm=minilm,{Path(scratch) / 'ridge'},{DATA}"]
         for item in paths:
@@ -292,7 +302,7 @@ def main() -> None:
             if not Path(run).exists():
                 command = [sys.executable, "-m", "stitch", "train", "--data", data, "--out", run, "--quiet"]
                 subprocess.run([*command, "model.name=ridge"], check=True, capture_output=True)
-            measure_path(name, spec, run, data, texts, args.requests, args.concurrency, env)
+            measure_path(name, spec, run, data, texts, args.requests, args.concurrency, env, args.serve_arg)
     print(
         "targets: loaded throughput >= 0.9 of the bare encoder (MiniLM paths); static path p50 < 50 ms and "
         "p99 < 200 ms with 20 in flight; zero errors"
