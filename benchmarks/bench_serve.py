@@ -232,7 +232,8 @@ def measure_path(
     service_policy = env.get("OMP_WAIT_POLICY", "PASSIVE")  # what `stitch serve` sets unless told otherwise
     sample = texts[120 : 120 + requests]
     policies = {
-        policy: in_process_figures(spec, run, data, sample, [20, formed], policy) for policy in (None, service_policy)
+        policy: in_process_figures(spec, run, data, sample, sorted({20, formed}), policy)
+        for policy in (None, service_policy)
     }
     best = {
         batch: {key: max(figures[batch][key] for figures in policies.values()) for key in ("bare", "searched")}

@@ -294,3 +294,14 @@ def test_a_caller_that_leaves_costs_one_bounded_wait():
 def test_nonsense_waits_are_refused(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):
         MicroBatcher(EchoSearcher(), SlowEncoder(), **setting)
+
+
+def test_a_regathered_batch_goes_once_its_callers_are_back():
+    """With a batch window too, a batch whose callers have all come back is held only for max_wait, not for
+    the whole regather window (five rounds held 2 s each would take 10 s)."""
+    encoder = SlowEncoder()
+    batcher = MicroBatcher(EchoSearcher(), encoder, max_wait_ms=50, regather_ms=2000)
+    started = time.perf_counter()
+    closed_loop(batcher, callers=8, rounds=5)
+    assert encoder.calls == [8, 8, 8, 8, 8]
+    assert time.perf_counter() - started < 5

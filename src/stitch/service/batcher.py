@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from stitch.service.metrics import Histogram, powers_of_two
+from stitch.service.server import is_number
 from stitch.service.validation import QueryError, check_embedding, check_text
 
 # Long enough for the callers of a batch of 20 to read their answers and send again over loopback (~7 ms
@@ -45,7 +46,7 @@ DEFAULT_REGATHER_MS = 10.0
 def check_wait_ms(name: str, value) -> float:
     """``value`` if it is a finite number of milliseconds >= 0 (checked where the service starts, before any
     model loads, and again here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if not is_number(value) or not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a number of milliseconds >= 0, got {value!r}")
     return float(value)
 
@@ -103,10 +104,11 @@ class MicroBatcher:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            target = min(self.max_batch, expected)
-            deadline = time.perf_counter() + max(self.max_wait, self.regather if len(batch) < target else 0.0)
-            while len(batch) < self.max_batch and (self.max_wait > 0 or len(batch) < target):
-                remaining = deadline - time.perf_counter()
+            started, target = time.perf_counter(), min(self.max_batch, expected)
+            while len(batch) < self.max_batch:
+                # open for max_wait, and up to regather while the callers just answered are still to come back
+                hold = max(self.max_wait, self.regather if len(batch) < target else 0.0)
+                remaining = started + hold - time.perf_counter()
                 if remaining <= 0:
                     break
                 try:
