@@ -14,6 +14,7 @@ shard and row named. ``stitch convert`` writes this layout from any supported on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,9 @@ from stitch.data.errors import DataError, describe_rows
 from stitch.data.shards import CHUNK_ROWS, Shard, ShardList, read_checked
 from stitch.io.atomic import current_umask
 from stitch.io.progress import chunk_starts
+from stitch.io.untrusted import first_repeat, inside, read_json, regular_file
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "stitch-shards.json"
 FORMAT = "stitch-shards"
@@ -192,12 +196,12 @@ def open_sharded(path: str | Path) -> ShardedPairs:
     path = Path(path)
     manifest = _read_manifest(path)
     shards, columns = [], {}
-    for k, entry in enumerate(manifest["shards"]):
-        name = _shard_name(entry, path, k)
+    for entry in manifest["shards"]:
+        name = entry["name"]
         captions = _open_npy(path, f"{name}.captions.npy", mmap=True)
         images = _open_npy(path, f"{name}.images.npy", mmap=True)
         for label, matrix in (("captions", captions), ("images", images)):
-            want = entry.get(label)
+            want = entry[label]
             if len(matrix) != want:
                 raise DataError(
                     f"{path}: shard {name} {label} has {len(matrix)} rows but the manifest says {want} "
@@ -205,44 +209,63 @@ def open_sharded(path: str | Path) -> ShardedPairs:
                 )
         owner = _open_npy(path, f"{name}.caption_image.npy", mmap=True)
         shards.append(Shard(captions, images, owner, name=name))
-        for column in TEXT_COLUMNS + IMAGE_COLUMNS:
-            if column in manifest.get("columns", []):
-                columns.setdefault(column, []).append(_open_npy(path, f"{name}.{column}.npy", mmap=True))
-    return ShardedPairs(shards, columns, dict(manifest.get("encoders", {})), source=str(path))
+        for column in manifest["columns"]:
+            columns.setdefault(column, []).append(_open_npy(path, f"{name}.{column}.npy", mmap=True))
+    return ShardedPairs(shards, columns, dict(manifest["encoders"]), source=str(path))
 
 
 def _read_manifest(path: Path) -> dict:
+    """The manifest, checked against the schema the writer follows: a value of the wrong type, an unknown
+    column or a shard listed twice (which would count its pairs twice) is refused, naming the entry."""
+    where = f"{path}/{MANIFEST}"
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = read_json(path / MANIFEST, DataError)
     except FileNotFoundError as err:
         raise DataError(f"{path}: no {MANIFEST}; not a stitch sharded folder (stitch convert writes one)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}/{MANIFEST} is not valid JSON (truncated?): {err}") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path}/{MANIFEST} is not a {FORMAT} manifest")
+        raise DataError(f"{where} is not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
         raise DataError(f"{path}: layout version {manifest.get('version')!r}; this stitch reads version {VERSION}")
     if not isinstance(manifest.get("shards"), list) or not manifest["shards"]:
-        raise DataError(f"{path}/{MANIFEST} lists no shards")
+        raise DataError(f"{where} lists no shards")
+    names = [_shard_entry(entry, where, k) for k, entry in enumerate(manifest["shards"])]
+    repeated = first_repeat(names)
+    if repeated is not None:
+        raise DataError(f"{where}: shard {repeated!r} is listed twice; each shard may appear once")
+    columns = manifest.setdefault("columns", [])
+    known = TEXT_COLUMNS + IMAGE_COLUMNS
+    if not isinstance(columns, list) or not all(isinstance(c, str) and c in known for c in columns):
+        raise DataError(f"{where}: columns must be a list drawn from {list(known)}, got {columns!r}")
+    if first_repeat(columns) is not None:
+        raise DataError(f"{where}: column {first_repeat(columns)!r} is listed twice")
+    if not isinstance(manifest.setdefault("encoders", {}), dict):
+        raise DataError(f"{where}: encoders must be a JSON object, got {manifest['encoders']!r}")
     return manifest
 
 
-def _shard_name(entry, path: Path, k: int) -> str:
+def _shard_entry(entry: object, where: str, k: int) -> str:
+    """A shard entry's name after checking its fields (name: letters and digits; sizes: whole numbers)."""
     name = entry.get("name") if isinstance(entry, dict) else None
     if not isinstance(name, str) or not name.isalnum():
-        raise DataError(f"{path}/{MANIFEST}: shard {k} has no valid name (letters and digits only), got {name!r}")
+        raise DataError(f"{where}: shard {k} has no valid name (letters and digits only), got {name!r}")
+    for label in ("captions", "images"):
+        value = entry.get(label)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DataError(f"{where}: shard {name} {label} must be a whole number of rows, got {value!r}")
     return name
 
 
 def _open_npy(folder: Path, name: str, mmap: bool) -> np.ndarray:
-    file = folder / name
+    file = inside(folder, name, f"{folder}/{MANIFEST}", DataError)
     if not file.exists():
-        raise DataError(f"{file}: missing (the manifest lists it)")
+        raise DataError(f"{folder / name}: missing (the manifest lists it)")
     return open_npy(file, mmap)
 
 
 def open_npy(file: Path, mmap: bool = True) -> np.ndarray:
-    """A ``.npy`` array, memory-mapped by default, never unpickled; unreadable files named."""
+    """A ``.npy`` array, memory-mapped by default, never unpickled; unreadable files named, and only a
+    regular file opened (a FIFO would block forever)."""
+    regular_file(file, error=DataError)
     try:
         return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, EOFError, OSError) as err:
@@ -258,7 +281,7 @@ def write_sharded(
     out = Path(out)
     if dtype not in DTYPES:
         raise DataError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    _check_replaceable(out, force)
+    ours = _check_replaceable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -275,29 +298,56 @@ def write_sharded(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private; the output gets the user's umask
-        _move_into_place(tmp, out)
+        _move_into_place(tmp, out, ours)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
 
 
-def _check_replaceable(out: Path, force: bool) -> None:
-    """Before any work: an existing output is replaced only with ``force``, and only if it is a stitch sharded
-    folder (or empty) — never a user's other folder or file."""
+def _check_replaceable(out: Path, force: bool) -> list[str]:
+    """Before any work: an existing output is replaced only with ``force``, and only if it is empty or a
+    folder stitch wrote: a manifest that validates and nothing beside the files it names. Returns the names
+    that may be removed (the manifest's files and the manifest itself), never anything else."""
     if not out.exists():
-        return
+        return []
     if not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    if not out.is_dir():
+    if not out.is_dir() or out.is_symlink():
         raise FileExistsError(f"{out} is a file, not a sharded folder; refusing to replace it")
-    if not (out / MANIFEST).exists() and any(out.iterdir()):
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return []
+    if MANIFEST not in present:
         raise FileExistsError(f"{out} is a folder but not a stitch sharded folder; refusing to replace it")
+    try:
+        manifest = _read_manifest(out)
+    except DataError as err:
+        raise FileExistsError(f"{out}: its {MANIFEST} does not validate ({err}); refusing to replace it") from err
+    ours = set(_written_names(manifest))
+    foreign = [name for name in present if name not in ours or not _plain_file(out / name)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{out} holds files stitch did not write ({shown}); give an empty or stitch-written folder"
+        )
+    return present
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """The finished folder takes ``out``'s name; an old one is moved aside first and removed only after, so a
-    failure at any point leaves one complete copy."""
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _written_names(manifest: dict) -> list[str]:
+    """Every file the writer puts in a folder with this (validated) manifest, the manifest included."""
+    suffixes = ["captions", "images", "caption_image", *manifest["columns"]]
+    return [MANIFEST] + [f"{entry['name']}.{suffix}.npy" for entry in manifest["shards"] for suffix in suffixes]
+
+
+def _move_into_place(tmp: Path, out: Path, ours: list[str]) -> None:
+    """The finished folder takes ``out``'s name; an old one is moved aside first and emptied only after, so a
+    failure at any point leaves one complete copy. Only the names in ``ours`` are removed from the old one:
+    a file that appeared since the check is kept (the old folder is then left under its hidden name)."""
     if not out.exists():
         tmp.rename(out)
         return
@@ -308,7 +358,12 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     except OSError:
         old.rename(out)
         raise
-    shutil.rmtree(old)
+    for name in ours:
+        (old / name).unlink(missing_ok=True)
+    try:
+        old.rmdir()
+    except OSError:
+        logger.warning("%s: kept the old folder, which holds files stitch did not write", old)
 
 
 @dataclass
