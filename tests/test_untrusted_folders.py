@@ -134,3 +134,144 @@ def test_force_still_replaces_its_own_folder_and_leaves_nothing_behind(sharded, 
     write_sharded(ShardedPairs.of(smaller), sharded, force=True)
     assert open_sharded(sharded).n_captions == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+# -- layouts stitch reads but did not write ------------------------------------------------------------------
+
+
+def _clip_folder(folder, data):
+    """A clip-retrieval folder (no metadata) of two shards, one image-caption pair a row."""
+    for sub in ("img_emb", "text_emb"):
+        (folder / sub).mkdir(parents=True)
+    owner = data.caption_image
+    for i, rows in enumerate(np.array_split(np.arange(data.n_captions), 2)):
+        np.save(folder / "img_emb" / f"img_emb_{i}.npy", data.images[owner[rows]])
+        np.save(folder / "text_emb" / f"text_emb_{i}.npy", data.captions[rows])
+    return folder
+
+
+def test_two_spellings_of_one_clip_retrieval_shard_number_are_refused_naming_both(tmp_path):
+    from stitch.data.layouts import open_layout
+
+    folder = _clip_folder(tmp_path / "clip", _pairs())
+    assert open_layout(folder).n_captions == 120
+    np.save(folder / "img_emb" / "img_emb_01.npy", np.load(folder / "img_emb" / "img_emb_1.npy"))
+    with pytest.raises(DataError, match=r"img_emb_01.npy and img_emb_1.npy are both shard 1"):
+        open_layout(folder)
+
+
+def test_a_fifo_in_place_of_a_clip_retrieval_shard_is_refused_not_waited_on(tmp_path):
+    from stitch.data.layouts import open_layout
+
+    folder = _clip_folder(tmp_path / "clip", _pairs())
+    _fifo(folder / "text_emb" / "text_emb_1.npy")
+    err = _within(10, lambda: open_layout(folder))
+    assert isinstance(err, DataError) and "FIFO" in str(err) and "text_emb_1.npy" in str(err)
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    """A datasets save_to_disk folder of two Arrow files, written with pyarrow alone (as ``datasets`` lays it out)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.ipc  # noqa: F401
+
+    data = _pairs()
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    owner = data.caption_image
+    names = []
+    for i, rows in enumerate(np.array_split(np.arange(data.n_captions), 2)):
+        table = pa.table(
+            {
+                "text_emb": [list(map(float, v)) for v in data.captions[rows]],
+                "img_emb": [list(map(float, v)) for v in data.images[owner[rows]]],
+            }
+        )
+        names.append(f"data-0000{i}-of-00002.arrow")
+        with pa.OSFile(str(folder / names[-1]), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": "x", "_split": None}
+    (folder / "state.json").write_text(json.dumps(state))
+    return folder
+
+
+def _edit_state(folder, change) -> None:
+    state = json.loads((folder / "state.json").read_text())
+    change(state["_data_files"])
+    (folder / "state.json").write_text(json.dumps(state))
+
+
+def _sibling(folder) -> str:
+    sibling = folder.parent / "sibling"
+    sibling.mkdir()
+    (sibling / "data-00000-of-00001.arrow").write_bytes((folder / "data-00000-of-00002.arrow").read_bytes())
+    return "../sibling/data-00000-of-00001.arrow"
+
+
+STATE_EDITS = {
+    "one file twice": (lambda f, files: files.append(dict(files[0])), r"'data-00000-of-00002.arrow' is listed twice"),
+    "a sibling's file": (lambda f, files: files.append({"filename": _sibling(f)}), r"resolves outside"),
+    "an absolute path": (lambda f, files: files.append({"filename": "/etc/passwd"}), r"'/etc/passwd' resolves outside"),
+    "a number": (lambda f, files: files.append({"filename": 5}), r"entry 5 is not a file name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STATE_EDITS))
+def test_a_tampered_datasets_state_json_is_refused_naming_the_entry(hf_folder, case):
+    from stitch.data.layouts import open_layout
+
+    assert open_layout(hf_folder).n_captions == 120
+    change, message = STATE_EDITS[case]
+    _edit_state(hf_folder, lambda files: change(hf_folder, files))
+    with pytest.raises(DataError, match=message) as err:
+        open_layout(hf_folder)
+    assert "state.json" in str(err.value)
+
+
+def test_a_datasets_file_symlinked_out_of_the_folder_is_refused(hf_folder, tmp_path):
+    from stitch.data.layouts import open_layout
+
+    moved = tmp_path / "moved.arrow"
+    (hf_folder / "data-00001-of-00002.arrow").rename(moved)
+    (hf_folder / "data-00001-of-00002.arrow").symlink_to(moved)
+    with pytest.raises(DataError, match=r"state.json: entry 'data-00001-of-00002.arrow' resolves outside"):
+        open_layout(hf_folder)
+
+
+def test_a_dataset_dict_listing_a_split_twice_is_refused(hf_folder, tmp_path):
+    from stitch.data.layouts import open_layout
+
+    root = tmp_path / "dd"
+    root.mkdir()
+    hf_folder.rename(root / "train")
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "train"]}))
+    with pytest.raises(DataError, match=r"dataset_dict.json: split 'train' is listed twice"):
+        open_layout(root)
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "../hf"]}))
+    with pytest.raises(DataError, match=r"dataset_dict.json: entry '../hf' resolves outside"):
+        open_layout(root)
+
+
+def test_a_query_line_repeating_a_key_is_refused_naming_file_line_and_key(tmp_path):
+    from stitch.data.query_items import read_query_items, write_query_items
+
+    data = make_synthetic(n_images=20, captions_per_image=2, text_dim=8, image_dim=8, latent_dim=4, shared_fraction=0.3)
+    folder = write_query_items(data, tmp_path / "qi")
+    lines = (folder / "queries.jsonl").read_text().splitlines()
+    first = json.loads(lines[2])
+    other = json.loads(lines[0])["item_ids"]
+    lines[2] = lines[2][:-1] + ', "item_ids": ' + json.dumps(other) + "}"
+    assert json.loads(lines[2])["item_ids"] == other != first["item_ids"]  # json alone keeps the last silently
+    (folder / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"queries.jsonl: line 3: key 'item_ids' appears twice"):
+        read_query_items(folder)
+
+
+def test_a_fifo_in_place_of_query_embeddings_is_refused_not_waited_on(tmp_path):
+    from stitch.data.query_items import read_query_items, write_query_items
+
+    data = make_synthetic(n_images=20, captions_per_image=2, text_dim=8, image_dim=8, latent_dim=4, shared_fraction=0.3)
+    folder = write_query_items(data, tmp_path / "qi")
+    _fifo(folder / "query_embeddings.npy")
+    err = _within(10, lambda: read_query_items(folder))
+    assert isinstance(err, DataError) and "FIFO" in str(err) and "query_embeddings.npy" in str(err)

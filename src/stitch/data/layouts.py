@@ -19,7 +19,6 @@ keeps. pyarrow is imported only when a table is read (``pip install 'stitch[ondi
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.sharded import ShardedPairs, open_npy
 from stitch.data.shards import Shard
+from stitch.io.untrusted import first_repeat, inside, read_json, regular_file
 
 LAYOUTS = ("clip-retrieval", "table", "hf-datasets")
 TEXT_EMBEDDING_COLUMNS = ("text_emb", "text_embedding")  # tried in order when text_column is not given
@@ -200,10 +200,23 @@ def read_clip_retrieval(
 
 
 def _numbered(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
+    """Each shard number's file; two spellings of one number (``img_emb_2`` and ``img_emb_02``) are refused,
+    since keeping either would silently drop the other's rows."""
     pattern = re.compile(rf"{re.escape(prefix)}(\d+){re.escape(suffix)}")
     if not folder.is_dir():
         return {}
-    return {int(m.group(1)): p for p in folder.iterdir() if (m := pattern.fullmatch(p.name))}
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
+        match = pattern.fullmatch(path.name)
+        if not match:
+            continue
+        number = int(match.group(1))
+        if number in found:
+            raise DataError(
+                f"{folder}: {found[number].name} and {path.name} are both shard {number}; keep one of them"
+            )
+        found[number] = path
+    return found
 
 
 def _clip_files(folder: Path) -> list[tuple[int, dict[str, Path]]]:
@@ -283,11 +296,13 @@ def read_table(
 
 
 def _open_table(path: Path, name: str) -> _Table:
+    regular_file(path, error=DataError)
     return _parquet_table(path, name) if path.suffix == ".parquet" else _ipc_table(path, name)
 
 
 def _parquet_table(path: Path, name: str) -> _Table:
     pa = _pyarrow()
+    regular_file(path, error=DataError)
     try:
         handle = pa.parquet.ParquetFile(path)
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -305,6 +320,7 @@ def _parquet_table(path: Path, name: str) -> _Table:
 def _ipc_table(path: Path, name: str) -> _Table:
     """An Arrow IPC file or stream, memory-mapped: its columns point into the file, nothing is copied."""
     pa = _pyarrow()
+    regular_file(path, error=DataError)
     try:
         source = pa.memory_map(str(path), "r")
     except (pa.ArrowException, OSError) as err:
@@ -449,14 +465,19 @@ def read_hf_datasets(
             raise DataError(f"{folder}: splits= selects splits of a DatasetDict folder; this is a single Dataset")
         return _assemble(_hf_parts(folder, spec, ""), folder)
     names = _dict_splits(folder, splits)
-    parts = [part for split in names for part in _hf_parts(folder / split, spec, split)]
+    where = f"{folder}/dataset_dict.json"
+    parts = [part for split in names for part in _hf_parts(inside(folder, split, where, DataError), spec, split)]
     return _assemble(parts, folder)
 
 
 def _dict_splits(folder: Path, wanted: Sequence[str] | None) -> list[str]:
+    """The splits to read; a split listed twice would count its rows twice, so it is refused."""
     names = _read_json(folder / "dataset_dict.json").get("splits")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DataError(f'{folder}/dataset_dict.json lists no splits (expected {{"splits": [...]}})')
+    repeated = first_repeat(names) or first_repeat(list(wanted or []))
+    if repeated is not None:
+        raise DataError(f"{folder}/dataset_dict.json: split {repeated!r} is listed twice; each split may appear once")
     unknown = [s for s in (wanted or []) if s not in names]
     if unknown:
         raise DataError(f"{folder}: no split(s) {unknown}; the DatasetDict has {names}")
@@ -465,13 +486,18 @@ def _dict_splits(folder: Path, wanted: Sequence[str] | None) -> list[str]:
 
 def _hf_parts(folder: Path, spec: _Spec, split: str) -> list[_Part]:
     """Each Arrow file ``state.json`` lists, in its order; a DatasetDict split names every row's split."""
+    where = f"{folder}/state.json"
     files = _read_json(folder / "state.json").get("_data_files")
     if not isinstance(files, list) or not files or not all(isinstance(f, dict) and "filename" in f for f in files):
-        raise DataError(f"{folder}/state.json lists no _data_files; not a datasets save_to_disk folder")
+        raise DataError(f"{where} lists no _data_files; not a datasets save_to_disk folder")
+    names = [entry["filename"] for entry in files]
+    paths = [inside(folder, name, where, DataError) for name in names]  # every name checked before any read
+    repeated = first_repeat(paths)
+    if repeated is not None:
+        raise DataError(f"{where}: Arrow file {repeated.name!r} is listed twice; each file may appear once")
     parts = []
-    for entry in files:
-        path = folder / entry["filename"]
-        if not path.is_file():
+    for path in paths:
+        if not path.exists():
             raise DataError(f"{path}: missing (state.json lists it)")
         part = _table_part(_ipc_table(path, f"{split}/{path.name}" if split else path.name), spec)
         if split:
@@ -481,12 +507,11 @@ def _hf_parts(folder: Path, spec: _Spec, split: str) -> list[_Part]:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from a regular file, no key repeated (``json`` alone would keep the last)."""
     try:
-        found = json.loads(path.read_text())
+        found = read_json(path, DataError)
     except FileNotFoundError as err:
         raise DataError(f"{path}: missing; not a datasets save_to_disk folder") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON (truncated?): {err}") from err
     if not isinstance(found, dict):
         raise DataError(f"{path}: expected a JSON object")
     return found

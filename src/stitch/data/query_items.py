@@ -23,6 +23,7 @@ from stitch.data.dataset import PairedEmbeddings
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.relevance import Relevance
 from stitch.io.atomic import atomic_path, atomic_write_text
+from stitch.io.untrusted import unique_keys
 
 QUERY_TABLES = ("queries.jsonl", "queries.csv", "queries.parquet")
 ITEM_TABLES = ("items.jsonl", "items.csv", "items.parquet")
@@ -67,8 +68,8 @@ def _parquet_rows(path: Path) -> list[dict]:
 
 
 def _json_row(line: str, path: Path, number: int) -> dict:
-    try:
-        row = json.loads(line)
+    try:  # a repeated key (two item_ids) is refused: json alone keeps the last and drops relevant items
+        row = json.loads(line, object_pairs_hook=unique_keys(f"{path}: line {number}", DataError))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: line {number} is not JSON (truncated?): {err}") from err
     if not isinstance(row, dict):

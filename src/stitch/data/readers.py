@@ -18,6 +18,7 @@ from stitch.data.layouts import detect_layout, open_layout
 from stitch.data.query_items import is_query_items_folder, read_query_items
 from stitch.data.relevance import Relevance
 from stitch.data.sharded import ShardedPairs, is_sharded_folder, open_sharded
+from stitch.io.untrusted import regular_file
 
 FLICKR_KEYS = ("captions/embeddings", "images/embeddings", "captions/image_index")
 AML_KEYS = ("captions/embeddings", "images/embeddings", "captions/label")
@@ -33,6 +34,7 @@ def _missing(path: Path, found: list[str], wanted: tuple[str, ...]) -> DataError
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    regular_file(path, error=DataError)  # a FIFO would block np.load forever
     try:
         return np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
@@ -259,6 +261,7 @@ def _pt_relevance(obj: dict, path: Path, n_images: int) -> Relevance | None:
 def read_npy(path: Path) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    regular_file(path, error=DataError)  # a FIFO would block np.load forever
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError) as err:
