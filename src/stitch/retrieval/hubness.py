@@ -41,12 +41,22 @@ def one_chunk(gallery: torch.Tensor) -> GalleryChunks:
     return lambda: iter((gallery,))
 
 
+# the shape of a saved statistic: "n" = one per gallery item, "d" = one per dimension of the scoring space
+StateSpec = tuple[str, tuple[str, ...]]  # (dtype kind: "f" float or "b" bool, shape symbols)
+PER_ITEM: StateSpec = ("f", ("n",))
+PER_DIM: StateSpec = ("f", ("d",))
+
+
 class Rescorer:
-    """Identity scoring; subclasses set ``scale`` and a per-gallery-item ``offset`` in ``fit``."""
+    """Identity scoring; subclasses set ``scale`` and a per-gallery-item ``offset`` in ``fit``.
+
+    ``state`` names the tensors ``fit`` sets (what is saved beside an index): a restored rescorer takes
+    exactly these, checked by :func:`restore_state`, never whatever a file holds."""
 
     name = "none"
     scale = 1.0
     offset: torch.Tensor | None = None
+    state: dict[str, StateSpec] = {}
 
     def fit(
         self, query_bank: torch.Tensor, gallery: torch.Tensor, gallery_bank: torch.Tensor | None = None, similarity=dot
@@ -102,6 +112,7 @@ class ChunkwiseRescorer(Rescorer):
 class CSLS(ChunkwiseRescorer):
     name = "csls"
     scale = 2.0
+    state = {"offset": PER_ITEM}
 
     def __init__(self, k: int = 10) -> None:
         self.k = k
@@ -114,6 +125,7 @@ class CSLS(ChunkwiseRescorer):
 
 class InvertedSoftmax(ChunkwiseRescorer):
     name = "is"
+    state = {"log_norm": PER_ITEM, "offset": PER_ITEM}
 
     def __init__(self, beta: float = 20.0) -> None:
         self.beta = self.scale = beta
@@ -129,6 +141,7 @@ class InvertedSoftmax(ChunkwiseRescorer):
 
 class QBNorm(InvertedSoftmax):
     name = "qbnorm"
+    state = {**InvertedSoftmax.state, "activation": ("b", ("n",))}
 
     def __init__(self, beta: float = 20.0, top_k: int = 1) -> None:
         super().__init__(beta)
@@ -148,6 +161,7 @@ class QBNorm(InvertedSoftmax):
 
 class DBNorm(InvertedSoftmax):
     name = "dbnorm"
+    state = {**InvertedSoftmax.state, "log_norm_gallery": PER_ITEM}
 
     def __init__(self, beta: float = 20.0, gallery_weight: float = 0.5) -> None:
         super().__init__(beta)
@@ -167,6 +181,7 @@ class DBNorm(InvertedSoftmax):
 
 class Center(ChunkwiseRescorer):
     name = "center"
+    state = {"query_mean": PER_DIM, "gallery_mean": PER_DIM}
 
     def fit_stream(self, bank, gallery, similarity, n, gallery_bank=None):
         self.query_mean = bank.mean(0)
@@ -182,6 +197,7 @@ class Center(ChunkwiseRescorer):
 
 class Whiten(Center):
     name = "whiten"
+    state = {**Center.state, "whitener": ("f", ("d", "d"))}
 
     def __init__(self, eps: float = 1e-2) -> None:
         self.eps = eps
@@ -321,3 +337,39 @@ def configured_rescorer(name: str, params: dict | None, inference=None, temperat
     if RESCORERS.tag(name, "k") and "k" not in params and inference is not None:
         params["k"] = inference.k
     return build_rescorer(name, **params)
+
+
+def restore_state(rescorer: Rescorer, saved: dict[str, torch.Tensor], where: str, n: int | None = None) -> Rescorer:
+    """Set a fitted rescorer's statistics from saved tensors after checking them against its ``state``:
+    exactly its keys, the dtype and shapes it writes (``n`` gallery items when given) and finite values. A
+    file is untrusted: setting any key it holds would let ``scale=-1`` silently invert the ranking."""
+    expected = type(rescorer).state
+    unknown, missing = sorted(set(saved) - set(expected)), sorted(set(expected) - set(saved))
+    if unknown or missing:
+        raise IndexFileError(
+            f"{where}: rerank {rescorer.name} state has unknown key(s) {unknown} and lacks {missing}; "
+            f"it holds exactly {sorted(expected)} (rebuild the index)"
+        )
+    sizes: dict[str, int] = {} if n is None else {"n": n}
+    for key in sorted(saved):
+        _check_state(saved[key], expected[key], sizes, f"{where}: rerank {rescorer.name} key {key!r}")
+    for key, value in saved.items():
+        setattr(rescorer, key, value)
+    return rescorer
+
+
+def _check_state(value: object, spec: StateSpec, sizes: dict[str, int], where: str) -> None:
+    """One saved statistic: a tensor of the kind and shape ``spec`` says (symbols agreeing across keys), finite."""
+    kind, symbols = spec
+    if not isinstance(value, torch.Tensor):
+        raise IndexFileError(f"{where} must be a tensor, got {type(value).__name__}")
+    is_kind = value.dtype == torch.bool if kind == "b" else value.dtype.is_floating_point
+    if not is_kind or value.ndim != len(symbols):
+        want = f"{len(symbols)}-d {'bool' if kind == 'b' else 'float'} tensor"
+        raise IndexFileError(f"{where} must be a {want}, got {value.dtype} {tuple(value.shape)}")
+    for symbol, size in zip(symbols, value.shape):
+        if sizes.setdefault(symbol, size) != size:
+            raise IndexFileError(f"{where} has shape {tuple(value.shape)}; expected {sizes[symbol]} along {symbol!r}")
+    if kind == "f" and not torch.isfinite(value).all():
+        row = int(torch.nonzero(~torch.isfinite(value.reshape(len(value), -1)).all(1))[0])
+        raise IndexFileError(f"{where} holds NaN/Inf (row {row}); rebuild the index")

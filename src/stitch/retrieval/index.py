@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from stitch.io.atomic import atomic_write, atomic_write_text
+from stitch.io.untrusted import read_json, regular_file
 from stitch.registries import INDEX_KINDS
 
 DEFAULT_PARAMS = {
@@ -346,37 +347,111 @@ def _faiss_index(kind: str, source: VectorSource, p: dict, seed: int) -> tuple[o
     return index, built
 
 
+INDEX_META_KEYS = ("kind", "dim", "params", "names", "meta")  # what :meth:`GalleryIndex.save` writes
+
+
 def load_index(folder: str | Path) -> GalleryIndex:
+    """A saved index, checked like untrusted input: ``index.json`` against the schema ``save`` writes and the
+    bounds a build uses, the vectors finite (a NaN would rank first), only regular files opened."""
     folder = Path(folder)
     meta_path = folder / "index.json"
     if not meta_path.exists():
         raise IndexFileError(f"{folder} is not an index folder: index.json is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-        kind, dim, names, params = meta["kind"], int(meta["dim"]), np.array(meta["names"]), meta["params"]
-        extra = dict(meta.get("meta", {}))
-    except (KeyError, ValueError, TypeError) as err:
-        raise IndexFileError(f"{meta_path} is corrupt: {err}") from err
+    kind, dim, names, params, extra = _read_index_meta(meta_path)
     if kind == "exact":
-        from safetensors.numpy import load_file
-
-        try:
-            vectors = load_file(str(folder / "vectors.safetensors"))["vectors"]
-        except Exception as err:
-            raise IndexFileError(f"{folder / 'vectors.safetensors'} cannot be read: {err}") from err
-        if vectors.shape != (len(names), dim):
-            raise IndexFileError(f"vectors {vectors.shape} do not match {len(names)} names x {dim} dims")
+        vectors = _load_vectors(folder / "vectors.safetensors", len(names), dim)
         return GalleryIndex(kind, dim, names, params, vectors=vectors, meta=extra)
     import faiss
 
+    path = regular_file(folder / "index.faiss", error=IndexFileError)
     try:
-        index = faiss.read_index(str(folder / "index.faiss"))
+        index = faiss.read_index(str(path))
     except RuntimeError as err:
-        raise IndexFileError(f"{folder / 'index.faiss'} cannot be read: {err}") from err
+        raise IndexFileError(f"{path} cannot be read: {err}") from err
     if index.ntotal != len(names) or index.d != dim:
         raise IndexFileError(f"index has {index.ntotal} x {index.d}, names/meta say {len(names)} x {dim}")
+    _check_faiss_finite(index, kind, path)
     _restore_search_params(index, kind, params)
     return GalleryIndex(kind, dim, names, params, faiss_index=index, meta=extra)
+
+
+def _read_index_meta(path: Path) -> tuple[str, int, np.ndarray, dict, dict]:
+    """``(kind, dim, names, params, meta)`` of ``index.json``; any key, type or value a build would not
+    write is refused in one line naming the file and the key."""
+    try:
+        meta = read_json(path, IndexFileError)
+    except FileNotFoundError as err:
+        raise IndexFileError(f"{path} is missing") from err
+    if not isinstance(meta, dict):
+        raise IndexFileError(f"{path} is corrupt: expected a JSON object")
+    unknown = sorted(set(meta) - set(INDEX_META_KEYS))
+    missing = [key for key in INDEX_META_KEYS[:4] if key not in meta]
+    if unknown or missing:
+        raise IndexFileError(f"{path} is corrupt: unknown key(s) {unknown}, missing key(s) {missing}")
+    kind, dim, params, names, extra = (meta.get(key, {}) for key in INDEX_META_KEYS)
+    if not isinstance(kind, str) or kind not in DEFAULT_PARAMS:
+        raise IndexFileError(f"{path}: kind must be one of {sorted(DEFAULT_PARAMS)}, got {kind!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise IndexFileError(f"{path}: dim must be a whole number >= 1, got {dim!r}")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise IndexFileError(f"{path}: names must be a non-empty list of strings, got {_short(names)}")
+    if not isinstance(params, dict) or not isinstance(extra, dict):
+        raise IndexFileError(f"{path}: params and meta must be JSON objects, got {_short(params)}, {_short(extra)}")
+    try:
+        _check_params(kind, params)
+    except IndexFileError as err:
+        raise IndexFileError(f"{path}: {err}") from err
+    return kind, dim, np.array(names), {**DEFAULT_PARAMS[kind], **params}, extra
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _load_vectors(path: Path, n: int, dim: int) -> np.ndarray:
+    """The exact index's (n, dim) float vectors, every row finite (the row in the file is named)."""
+    from safetensors.numpy import load_file
+
+    regular_file(path, error=IndexFileError)
+    try:
+        vectors = load_file(str(path))["vectors"]
+    except Exception as err:
+        raise IndexFileError(f"{path} cannot be read: {err}") from err
+    if vectors.shape != (n, dim) or vectors.dtype.kind != "f":
+        raise IndexFileError(f"{path}: vectors {vectors.dtype} {vectors.shape} do not match {n} names x {dim} dims")
+    _refuse_non_finite(vectors, 0, path)
+    return vectors
+
+
+def _refuse_non_finite(rows: np.ndarray, start: int, path: Path) -> None:
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise IndexFileError(
+            f"{path}: vector row {start + int(bad[0])} holds NaN/Inf ({len(bad)} such row(s) from there); "
+            "rebuild the index (stitch index build)"
+        )
+
+
+def _check_faiss_finite(index, kind: str, path: Path) -> None:
+    """Reconstruct every stored vector (and an IVF index's centroids) a chunk at a time and refuse NaN/Inf."""
+    import faiss
+
+    if kind in ("ivf", "ivfpq"):
+        ivf = faiss.extract_index_ivf(index)
+        _finite_rows(ivf.quantizer, ivf.nlist, path)
+        ivf.make_direct_map()  # lets reconstruct find a vector by its id
+        try:
+            _finite_rows(index, index.ntotal, path)
+        finally:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        return
+    _finite_rows(index, index.ntotal, path)
+
+
+def _finite_rows(index, n: int, path: Path) -> None:
+    for start in range(0, n, CHUNK):
+        _refuse_non_finite(index.reconstruct_n(start, min(CHUNK, n - start)), start, path)
 
 
 def _restore_search_params(index, kind: str, params: dict) -> None:

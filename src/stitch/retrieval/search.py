@@ -32,7 +32,8 @@ from stitch.data.errors import DataError
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS, Shard
 from stitch.io.atomic import atomic_write, atomic_write_text
-from stitch.retrieval.hubness import Rescorer, build_rescorer
+from stitch.io.untrusted import read_json, regular_file
+from stitch.retrieval.hubness import Rescorer, build_rescorer, restore_state
 from stitch.retrieval.index import GalleryIndex, IndexFileError, build_index_from, check_request, load_index
 from stitch.retrieval.ranks import check_chunk
 from stitch.retrieval.scorer import Scorer
@@ -52,21 +53,30 @@ def save_rescorer(rescorer: Rescorer, folder: Path) -> None:
     atomic_write_text(folder / RERANK_META, json.dumps({"name": rescorer.name, "params": rescorer.params}))
 
 
-def load_rescorer(folder: Path) -> Rescorer | None:
+def load_rescorer(folder: Path, n: int | None = None) -> Rescorer | None:
+    """The rescorer saved beside an index (None if none), checked like untrusted input: ``rerank.json``
+    holds exactly a name and parameters within :func:`build_rescorer`'s bounds, and the saved statistics
+    exactly the rescorer's keys, shapes (``n`` gallery items) and finite values."""
     meta_path = folder / RERANK_META
     if not meta_path.exists():
         return None
+    meta = read_json(meta_path, IndexFileError)
+    if not isinstance(meta, dict) or set(meta) != {"name", "params"} or not isinstance(meta["params"], dict):
+        raise IndexFileError(f'{meta_path} is corrupt: expected {{"name": ..., "params": {{...}}}}, got {meta!r}')
     try:
-        meta = json.loads(meta_path.read_text())
         rescorer = build_rescorer(meta["name"], **meta["params"])
     except (KeyError, TypeError, ValueError) as err:
         raise IndexFileError(f"{meta_path} is corrupt: {err}") from err
+    state: dict[str, torch.Tensor] = {}
     if (folder / RERANK_FILE).exists():
         from safetensors.torch import load_file
 
-        for key, value in load_file(str(folder / RERANK_FILE)).items():
-            setattr(rescorer, key, value)
-    return rescorer
+        path = regular_file(folder / RERANK_FILE, error=IndexFileError)
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for a corrupt header
+            raise IndexFileError(f"{path} cannot be read: {err}") from err
+    return restore_state(rescorer, state, str(folder / RERANK_FILE), n)
 
 
 # -- the gallery, read a chunk at a time -------------------------------------------------------------
@@ -257,7 +267,7 @@ class Searcher:
                 f"{index_dir} was built for another run ({built_for or 'unrecorded'}), not this one ({run_id}); "
                 "rebuild it with `stitch index build` for this run"
             )
-        rescorer = load_rescorer(index_dir)
+        rescorer = load_rescorer(index_dir, len(index))
         # the rescorer's gallery statistics were saved with the index
         return cls(Scorer(model, rescorer, fitted=True), index, candidates)
 
