@@ -70,12 +70,16 @@ def test_predict_csv_rows_ids_and_no_overwrite(tmp_path, trained_run, data_file,
 def test_predictions_live_in_raw_image_space(tmp_path, trained_run, data_file, small_data):
     from stitch import api
 
-    pred = api.predict(trained_run, small_data.captions)
+    pred = api.predict(trained_run, small_data.captions, target="point")
     truth = small_data.images[small_data.caption_image]
     # de-standardised predictions sit on the images' scale, and point at their own image
     assert abs(pred.mean() - small_data.images.mean()) < 0.5 * small_data.images.std()
     cos = (pred * truth).sum(1) / (np.linalg.norm(pred, axis=1) * np.linalg.norm(truth, axis=1))
     assert cos.mean() > 0.5
+    # the default output is a direction: the unit z-space prediction divided by the image std
+    direction = api.predict(trained_run, small_data.captions)
+    std = api.open(trained_run).model.space.std.numpy()
+    assert np.allclose(np.linalg.norm(direction * std, axis=1), 1, atol=1e-5)
 
 
 def test_predict_pt_layout_reloads_safely(tmp_path, trained_run, formats_dir):

@@ -45,10 +45,16 @@ def test_ensemble_scores_are_the_mean_of_member_scores(runs, small_data):
     expected_mrr = np.mean([1 / (mean_scores[i] >= mean_scores[i, owner[i]]).sum().item() for i in range(len(owner))])
     report = api.evaluate(runs / "ens", small_data, split="dev", rerank="none")[0]
     assert report.metrics["mrr"] == pytest.approx(expected_mrr, abs=1e-6)
-    pred = api.predict(runs / "ens", dev.captions[:4])
+    points = {name: api.predict(runs / name, dev.captions[:4], target="point") for name in ("ens", "a", "b")}
+    assert np.allclose(points["ens"], 0.25 * points["a"] + 0.75 * points["b"], atol=1e-4)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    directions = {name: api.predict(runs / name, dev.captions[:4]) for name in ("ens", "a", "b")}
     assert np.allclose(
-        pred,
-        0.25 * api.predict(runs / "a", dev.captions[:4]) + 0.75 * api.predict(runs / "b", dev.captions[:4]),
+        directions["ens"],
+        0.25 * unit(directions["a"]) + 0.75 * unit(directions["b"]),
         atol=1e-4,
     )
 
@@ -155,8 +161,8 @@ def test_kfold_ensemble_trains_one_member_per_fold_in_one_space(small_data, tmp_
     report = api.evaluate(out, small_data, split="dev")[0]  # the folder evaluates as the training said
     assert report.metrics["mrr"] == pytest.approx(result.dev_reports[0].metrics["mrr"], abs=1e-6)
     assert summary["dev"]["mrr"] == pytest.approx(report.metrics["mrr"], abs=1e-6)
-    pred = api.predict(out, small_data.captions[:3])
-    mean = sum(api.predict(out / "members" / n, small_data.captions[:3]) for n in names) / 3
+    pred = api.predict(out, small_data.captions[:3], target="point")
+    mean = sum(api.predict(out / "members" / n, small_data.captions[:3], target="point") for n in names) / 3
     assert np.allclose(pred, mean, atol=1e-4)
 
 

@@ -17,12 +17,14 @@ from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS
 from stitch.outputs import submission
-from stitch.retrieval.evaluate import DirectionReport, evaluate_embeddings
+from stitch.retrieval.evaluate import AS_SUBMITTED, DirectionReport, evaluate_embeddings
+from stitch.retrieval.graded import graded_reports
 from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
 from stitch.training import train as _train
 from stitch.training.device import resolve_device
 from stitch.training.ensemble import is_ensemble_folder, train_ensemble
 from stitch.translators import embed_rows
+from stitch.translators.base import check_target
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ def evaluate(
     bank: np.ndarray | None = None,
     allow_train_overlap: bool = False,
     merge_duplicate_texts: bool = False,
+    as_submitted: bool = False,
 ) -> list[DirectionReport]:
     """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
 
@@ -121,13 +124,53 @@ def evaluate(
 
     Text->image scores use the run's scoring (its ``inference`` config, with the training captions it
     kept as query bank) unless ``rerank`` names another method or ``"none"``. ``bank`` (raw caption
-    embeddings) replaces the run's bank. Evaluated data whose captions are in the query bank (training
-    captions) for more than 1% of its rows is refused unless ``allow_train_overlap``: its figures would be
-    flattered. Below that, identical caption texts on other images match bank rows; every report counts
-    them (``train_overlap``) so the CLI can say so.
+    embeddings) replaces the run's bank. ``as_submitted`` scores what :func:`predict` gives instead, the way
+    a competition grader does (unit vector against unit raw image, :mod:`stitch.retrieval.graded`): the
+    figure a submission of these captions would get. Evaluated data whose captions are in the query bank
+    (training captions) for more than 1% of its rows is refused unless ``allow_train_overlap``: its figures
+    would be flattered. Below that, identical caption texts on other images match bank rows; every report
+    counts them (``train_overlap``) so the CLI can say so.
     """
     dev = resolve_device(device)
     opened = open(run, dev)
+    data, overlap = _evaluated(opened, data, split, bank, allow_train_overlap, merge_duplicate_texts)
+    if as_submitted:
+        predictions = _image_space(opened, data.captions, dev, "direction")
+        reports = graded_reports(predictions, data.images, data.relevant, protocol, chunk, seed, dev)
+    else:
+        scorer = opened.scorer(rerank, rerank_params, bank, dev)
+        q, g = scorer.embed_queries(data.captions), scorer.embed_gallery(data.images)
+        reports = evaluate_embeddings(q, g, data.relevant, protocol, chunk, seed, dev, scorer)
+    for report in reports:
+        report.train_overlap = overlap
+    return reports
+
+
+def scorings(
+    run: RunLike,
+    data: PairedEmbeddings,
+    split: str | None = None,
+    protocol: str = "full",
+    device: str = "auto",
+    seed: int = 0,
+    allow_train_overlap: bool = False,
+) -> dict[str, DirectionReport]:
+    """Text->image figures of one run under each scoring a user meets, by name: ``own`` (the run's scoring),
+    ``cosine`` (plain cosine in the run's space) and, for runs with image-space predictions, ``as submitted``
+    (what a grader gives its submission). Side by side they show what a submission keeps of the model."""
+    opened = open(run, resolve_device(device))
+    common = {"split": split, "protocol": protocol, "device": device, "seed": seed}
+    common["allow_train_overlap"] = allow_train_overlap
+    out = {"own": evaluate(opened, data, **common)[0]}
+    out["cosine"] = evaluate(opened, data, rerank="none", **common)[0]
+    if opened.model.has_image_space:
+        out[AS_SUBMITTED] = evaluate(opened, data, as_submitted=True, **common)[0]
+    return out
+
+
+def _evaluated(opened: Run, data, split, bank, allow_train_overlap: bool, merge_duplicate_texts: bool):
+    """The evaluated rows of ``data`` (its split, duplicates merged if asked), checked against the run, and
+    how many of its captions are in the run's query bank (refused above 1% unless allowed)."""
     data = data.select(split)  # sharded data: only the evaluated split is read into memory
     if merge_duplicate_texts:
         data, merged = merge_duplicates(data)
@@ -143,12 +186,7 @@ def evaluate(
             "captions): evaluate a held-out split (e.g. --split dev) or pass --allow-train-overlap to score them "
             "knowingly"
         )
-    scorer = opened.scorer(rerank, rerank_params, bank, dev)
-    q, g = scorer.embed_queries(data.captions), scorer.embed_gallery(data.images)
-    reports = evaluate_embeddings(q, g, data.relevant, protocol, chunk, seed, dev, scorer)
-    for report in reports:
-        report.train_overlap = overlap
-    return reports
+    return data, overlap
 
 
 def _overlap(bank: np.ndarray | None, captions: np.ndarray) -> int:
@@ -159,13 +197,25 @@ def _overlap(bank: np.ndarray | None, captions: np.ndarray) -> int:
     return sum(row.tobytes() in kept for row in np.asarray(captions, np.float32))
 
 
-def predict(run: RunLike, queries: Queries | np.ndarray, device: str = "auto") -> np.ndarray:
-    """Predicted image features (raw image space) for each query row."""
+def predict(
+    run: RunLike, queries: Queries | np.ndarray, device: str = "auto", target: str = "direction"
+) -> np.ndarray:
+    """One raw image-space vector per query row: by default the direction a grader ranks as the model does
+    (what a submission should hold); ``target="point"`` gives the predicted image feature itself."""
     dev = resolve_device(device)
     opened = open(run, dev)
     rows = queries.embeddings if isinstance(queries, Queries) else Queries(np.asarray(queries)).embeddings
     _check_dims(opened, rows.shape[1])
-    return embed_rows(opened.model.to_image_space, rows, dev, what="image-space predictions").cpu().numpy()
+    return _image_space(opened, rows, dev, target)
+
+
+def _image_space(opened: Run, rows: np.ndarray, device, target: str) -> np.ndarray:
+    check_target(target)
+
+    def translate(captions):
+        return opened.model.to_image_space(captions, target)
+
+    return embed_rows(translate, rows, device, what=f"image-space predictions ({target})").cpu().numpy()
 
 
 def write_submission(
@@ -174,14 +224,18 @@ def write_submission(
     out: str | Path,
     fmt: str | None = None,
     force: bool = False,
+    target: str = "direction",
 ) -> Path:
-    """Translate a queries file and write the submission in the competition's layout."""
+    """Translate a queries file and write the submission in the competition's layout; ``target`` says what
+    the vectors are (see :func:`predict`; a ``.pt`` file records it under ``prediction``)."""
     fmt = submission.format_for(out, fmt)
+    check_target(target)
     submission.ensure_writable(out, force)  # fail before any work if the output exists
     queries = load_queries(queries_path)
-    predictions = predict(run, queries)
-    writer = submission.write_csv if fmt == "csv" else submission.write_pt
-    return writer(out, queries, predictions, force=force)
+    predictions = predict(run, queries, target=target)
+    if fmt == "csv":
+        return submission.write_csv(out, queries, predictions, force=force)
+    return submission.write_pt(out, queries, predictions, force=force, prediction=target)
 
 
 def gallery_index(

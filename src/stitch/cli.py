@@ -138,6 +138,7 @@ def cmd_evaluate(args) -> int:
         rerank_params=_params(args.rerank_param),
         allow_train_overlap=args.allow_train_overlap,
         merge_duplicate_texts=args.merge_duplicate_texts,
+        as_submitted=args.as_submitted,
     )
     if args.json:
         print(json.dumps(summary_json(reports), allow_nan=False))
@@ -147,12 +148,31 @@ def cmd_evaluate(args) -> int:
         if args.merge_duplicate_texts:
             print("identical caption texts merged: each is one query relevant to all of its images")
         print(format_reports(reports))
+        if not args.as_submitted and not args.merge_duplicate_texts:
+            _print_scorings(args, data, reports[0])
         if reports[0].train_overlap:
             print(
                 f"WARNING: {reports[0].train_overlap} evaluated captions equal captions in the run's query bank "
                 "(training captions, or identical texts of other images): their scores are flattered"
             )
     return 0
+
+
+def _print_scorings(args, data, own) -> None:
+    """The run's text->image figures under its own scoring, plain cosine and as a grader scores its
+    submission, side by side (a run without image-space predictions says it cannot be submitted)."""
+    from stitch import api
+    from stitch.retrieval.evaluate import AS_SUBMITTED, format_scorings
+
+    opened = api.open(args.run)
+    common = dict(split=args.split, protocol=args.protocol, chunk=args.chunk, seed=args.seed)
+    common["allow_train_overlap"] = args.allow_train_overlap
+    table = {"own": own}
+    if own.protocol.partition("+")[2]:
+        table["cosine"] = api.evaluate(opened, data, rerank="none", **common)[0]
+    if opened.model.has_image_space:
+        table[AS_SUBMITTED] = api.evaluate(opened, data, as_submitted=True, **common)[0]
+    print(format_scorings(table, opened.model))
 
 
 def _params(pairs: list[str] | None) -> dict:
@@ -252,8 +272,14 @@ def cmd_predict(args) -> int:
     from stitch import api
 
     queries = _required(args, "queries", "--queries")
-    path = api.write_submission(args.run, queries, args.out, fmt=args.format, force=args.force)
-    print(f"wrote {path}")
+    path = api.write_submission(args.run, queries, args.out, fmt=args.format, force=args.force, target=args.target)
+    exact = api.open(args.run).model.exact_submission
+    how = {
+        "point": "predicted image features (regression points): a grader's cosine does not rank as the model does",
+        "direction": "directions a grader's cosine with raw images ranks "
+        + ("exactly as the model does" if exact else "as close as one vector can to the model's own ranking"),
+    }[args.target]
+    print(f"wrote {path}: {how}")
     return 0
 
 
@@ -519,6 +545,11 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the kaggle100 candidates")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
+        "--as-submitted",
+        action="store_true",
+        help="score the run's predicted vectors against the raw images as a competition grader does",
+    )
+    p.add_argument(
         "--allow-train-overlap",
         action="store_true",
         help="score captions that are in the run's query bank (training captions) instead of refusing",
@@ -569,6 +600,12 @@ def _parser_predict(sub) -> None:
     _renamed(p, "--data", "--queries", "queries")
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=("csv", "pt"), help="default: from --out's suffix")
+    p.add_argument(
+        "--target",
+        choices=registries.IMAGE_TARGETS,
+        default="direction",
+        help="direction (default): what a grader ranks as the model does; point: the predicted image feature",
+    )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_predict)
 

@@ -237,6 +237,14 @@ RECIPES: dict[str, Recipe] = {
             "a fusion partner",
         ),
         Recipe(
+            "submission",
+            "stitch",
+            ("model.name=graded", "inference.rerank=none", *_TODAY),
+            "for competition submissions: the default's residual MLP and InfoNCE with queue, scored exactly as a "
+            "grader scores (unit prediction vs unit raw image, from a z-scored Procrustes start), with an "
+            "inverted-softmax bias linear in the image folded into the vector, so the submission is exact",
+        ),
+        Recipe(
             "fused",
             "stitch",
             (*_TODAY, "ensemble.partner=reverse,shared-heads", "ensemble.partner_weight=0.15"),

@@ -75,6 +75,11 @@ MODELS = Registry(
         "resmlp": Entry(
             f"{_T}.mapped:ResidualTranslator", "residual MLP on a closed-form start", {"task": "translate"}
         ),
+        "graded": Entry(
+            f"{_T}.mapped:GradedTranslator",
+            "residual MLP scored as a grader scores a submission (unit raw image)",
+            {"task": "translate"},
+        ),
         "dual": Entry(f"{_T}.heads:DualEncoder", "text and image towers into a shared space", {"task": "dual"}),
         "set": Entry(f"{_T}.set_head:SetPredictionHead", "K candidate image embeddings per caption", {"task": "set"}),
     },
@@ -185,6 +190,11 @@ PROTOCOLS = Registry(
         "kaggle100": Entry(
             "stitch.retrieval.evaluate:kaggle_protocol", "the true image + 99 seeded random others", {"candidates": 100}
         ),
+        "aml2025": Entry(
+            "stitch.retrieval.evaluate:aml2025_protocol",
+            "the AML-2025 Kaggle evaluation: whole gallery, recall@1/5/10/20, MRR cut at rank 20",
+            {"cutoff": 20},
+        ),
     },
 )
 
@@ -202,3 +212,6 @@ PROJECTIONS = Registry(
     "projection",
     {name: Entry("stitch.outputs.plots:project_2d") for name in ("tsne", "pca", "umap")},
 )
+
+#: what an image-space prediction holds: the raw-space direction a grader ranks by, or the regression point
+IMAGE_TARGETS = ("direction", "point")

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from stitch.io.atomic import OutputExistsError, safe_member
 from stitch.training.run import CONFIG, WEIGHTS, Run
 from stitch.translators import Ensemble, Translator, check_finite
+from stitch.translators.base import check_target
 from stitch.translators.ensemble import check_weights
 
 if TYPE_CHECKING:
@@ -105,13 +106,17 @@ class RunTree:
 
 
 class StitchTranslator(_Base):
-    """sentence-transformers module: replaces ``sentence_embedding`` with the run's image-space prediction."""
+    """sentence-transformers module: replaces ``sentence_embedding`` with the run's image-space direction (the
+    vector a cosine with raw image embeddings ranks as the run does, as ``stitch predict`` writes it)."""
 
     config_file_name = TRANSLATOR_FILE
 
-    def __init__(self, tree: RunTree, normalize_input: bool = False, meta: dict | None = None) -> None:
+    def __init__(
+        self, tree: RunTree, normalize_input: bool = False, meta: dict | None = None, target: str = "direction"
+    ) -> None:
         super().__init__()
         self.tree, self.normalize_input, self.meta = tree, bool(normalize_input), dict(meta or {})
+        self.target = check_target(target)
         self.translator = tree.translator().eval()
         if not self.translator.has_image_space:
             raise ValueError(f"{type(self.translator).__name__} has no image-space predictions to export")
@@ -120,7 +125,7 @@ class StitchTranslator(_Base):
         x = features["sentence_embedding"].float()
         if self.normalize_input:  # stitch's text encoders L2-normalise what the model gives
             x = F.normalize(x, dim=-1)
-        out = self.translator.to_image_space(x).float()
+        out = self.translator.to_image_space(x, self.target).float()
         features["sentence_embedding"] = check_finite(out, "image-space predictions")
         return features
 
@@ -130,7 +135,8 @@ class StitchTranslator(_Base):
     get_sentence_embedding_dimension = get_embedding_dimension  # sentence-transformers < 5.4
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "normalize_input": self.normalize_input, **self.meta}
+        body = {"format": FORMAT, "version": VERSION, "normalize_input": self.normalize_input, **self.meta}
+        return {**body, "prediction": self.target}
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         """The run(s) as stitch run folders plus ``translator.json`` (always safetensors, never pickles)."""
@@ -162,8 +168,9 @@ class StitchTranslator(_Base):
             raise ValueError(f"{folder} holds no readable {TRANSLATOR_FILE}: {err}") from err
         if body.get("format") != FORMAT or body.get("version") != VERSION:
             raise ValueError(f"{folder / TRANSLATOR_FILE} is not a {FORMAT} v{VERSION} file")
-        meta = {k: v for k, v in body.items() if k not in ("format", "version", "normalize_input")}
-        return cls(RunTree.read(folder), bool(body.get("normalize_input")), meta)
+        meta = {k: v for k, v in body.items() if k not in ("format", "version", "normalize_input", "prediction")}
+        target = str(body.get("prediction", "point"))  # folders written before directions held points
+        return cls(RunTree.read(folder), bool(body.get("normalize_input")), meta, target)
 
 
 CLASS_REF = f"{StitchTranslator.__module__}.{StitchTranslator.__name__}"
@@ -253,7 +260,8 @@ def _readme(module: StitchTranslator) -> str:
     return f"""# stitch translator (sentence-transformers export)
 
 Texts -> `{meta.get("text_model")}` caption embeddings -> stitch run `{meta.get("run_id")}` -> {meta.get("image_dim")}-d
-predictions in the raw image-feature space (what `stitch predict` gives; not normalised).
+vectors in the raw image-feature space: the directions a cosine with raw image embeddings ranks as the run
+ranks (what `stitch predict` gives; not normalised). Compare them with raw image embeddings by cosine.
 
 ```python
 from sentence_transformers import SentenceTransformer

@@ -136,8 +136,11 @@ def write_csv(
     return path
 
 
-def write_pt(path: str | Path, queries: Queries, predictions: np.ndarray, force: bool = False) -> Path:
-    """The challenge dict: the queries' ``caption_embd`` and ``captions_text`` plus ``img_embd`` predictions."""
+def write_pt(
+    path: str | Path, queries: Queries, predictions: np.ndarray, force: bool = False, prediction: str = "direction"
+) -> Path:
+    """The challenge dict: the queries' ``caption_embd`` and ``captions_text`` plus ``img_embd`` predictions;
+    ``prediction`` records what the vectors are (``direction`` or ``point``)."""
     import torch
 
     path = ensure_writable(path, force)
@@ -145,6 +148,7 @@ def write_pt(path: str | Path, queries: Queries, predictions: np.ndarray, force:
     body = {
         "caption_embd": torch.as_tensor(queries.embeddings),
         "img_embd": torch.as_tensor(predictions, dtype=torch.float32),
+        "prediction": str(prediction),
     }
     if queries.texts is not None:
         body["captions_text"] = [str(t) for t in queries.texts]

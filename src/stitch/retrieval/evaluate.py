@@ -9,7 +9,14 @@ import torch
 
 from stitch.data.relevance import Relevance
 from stitch.registries import PROTOCOLS
-from stitch.retrieval.metrics import random_baseline, random_baseline_relevance, rank_metrics, relevance_metrics
+from stitch.retrieval.metrics import (
+    random_baseline,
+    random_baseline_relevance,
+    random_truncated,
+    rank_metrics,
+    relevance_metrics,
+    truncated_metrics,
+)
 from stitch.retrieval.ranks import (
     DEFAULT_CHUNK,
     check_chunk,
@@ -35,22 +42,34 @@ class DirectionReport:
     random: dict[str, float]
     gallery_kind: str = "images"
     train_overlap: int = 0  # evaluated queries that are training captions of the run (allowed knowingly)
+    scoring: str = ""  # AS_SUBMITTED when the figures grade submitted vectors against raw images
 
     def label(self) -> str:
+        scored = f", {self.scoring}" if self.scoring else ""
         return (
-            f"{self.direction}, {self.protocol} ({self.queries} queries, gallery of {self.gallery} {self.gallery_kind})"
+            f"{self.direction}, {self.protocol}{scored} ({self.queries} queries, gallery of {self.gallery} "
+            f"{self.gallery_kind})"
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def describe_protocol(protocol: str, gallery: int, gallery_kind: str = "images") -> str:
+AS_SUBMITTED = "as submitted"
+"""The scoring of a grader: unit submitted vector against unit raw image embedding (``retrieval.graded``)."""
+
+
+def describe_protocol(protocol: str, gallery: int, gallery_kind: str = "images", scoring: str = "") -> str:
     base, _, rerank = protocol.partition("+")
-    if base == "full":
+    cutoff = PROTOCOLS.tag(base, "cutoff", 0)
+    if cutoff:
+        text = f"whole gallery of {gallery} {gallery_kind}, recall@1/5/10/20 and MRR cut at rank {cutoff} (AML-2025)"
+    elif base == "full":
         text = f"full gallery of {gallery} {gallery_kind}"
     else:
         text = f"true item + {PROTOCOLS.tag(base, 'candidates', 100) - 1} seeded random other {gallery_kind} (Kaggle)"
+    if scoring == AS_SUBMITTED:
+        return text + ", as a grader scores a submission: cosine of the submitted vector with the raw image"
     return text + (f", rescored with {rerank} (bank: training queries)" if rerank else ", cosine scores")
 
 
@@ -114,6 +133,21 @@ def kaggle_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: in
     ]
 
 
+def aml2025_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
+    """The AML-2025 Kaggle evaluation: every query against the whole gallery, recall@1/5/10/20 and MRR
+    truncated at rank 20 (ties pessimistic)."""
+    if not relevance.is_single:
+        raise ValueError("aml2025 ranks one true image per query: it needs one relevant item per query")
+    cutoff = PROTOCOLS.tag("aml2025", "cutoff")
+    similarity = dot if scorer is None else scorer.similarity
+    adjust = None if scorer is None else scorer.adjust
+    q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
+    ranks = text_to_image_ranks(q_s, g_s, relevance.items, chunk, similarity, adjust)
+    ks = (1, 5, 10, 20)
+    metrics, random = truncated_metrics(ranks, ks, cutoff), random_truncated(len(g), ks, cutoff)
+    return [DirectionReport(_tag("aml2025", scorer), "text->image", len(g), len(q), metrics, random)]
+
+
 def _tag(protocol: str, scorer: Scorer | None) -> str:
     return protocol if scorer is None or scorer.rescorer is None else f"{protocol}+{scorer.name}"
 
@@ -153,18 +187,46 @@ def evaluate_embeddings(
 
 def format_reports(reports: list[DirectionReport]) -> str:
     """A plain-text table: one column per direction/protocol, baseline alongside."""
-    keys = [f"{name}@{k}" for name in ("hit", "recall") for k in (1, 5, 10, 50)]
-    keys += ["mrr", "ndcg@10", "map@10", "r_precision", "mean_recall", "median_rank", "mean_rank", "mean_l2"]
+    keys = [f"{name}@{k}" for name in ("hit", "recall") for k in (1, 5, 10, 20, 50)]
+    keys += ["mrr", "mrr@20", "ndcg@10", "map@10", "r_precision", "mean_recall", "median_rank", "mean_rank", "mean_l2"]
     lines = []
     for report in reports:
         shown = [k for k in keys if not _same_as_recall(report.metrics, k)]
-        lines.append(f"{report.label()}: {describe_protocol(report.protocol, report.gallery, report.gallery_kind)}")
+        described = describe_protocol(report.protocol, report.gallery, report.gallery_kind, report.scoring)
+        lines.append(f"{report.label()}: {described}")
         lines.append(f"  {'metric':<12} {'model':>10} {'random':>10}")
         for key in shown:
             if key in report.metrics:
                 rand = report.random.get(key)
                 rand_s = f"{rand:>10.4f}" if rand is not None else f"{'':>10}"
                 lines.append(f"  {key:<12} {report.metrics[key]:>10.4f} {rand_s}")
+    return "\n".join(lines)
+
+
+SCORING_KEYS = ("recall@1", "recall@5", "recall@10", "mrr")
+
+
+def format_scorings(reports: dict[str, DirectionReport], model=None) -> str:
+    """One text->image table with a column per named scoring (``own``, ``cosine``, ``as submitted``), so what
+    a submission keeps of the model is read in one place; ``model`` adds whether its submission is exact."""
+    first = next(iter(reports.values()))
+    names = {"own": f"own ({first.protocol.partition('+')[2] or 'cosine'})", "cosine": "cosine (run's space)"}
+    header = "  " + f"{'metric':<10}" + "".join(f"{names.get(k, k):>22}" for k in reports)
+    lines = [
+        f"text->image by scoring, {first.protocol.partition('+')[0]} ({first.queries} queries, gallery of "
+        f"{first.gallery} {first.gallery_kind}):",
+        header,
+    ]
+    keys = [k for k in first.metrics if k in SCORING_KEYS or k.startswith("mrr@")]
+    for key in keys:
+        lines.append(
+            "  " + f"{key:<10}" + "".join(f"{r.metrics.get(key, float('nan')):>22.4f}" for r in reports.values())
+        )
+    if AS_SUBMITTED not in reports:
+        lines.append("  as submitted: this run has no image-space predictions (it cannot be submitted)")
+    elif model is not None:
+        exact = "exactly the model's cosine ranking" if model.exact_submission else "the closest one vector gets"
+        lines.append(f"  as submitted = `stitch predict` vectors ranked by cosine with raw images: {exact}")
     return "\n".join(lines)
 
 
@@ -183,7 +245,8 @@ def summary_json(reports: list[DirectionReport]) -> dict:
         **head.metrics,
         "gallery": head.gallery,
         "queries": head.queries,
-        "protocol": f"{head.direction}, {describe_protocol(head.protocol, head.gallery, head.gallery_kind)}",
+        "protocol": f"{head.direction}, "
+        + describe_protocol(head.protocol, head.gallery, head.gallery_kind, head.scoring),
         "random": head.random,
     }
     for extra in reports[1:]:

@@ -40,6 +40,25 @@ def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = RECALL_KS) -> dict[str
     return out
 
 
+def truncated_metrics(ranks: np.ndarray, ks: tuple[int, ...], cutoff: int) -> dict[str, float]:
+    """Recall@K and MRR truncated at ``cutoff`` (a rank past it scores 0), as a leaderboard that ranks only
+    the top ``cutoff`` computes them."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if len(ranks) == 0:
+        raise ValueError("no queries to score")
+    out = {f"recall@{k}": recall_at(ranks, k) for k in ks}
+    out[f"mrr@{cutoff}"] = float(np.mean(np.where(ranks <= cutoff, 1.0 / ranks, 0.0)))
+    return out
+
+
+def random_truncated(gallery: int, ks: tuple[int, ...], cutoff: int) -> dict[str, float]:
+    """:func:`truncated_metrics` of a uniformly random ranking with one true item among ``gallery``."""
+    positions = np.arange(1, min(cutoff, gallery) + 1, dtype=np.float64)
+    out = {f"recall@{k}": min(k, gallery) / gallery for k in ks}
+    out[f"mrr@{cutoff}"] = float(np.sum(1.0 / positions) / gallery)
+    return out
+
+
 def random_baseline(gallery: int, ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
     """Expected metrics of a uniformly random ranking with one true item among ``gallery``."""
     positions = np.arange(1, gallery + 1, dtype=np.float64)

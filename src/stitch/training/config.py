@@ -30,6 +30,7 @@ class ModelConfig:
     ridge_alpha: float = 1.0
     init: str = "procrustes"  # closed-form start of resmlp / set heads: procrustes | ridge
     standardize_target: bool = True  # z-score image features with train statistics
+    hub_bias: float = 1.0  # graded runs: weight of the inverted-softmax bias folded into the query (0 = none)
     # dual projection heads (name: dual)
     text_tower: str = "mlp"  # identity | linear | mlp | align | attention | crossattn
     image_tower: str = "mlp"
@@ -166,6 +167,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.depth": (1, 64),
     "model.dropout": (0.0, 0.999),
     "model.ridge_alpha": (0.0, 1e12),
+    "model.hub_bias": (0.0, 10.0),
     "model.shared_dim": (1, 1 << 16),
     "model.momentum": (0.0, 0.99999),
     "model.distill_weight": (0.0, 1e6),

@@ -40,6 +40,7 @@ from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
 from stitch.training.distributed import Distributed
 from stitch.training.filtering import consistency_scores, drop_least_consistent
+from stitch.training.hub_bias import fold_hub_bias
 from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
 from stitch.translators import build_model
@@ -279,7 +280,8 @@ def train(
     )
     run.model.to(device)
     if MODELS.tag(config.model.name, "closed_form", False):
-        return _finish(run, TrainState(0, best_epoch=0, history=[]), dev_set, device, how, None, world.is_main)
+        state = TrainState(0, best_epoch=0, history=[])
+        return _finish(run, state, train_set, dev_set, device, how, None, world.is_main)
     task = Task.for_config(run.model, config, world).to(device)
     batches = CaptionBatches(
         train_set,
@@ -298,7 +300,7 @@ def train(
     if resume and world.is_main:
         run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
     state = trainer.fit(state)
-    return _finish(run, state, dev_set, device, how, task.temperature, world.is_main)
+    return _finish(run, state, train_set, dev_set, device, how, task.temperature, world.is_main)
 
 
 def _initial_run(
@@ -368,18 +370,22 @@ def _callbacks(run: Run, config: TrainConfig, progress: bool, epoch_callback, wr
     return callbacks
 
 
-def _finish(run: Run, state: TrainState, dev_set, device, how: str, temperature, writes: bool = True) -> TrainResult:
-    """Best weights back in the model, the final labelled dev table, and the run folder completed."""
+def _finish(
+    run: Run, state: TrainState, train_set: ShardList, dev_set, device, how: str, temperature, writes: bool = True
+) -> TrainResult:
+    """Best weights back in the model, a hubness bias folded in (graded models), the final labelled dev table,
+    and the run folder completed."""
     if state.best_model is not None:
         run.model.load_state_dict(state.best_model)
     run.model.eval()
     run.temperature = temperature
+    fold_hub_bias(run, train_set.image_chunks(), device)
     plain, reports, scoring = dev_tables(run, dev_set, device)
     fitted = not state.history  # closed-form fits have one row, epoch 0
     if fitted:
         state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
     if run.path is not None and writes:
-        if fitted:
+        if fitted or run.model.folds_hub_bias:
             run.save_weights()
             run.append_metrics(state.history[0])
         run.write_summary(run_summary(state.best_epoch, reports[0].metrics, how, scoring))

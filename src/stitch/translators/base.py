@@ -12,8 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.registries import IMAGE_TARGETS
 from stitch.translators.moments import PairMoments
 from stitch.translators.space import Standardizer
+
+
+def check_target(target: str) -> str:
+    """``target`` if it names an image-space output (:data:`IMAGE_TARGETS`), else a ValueError naming it."""
+    if target not in IMAGE_TARGETS:
+        raise ValueError(f"target must be one of {list(IMAGE_TARGETS)}, got {target!r}")
+    return target
 
 
 class NonFiniteError(ValueError):
@@ -88,8 +96,18 @@ class Translator(nn.Module):
         return vectors[:, 0] if vectors.shape[1] == 1 else F.normalize(vectors.mean(dim=1), dim=-1)
 
     # -- submissions ---------------------------------------------------------------------------
-    def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
-        """Predicted raw image features (what a competition submission holds)."""
+    #: whether a grader's ranking of the ``direction`` output (cosine with raw images) is the model's own
+    #: cosine ranking, exactly; otherwise it is the closest submittable vector (see each family)
+    exact_submission: bool = False
+    #: whether training ends by folding a hubness bias into the query (``stitch.training.hub_bias``)
+    folds_hub_bias: bool = False
+
+    def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
+        """Vectors in the raw image-feature space, what a submission holds.
+
+        ``direction`` (the default): the vector a competition grader, which ranks raw image embeddings by
+        cosine, ranks as the model does. ``point``: the regression point, the predicted image feature itself
+        (its cosine ranking is not the model's when the run scores in a z-scored space)."""
         raise ValueError(
             f"this run ({type(self).__name__}) scores in a learnt shared space: it has no image-space "
             "predictions for a submission; use a translator recipe (ridge, procrustes, mlp, resmlp, set)"

@@ -51,8 +51,18 @@ class Ensemble(Translator):
     def embed_gallery(self, images: torch.Tensor) -> torch.Tensor:
         return self.members[0].embed_gallery(images)
 
-    def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
-        return sum(w * m.to_image_space(captions) for w, m in zip(self.weights, self.members))
+    def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
+        """The weighted mean of the members' points, or of their unit directions: the ensemble scores the
+        weighted mean of the members' cosines, which that mean direction reproduces exactly when every
+        member's direction is exact."""
+        parts = [m.to_image_space(captions, target) for m in self.members]
+        if target == "direction":
+            parts = [F.normalize(p.float(), dim=-1) for p in parts]
+        return sum(w * p for w, p in zip(self.weights, parts))
+
+    @property
+    def exact_submission(self) -> bool:
+        return all(m.exact_submission for m in self.members)
 
 
 class Fusion(Translator):

@@ -1,13 +1,19 @@
-"""Translators into the image space: closed-form maps (ridge, Procrustes), an MLP, and a residual MLP
-on a closed-form start. They share one shape: ``translator`` (caption -> z-scored image features) and
-``space`` (the z-scoring), so submissions are ``space.inverse(translator(caption))``."""
+"""Translators into the image space: closed-form maps (ridge, Procrustes), an MLP, a residual MLP on a
+closed-form start, and the graded residual MLP. They share one shape: ``translator`` (caption -> image
+features in the run's space) and ``space`` (the z-scoring, or the identity for raw targets).
+
+A submission holds ``space.direction(unit(translator(caption)))``: the raw-space vector that a grader's
+cosine with raw images ranks as the model ranks (exact in the raw space, close in a z-scored one);
+``space.inverse(translator(caption))`` is the regression point. :class:`GradedTranslator` scores exactly
+as a grader does, so its submission is exact by construction."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from stitch.translators.base import Translator
+from stitch.translators.base import Translator, check_target
 from stitch.translators.closed_form import LinearMap, closed_form_solution
 from stitch.translators.mlp import MLP, ResidualMLP
 from stitch.translators.moments import PairMoments
@@ -23,8 +29,16 @@ class MappedTranslator(Translator):
     def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
         return self.translator(captions)
 
-    def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
-        return self.space.inverse(self.translator(captions))
+    def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
+        predicted = self.translator(captions)
+        if check_target(target) == "point":
+            return self.space.inverse(predicted)
+        return self.space.direction(F.normalize(predicted.float(), dim=-1))
+
+    @property
+    def exact_submission(self) -> bool:
+        """Exact in the raw image space; in a z-scored space a grader's per-image norm differs."""
+        return self.space.is_identity
 
 
 class IdentityTranslator(MappedTranslator):
@@ -68,3 +82,49 @@ class ResidualTranslator(MappedTranslator):
     def initialise(self, moments: PairMoments, model_cfg) -> None:
         weight, bias = closed_form_solution(moments, model_cfg)
         self.translator.init_linear(torch.as_tensor(weight), torch.as_tensor(bias))
+
+
+class GradedTranslator(ResidualTranslator):
+    """A residual MLP scored exactly as a competition grader scores a submission: its gallery is the raw
+    image, unit-normalised, and its query a free vector of the raw space, so the submitted vector ranks
+    the grader's gallery as the model does — ties aside, by construction.
+
+    It starts from the closed-form fit in the z-scored space (``space``), carried to raw-space directions
+    (``weight / std``, see :meth:`Standardizer.direction`). After training, a hubness bias that is linear
+    in the unit raw image (``hub_bias``, fitted by ``stitch.training.hub_bias``) is subtracted from the unit
+    query: scoring ``(unit(q) - b) . unit(x)`` stays in the grader's family, so it travels in the vector."""
+
+    exact_submission = True
+    folds_hub_bias = True
+
+    def __init__(self, translator: nn.Module, text_dim: int, image_dim: int) -> None:
+        super().__init__(translator, text_dim, image_dim)
+        self.register_buffer("hub_bias", torch.zeros(image_dim))
+
+    def embed_gallery(self, images: torch.Tensor) -> torch.Tensor:
+        return images  # raw: scoring takes unit rows, as a grader does
+
+    def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.translator(captions).float(), dim=-1) - self.hub_bias
+
+    def training_queries(self, captions: torch.Tensor) -> torch.Tensor:
+        return self.translator(captions)
+
+    def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
+        if check_target(target) == "point":
+            raise ValueError(
+                "a graded run (model.name=graded) predicts directions scored against unit raw images, not image "
+                "features: it has no regression point; use target direction"
+            )
+        return self.embed_queries(captions)
+
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
+        """The closed-form start fitted on z-scored targets, as raw-space directions."""
+        weight, bias = closed_form_solution(moments, model_cfg)
+        std = self.space.std.double().numpy()
+        self.translator.init_linear(torch.as_tensor(weight / std), torch.as_tensor(bias / std))
+
+    def set_hub_bias(self, bias: torch.Tensor) -> None:
+        """The hubness bias subtracted from every unit query (a per-image offset ``b . unit(x)``)."""
+        with torch.no_grad():
+            self.hub_bias.copy_(torch.as_tensor(bias, dtype=torch.float32))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.translators.base import Translator
+from stitch.translators.base import Translator, check_target
 from stitch.translators.closed_form import closed_form_solution
 from stitch.translators.moments import PairMoments
 
@@ -77,7 +77,15 @@ class SetPredictionHead(Translator):
         """Slot sets (B, K, D) whatever the aggregation: the set losses need every slot."""
         return self.slot_embeddings(captions)[0]
 
-    def to_image_space(self, captions: torch.Tensor) -> torch.Tensor:
-        """One vector per caption for submissions: the mean slot, de-standardised."""
+    def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
+        """One vector per caption: the mean slot direction. A grader ranks a single vector, so a ``winner``
+        set (scored by its best slot) is approximated; ``mean`` aggregation in the raw space is exact."""
         slots, _ = self.slot_embeddings(captions)
-        return self.space.inverse(F.normalize(slots.mean(dim=1), dim=-1) * self.image_dim**0.5)
+        mean = F.normalize(slots.mean(dim=1), dim=-1)
+        if check_target(target) == "point":
+            return self.space.inverse(mean * self.image_dim**0.5)
+        return self.space.direction(mean)
+
+    @property
+    def exact_submission(self) -> bool:
+        return self.aggregation == "mean" and self.space.is_identity

@@ -30,4 +30,19 @@ class Standardizer(nn.Module):
         return (y - self.mean) / self.std
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """The raw image feature a z-scored prediction stands for (the regression point)."""
         return z * self.std + self.mean
+
+    def direction(self, z: torch.Tensor) -> torch.Tensor:
+        """The raw-space direction that ranks raw images as ``z`` ranks z-scored ones.
+
+        ``(z / std) . x = z . (x - mean) / std + z . mean / std``: the second term is the same for every
+        image, so a grader's dot product with raw images orders them as the model's dot product with
+        z-scored ones. Only the per-image norms differ (a grader divides by ``|x|``, the model by
+        ``|(x - mean) / std|``), which is why it is exact when the space is not fitted and close otherwise."""
+        return z / self.std
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the space is the raw image space (a run trained with ``standardize_target=false``)."""
+        return bool(torch.all(self.mean == 0) and torch.all(self.std == 1))
