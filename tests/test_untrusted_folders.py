@@ -275,3 +275,61 @@ def test_a_fifo_in_place_of_query_embeddings_is_refused_not_waited_on(tmp_path):
     _fifo(folder / "query_embeddings.npy")
     err = _within(10, lambda: read_query_items(folder))
     assert isinstance(err, DataError) and "FIFO" in str(err) and "query_embeddings.npy" in str(err)
+
+
+# -- 5. tuning spaces are validated whole, before any trial -----------------------------------------------
+
+LR = {"type": "float", "low": 1.0e-4, "high": 3.0e-3, "log": True}
+SPACE_EDITS = {
+    "typo logg": ({"params": {"optim.lr": {**LR, "logg": True}}}, r"param optim.lr: unknown key\(s\) \['logg'\]"),
+    "typo stepp": (
+        {"params": {"model.hidden": {"type": "int", "low": 32, "high": 64, "stepp": 5}}},
+        r"param model.hidden: unknown key\(s\) \['stepp'\]",
+    ),
+    "baseline a string": ({"baseline": "false"}, r"baseline must be true or false .* got 'false'"),
+    "log a string": ({"params": {"optim.lr": {**LR, "log": "false"}}}, r"param optim.lr: log must be true or false"),
+    "low above high": ({"params": {"optim.lr": {**LR, "low": 0.1, "high": 0.01}}}, r"low 0.1 is above high 0.01"),
+    "log with low 0": ({"params": {"optim.lr": {**LR, "low": 0.0}}}, r"a log scale needs low > 0, got 0.0"),
+    "step 0": (
+        {"params": {"model.hidden": {"type": "int", "low": 32, "high": 64, "step": 0}}},
+        r"param model.hidden: step must be a whole number >= 1, got 0",
+    ),
+    "int bounds not whole": (
+        {"params": {"model.hidden": {"type": "int", "low": 32.5, "high": 64}}},
+        r"param model.hidden: low must be a finite whole number, got 32.5",
+    ),
+    "unknown objective": ({"objective": "mmr"}, r"objective must be one of \[.*'mrr'.*\], got 'mmr'"),
+    "lower-is-better objective": ({"objective": "median_rank"}, r"'median_rank' is lower-is-better"),
+    "params a list": ({"params": [{"optim.lr": LR}]}, r"params must be a mapping of config key -> spec, got list"),
+    "startup_trials a string": ({"startup_trials": "10"}, r"startup_trials must be a whole number >= 1, got '10'"),
+    "choices a string": (
+        {"params": {"model.name": {"type": "categorical", "choices": "mlp"}}},
+        r"param model.name: choices must be a list",
+    ),
+    "a list, not a mapping": ([{"params": {}}], r"a search space is a mapping of settings, got list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPACE_EDITS))
+def test_a_bad_tuning_space_is_refused_in_one_line_before_any_trial(tmp_path, case):
+    import yaml
+
+    from stitch.training import ConfigError
+    from stitch.tuning import load_space
+
+    edit, message = SPACE_EDITS[case]
+    body = edit if isinstance(edit, list) else {"params": {"optim.lr": LR}, **edit}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_space(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_good_tuning_space_still_loads_with_yaml_1_1_exponents(tmp_path):
+    from stitch.tuning import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("baseline: false\nparams:\n  optim.lr: {type: float, low: 1e-4, high: 3e-3, log: true}\n")
+    space = load_space(path)
+    assert space.baseline is False and space.params["optim.lr"]["low"] == "1e-4"  # YAML 1.1: a string

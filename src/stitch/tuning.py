@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -52,51 +53,137 @@ class SearchSpace:
     base: list[str] = field(default_factory=list)
 
 
+SPEC_KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "step", "log"}}
+SPEC_KEYS["categorical"] = {"type", "choices"}
+LOWER_IS_BETTER = ("median_rank", "mean_rank")  # a study maximises its objective
+
+
 def load_space(path: str | Path) -> SearchSpace:
+    """A search space from YAML, validated whole (:func:`validate_space`) before any trial runs."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"search space {path} does not exist")
-    body = yaml.safe_load(path.read_text()) or {}
+    body = yaml.safe_load(path.read_text())
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: a search space is a mapping of settings, got {type(body).__name__}")
     unknown = set(body) - {f.name for f in fields(SearchSpace)}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}")
-    space = SearchSpace(
-        params=body.get("params") or {},
-        objective=body.get("objective", "mrr"),
-        scoring=body.get("scoring", "run"),
-        sampler=body.get("sampler", "tpe"),
-        pruner=body.get("pruner", "median"),
-        startup_trials=int(body.get("startup_trials", 10)),
-        prune_after=int(body.get("prune_after", 3)),
-        baseline=bool(body.get("baseline", True)),
-        base=list(body.get("base") or []),
-    )
-    validate_space(space)
+    space = SearchSpace(**{**body, "params": body.get("params") or {}, "base": body.get("base") or []})
+    try:
+        validate_space(space)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     return space
 
 
 def validate_space(space: SearchSpace) -> None:
+    """Every setting and parameter spec checked before any trial: a typo (``logg``), a string where a boolean
+    belongs, an empty range or an unknown objective would otherwise surface only inside a trial, or never."""
+    _check_settings(space)
+    if not isinstance(space.params, dict):
+        raise ConfigError(f"params must be a mapping of config key -> spec, got {type(space.params).__name__}")
     if not space.params:
         raise ConfigError("the search space has no params")
-    if space.sampler not in ("tpe", "random") or space.pruner not in ("median", "hyperband", "none"):
-        raise ConfigError(
-            f"sampler must be tpe|random and pruner median|hyperband|none, got {space.sampler}, {space.pruner}"
-        )
-    if space.startup_trials < 1 or space.prune_after < 1:
-        raise ConfigError(
-            f"startup_trials and prune_after must be >= 1, got {space.startup_trials}, {space.prune_after}"
-        )
-    if space.scoring not in ("run", "none"):
-        raise ConfigError(f"scoring must be run or none, got {space.scoring!r}")
     for name, spec in space.params.items():
-        if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
-            raise ConfigError(f"param {name}: give a mapping with type one of {PARAM_TYPES}")
-        if spec["type"] == "categorical" and not spec.get("choices"):
-            raise ConfigError(f"param {name}: categorical needs choices")
-        if spec["type"] != "categorical" and ("low" not in spec or "high" not in spec):
-            raise ConfigError(f"param {name}: {spec['type']} needs low and high")
+        _check_spec(name, spec)
     # every key must be a real config key: try the first choice / low of each
     load_config(None, [*space.base, *(f"{k}={_example(v)}" for k, v in space.params.items())])
+
+
+def _check_settings(space: SearchSpace) -> None:
+    """The study-wide settings: real booleans and whole numbers, known choices, a metric to maximise."""
+    if space.sampler not in ("tpe", "random") or space.pruner not in ("median", "hyperband", "none"):
+        raise ConfigError(
+            f"sampler must be tpe|random and pruner median|hyperband|none, got {space.sampler!r}, {space.pruner!r}"
+        )
+    for key in ("startup_trials", "prune_after"):
+        value = getattr(space, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
+    if space.scoring not in ("run", "none"):
+        raise ConfigError(f"scoring must be run or none, got {space.scoring!r}")
+    if not isinstance(space.baseline, bool):
+        raise ConfigError(f"baseline must be true or false (a YAML boolean, unquoted), got {space.baseline!r}")
+    if not isinstance(space.base, list) or not all(isinstance(item, str) for item in space.base):
+        raise ConfigError(f"base must be a list of key=value overrides, got {space.base!r}")
+    _check_objective(space.objective)
+
+
+def _check_objective(objective: object) -> None:
+    """The objective is a dev metric that grows with quality (the study maximises it)."""
+    known = objective_names()
+    if objective in LOWER_IS_BETTER:
+        raise ConfigError(f"objective {objective!r} is lower-is-better and the study maximises; choose {known}")
+    if not isinstance(objective, str) or objective not in known:
+        raise ConfigError(f"objective must be one of {known}, got {objective!r}")
+
+
+def objective_names() -> list[str]:
+    """Every dev metric a trial can report (one-to-one and many-to-many data), higher is better."""
+    import numpy as np
+
+    from stitch.data.relevance import Relevance
+    from stitch.retrieval.metrics import rank_metrics, relevance_metrics
+
+    names = set(rank_metrics(np.ones(1))) | set(relevance_metrics(np.ones(1, int), Relevance.from_lists([[0]], 1)))
+    return sorted(names - set(LOWER_IS_BETTER))
+
+
+def _check_spec(name: object, spec: object) -> None:
+    """One parameter's spec: known keys for its type, numbers where numbers go, a non-empty range."""
+    if not isinstance(name, str) or not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
+        raise ConfigError(f"param {name}: give a mapping with type one of {PARAM_TYPES}")
+    kind = spec["type"]
+    unknown = sorted(set(spec) - SPEC_KEYS[kind])
+    if unknown:
+        raise ConfigError(f"param {name}: unknown key(s) {unknown} for type {kind}; allowed: {sorted(SPEC_KEYS[kind])}")
+    if kind == "categorical":
+        _check_choices(name, spec.get("choices"))
+    else:
+        _check_range(name, spec)
+
+
+def _check_choices(name: str, choices: object) -> None:
+    if not choices:
+        raise ConfigError(f"param {name}: categorical needs choices")
+    if not isinstance(choices, list) or not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+        raise ConfigError(f"param {name}: choices must be a list of plain values (numbers, strings), got {choices!r}")
+
+
+def _bound(name: str, key: str, value: object, kind: str) -> float:
+    """A range end as a number: whole for int; for float also a string such as ``1e-4`` (YAML 1.1 reads an
+    exponent without a dot as a string), never a boolean, NaN or infinity."""
+    if kind == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    number = int if kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value):
+        whole = "whole " if kind == "int" else ""
+        raise ConfigError(f"param {name}: {key} must be a finite {whole}number, got {value!r}")
+    return value
+
+
+def _check_range(name: str, spec: dict) -> None:
+    """low <= high, whole numbers for int, log scale only above 0, step a whole number >= 1 (int)."""
+    kind = spec["type"]
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"param {name}: {kind} needs low and high")
+    low, high = (_bound(name, key, spec[key], kind) for key in ("low", "high"))
+    log, step = spec.get("log", False), spec.get("step", 1)
+    if low > high:
+        raise ConfigError(f"param {name}: low {low} is above high {high}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"param {name}: log must be true or false (a YAML boolean, unquoted), got {log!r}")
+    if log and low <= 0:
+        raise ConfigError(f"param {name}: a log scale needs low > 0, got {low}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ConfigError(f"param {name}: step must be a whole number >= 1, got {step!r}")
+    if log and step != 1:
+        raise ConfigError(f"param {name}: step {step} cannot be combined with a log scale")
 
 
 def _example(spec: dict):
