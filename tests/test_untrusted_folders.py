@@ -333,3 +333,26 @@ def test_a_good_tuning_space_still_loads_with_yaml_1_1_exponents(tmp_path):
     path.write_text("baseline: false\nparams:\n  optim.lr: {type: float, low: 1e-4, high: 3e-3, log: true}\n")
     space = load_space(path)
     assert space.baseline is False and space.params["optim.lr"]["low"] == "1e-4"  # YAML 1.1: a string
+
+
+def test_convert_force_in_the_cli_keeps_a_users_file_and_says_so_in_one_line(tmp_path, capsys):
+    from conftest import write_flickr_like
+    from stitch.cli import main
+
+    source = write_flickr_like(tmp_path / "data.npz", _pairs())
+    target = tmp_path / "DIR"
+    target.mkdir()
+    (target / MANIFEST).write_text("{}")
+    (target / "thesis.tex").write_text("keep me")
+    assert main(["convert", str(source), str(target), "--force"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "does not validate" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert (target / "thesis.tex").read_text() == "keep me"
+    (target / MANIFEST).unlink()
+    assert main(["convert", str(source), str(target / "out")]) == 0
+    for name in (target / "out").iterdir():  # a real stitch folder, then a user's file put into it
+        name.rename(target / name.name)
+    (target / "out").rmdir()
+    assert main(["convert", str(source), str(target), "--force"]) != 0
+    assert "stitch did not write (thesis.tex)" in capsys.readouterr().err
+    assert (target / "thesis.tex").read_text() == "keep me"
