@@ -89,10 +89,12 @@ class GradedTranslator(ResidualTranslator):
     image, unit-normalised, and its query a free vector of the raw space, so the submitted vector ranks
     the grader's gallery as the model does — ties aside, by construction.
 
-    It starts from the closed-form fit in the z-scored space (``space``), carried to raw-space directions
-    (``weight / std``, see :meth:`Standardizer.direction`). After training, a hubness bias that is linear
-    in the unit raw image (``hub_bias``, fitted by ``stitch.training.hub_bias``) is subtracted from the unit
-    query: scoring ``(unit(q) - b) . unit(x)`` stays in the grader's family, so it travels in the vector."""
+    Its network predicts in the z-scored space, as the default recipe's does, and its query is that
+    prediction carried to a raw-space direction (``z / std``, see :meth:`Standardizer.direction`): the
+    optimiser sees well-scaled weights, the scoring is the grader's. After training, a hubness bias that is
+    linear in the unit raw image (``hub_bias``, fitted by ``stitch.training.hub_bias``) is subtracted from
+    the unit query: scoring ``(unit(q) - b) . unit(x)`` stays in the grader's family, so it travels in the
+    vector."""
 
     exact_submission = True
     folds_hub_bias = True
@@ -105,10 +107,10 @@ class GradedTranslator(ResidualTranslator):
         return images  # raw: scoring takes unit rows, as a grader does
 
     def embed_queries(self, captions: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.translator(captions).float(), dim=-1) - self.hub_bias
+        return F.normalize(self.training_queries(captions).float(), dim=-1) - self.hub_bias
 
     def training_queries(self, captions: torch.Tensor) -> torch.Tensor:
-        return self.translator(captions)
+        return self.space.direction(self.translator(captions))
 
     def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
         if check_target(target) == "point":
@@ -117,12 +119,6 @@ class GradedTranslator(ResidualTranslator):
                 "features: it has no regression point; use target direction"
             )
         return self.embed_queries(captions)
-
-    def initialise(self, moments: PairMoments, model_cfg) -> None:
-        """The closed-form start fitted on z-scored targets, as raw-space directions."""
-        weight, bias = closed_form_solution(moments, model_cfg)
-        std = self.space.std.double().numpy()
-        self.translator.init_linear(torch.as_tensor(weight / std), torch.as_tensor(bias / std))
 
     def set_hub_bias(self, bias: torch.Tensor) -> None:
         """The hubness bias subtracted from every unit query (a per-image offset ``b . unit(x)``)."""
