@@ -8,21 +8,38 @@ from pathlib import Path
 
 from stitch.io.atomic import atomic_write, atomic_write_text
 
-COLUMNS = ("method", "reference", "R@1", "R@5", "R@10", "MRR", "R@1 +IS", "MRR +IS", "train_s")
+COLUMNS = (
+    "method",
+    "reference",
+    "R@1",
+    "R@5",
+    "R@10",
+    "MRR",
+    "R@1 +IS",
+    "MRR +IS",
+    "R@1 submitted",
+    "MRR submitted",
+    "train_s",
+)
 
 
 def to_markdown(rows: list[dict], protocol: str) -> str:
     lines = [
         f"Protocol: {protocol}. `+IS`: the same run scored with inverted softmax at its learnt temperature "
-        "(query bank: training captions).",
+        "(query bank: training captions). `submitted`: what a competition grader gives the run's `stitch predict` "
+        "vectors (cosine with the raw image embeddings); empty for runs that cannot be submitted.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) and c != "train_s" else str(row[c]) for c in COLUMNS]
+        cells = [_cell(row.get(c, ""), c) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value, column: str) -> str:
+    return f"{value:.3f}" if isinstance(value, float) and column != "train_s" else str(value)
 
 
 def to_csv(rows: list[dict], protocol: str) -> str:
