@@ -23,6 +23,7 @@ from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
 from stitch.training import train as _train
 from stitch.training.device import resolve_device
 from stitch.training.ensemble import is_ensemble_folder, train_ensemble
+from stitch.training.run import RunInfo
 from stitch.translators import embed_rows
 from stitch.translators.base import check_target
 
@@ -78,10 +79,20 @@ def train(
     resuming_as_is = kwargs.get("resume") and config is None and not overrides
     if not isinstance(config, TrainConfig) and not resuming_as_is:
         config = load_config(config, overrides)
+    named = config if config is not None else _own_config(out)
+    if named is not None and named.loss.teacher and "teacher" not in kwargs:
+        kwargs["teacher"] = open(named.loss.teacher).model  # distilled from (loss.teacher)
     if (config is not None and config.ensemble.active) or (kwargs.get("resume") and is_ensemble_folder(out)):
         kwargs.pop("force_config", None)
         return train_ensemble(data, config, out, **kwargs)
     return _train(data, config, run_dir=out, **kwargs)
+
+
+def _own_config(out: str | Path | None) -> TrainConfig | None:
+    """The config a run folder records (what ``--resume`` continues with), if it is a single run."""
+    if out is None or not (Path(out) / "config.json").exists():
+        return None
+    return RunInfo.read(Path(out)).config
 
 
 def open(run: RunLike, device: str | torch.device = "cpu") -> Run:  # noqa: A001 - stitch.open(run), like a file

@@ -51,6 +51,7 @@ def build_loss(
     sinkhorn_temperature: float = 0.2,
     sinkhorn_iters: int = 10,
     sinkhorn_stop_grad: bool = True,
+    symmetric: bool = True,
 ) -> PairLoss:
     """A loss by its registry name, optionally mined, queued and norm-regularised."""
     settings = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("name", "dim")})

@@ -36,7 +36,7 @@ class InfoNCELoss(PairLoss):
 
     @classmethod
     def from_config(cls, c) -> InfoNCELoss:
-        return cls(temperature=c.temperature, learnable=c.learnable_temperature)
+        return cls(temperature=c.temperature, learnable=c.learnable_temperature, symmetric=c.symmetric)
 
     def __init__(self, temperature: float = 0.05, learnable: bool = True, symmetric: bool = True) -> None:
         super().__init__()

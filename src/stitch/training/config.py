@@ -66,6 +66,10 @@ class LossConfig:
     sinkhorn_stop_grad: bool = True
     mse_weight: float = 0.0  # > 0: weight of the mean squared error (per feature) to each caption's own image
     final_temperature: float = 0.0  # > 0 (fixed temperature only): cosine schedule from temperature to this
+    symmetric: bool = True  # infonce: add the image->text direction (images ranking captions) to the loss
+    teacher: str = ""  # a run or ensemble folder whose batch score distributions the model learns (KL)
+    teacher_weight: float = 1.0  # weight of the distillation term (with a teacher)
+    teacher_temperature: float = 0.05  # temperature of both softmaxes in the distillation term
 
 
 @dataclass
@@ -189,6 +193,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "loss.sinkhorn_iters": (1, 10_000),
     "loss.mse_weight": (0.0, 1e6),
     "loss.final_temperature": (0.0, 100.0),
+    "loss.teacher_weight": (0.0, 1e6),
+    "loss.teacher_temperature": (1e-4, 100.0),
     "optim.mixup_alpha": (0.0, 100.0),
     "filter_fraction": (0.0, 0.9),
     "optim.lr": (1e-9, 10.0),

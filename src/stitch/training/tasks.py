@@ -16,6 +16,7 @@ from stitch.losses import build_loss
 from stitch.losses.pairs import same_label
 from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
 from stitch.registries import LOSSES, MODELS, TASKS
+from stitch.training.distill import ScoreDistillation
 from stitch.training.distributed import Distributed
 from stitch.translators import Translator
 
@@ -23,16 +24,24 @@ from stitch.translators import Translator
 class Task(nn.Module):
     """``training_step(captions, labels, images, ref_labels) -> loss`` for one batch."""
 
-    def __init__(self, model: Translator, config, world: Distributed | None = None) -> None:
+    def __init__(
+        self, model: Translator, config, world: Distributed | None = None, teacher: Translator | None = None
+    ) -> None:
         super().__init__()
         self.model, self.config = model, config
         self.world = world or Distributed()
         self.loss = self.build_loss(config.loss)
+        lc = config.loss
+        self.distill = None
+        if teacher is not None:
+            self.distill = ScoreDistillation(teacher, lc.teacher_weight, lc.teacher_temperature)
 
     @staticmethod
-    def for_config(model: Translator, config, world: Distributed | None = None) -> Task:
-        """The task of the configured model kind (registry tag ``task``)."""
-        return TASKS.get(MODELS.tag(config.model.name, "task"))(model, config, world)
+    def for_config(
+        model: Translator, config, world: Distributed | None = None, teacher: Translator | None = None
+    ) -> Task:
+        """The task of the configured model kind (registry tag ``task``); ``teacher``: a run distilled from."""
+        return TASKS.get(MODELS.tag(config.model.name, "task"))(model, config, world, teacher)
 
     def build_loss(self, lc) -> nn.Module:
         with_negatives = LOSSES.tag(lc.name, "kind") == "pair"
@@ -49,6 +58,7 @@ class Task(nn.Module):
             lc.sinkhorn_temperature,
             lc.sinkhorn_iters,
             lc.sinkhorn_stop_grad,
+            lc.symmetric,
         )
 
     @property
@@ -68,6 +78,8 @@ class Task(nn.Module):
         if self.config.loss.mse_weight:
             targets = gallery[torch.searchsorted(ref_labels, _own_image(own))]
             loss = loss + self.config.loss.mse_weight * (local.float() - targets.float()).pow(2).mean()
+        if self.distill is not None:
+            loss = loss + self.distill(captions, images, local, gallery)
         return loss + self.auxiliary_loss(captions, local, images, gallery, own, ref_labels)
 
     def mixup(self, captions, labels, images, ref_labels):

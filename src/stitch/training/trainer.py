@@ -43,7 +43,7 @@ from stitch.training.filtering import consistency_scores, drop_least_consistent
 from stitch.training.hub_bias import fold_hub_bias
 from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
-from stitch.translators import build_model
+from stitch.translators import Translator, build_model
 from stitch.translators.moments import ColumnMoments, PairMoments
 
 # per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
@@ -251,6 +251,7 @@ def train(
     epoch_callback=None,
     force_config: bool = False,
     image_moments: ColumnMoments | None = None,
+    teacher: Translator | None = None,
 ) -> TrainResult:
     """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
 
@@ -258,6 +259,7 @@ def train(
     ``force_config``), and nothing in the folder changes before the checkpoint is verified to fit.
     ``epoch_callback(epoch, row)`` is called after each epoch (tuning reports and prunes with it).
     ``image_moments`` replace the training images' own z-scoring statistics (K-fold ensemble members).
+    ``teacher``: the opened run of ``loss.teacher`` (``stitch.train`` opens it), distilled from.
     """
     if resume:
         if run_dir is None:
@@ -282,7 +284,7 @@ def train(
     if MODELS.tag(config.model.name, "closed_form", False):
         state = TrainState(0, best_epoch=0, history=[])
         return _finish(run, state, train_set, dev_set, device, how, None, world.is_main)
-    task = Task.for_config(run.model, config, world).to(device)
+    task = Task.for_config(run.model, config, world, _teacher(teacher, config, data, device)).to(device)
     batches = CaptionBatches(
         train_set,
         config.optim.batch_size,
@@ -301,6 +303,20 @@ def train(
         run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
     state = trainer.fit(state)
     return _finish(run, state, train_set, dev_set, device, how, task.temperature, world.is_main)
+
+
+def _teacher(teacher: Translator | None, config: TrainConfig, data, device) -> Translator | None:
+    """The teacher model on ``device`` when ``loss.teacher`` names one, checked against the data."""
+    if not config.loss.teacher:
+        return None
+    if teacher is None:
+        raise RunError(f"loss.teacher={config.loss.teacher}: open it and pass teacher= (stitch.train does)")
+    if (teacher.query_dim, teacher.gallery_dim) != (data.text_dim, data.image_dim):
+        raise RunError(
+            f"the teacher {config.loss.teacher} takes {teacher.query_dim}-d captions and {teacher.gallery_dim}-d "
+            f"images, the data has {data.text_dim} and {data.image_dim}"
+        )
+    return teacher.to(device)
 
 
 def _initial_run(
