@@ -44,6 +44,8 @@ def test_the_curve_command_writes_one_row_per_method_and_size(tmp_path):
     assert len(rows) == 6 and lines[-1].startswith("# dev:")
     ridge = [float(r["plain_mrr"]) for r in rows if r["method"] == "ridge"]
     assert ridge[0] < ridge[-1]  # 40 pairs fit worse than all of them: the curve measures something
+    graded = [float(r["submitted_mrr"]) for r in rows if r["method"] == "ridge"]
+    assert graded[0] < graded[-1] and all(0 < g <= 1 for g in graded)  # what a grader gives each submission
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

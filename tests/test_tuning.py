@@ -129,3 +129,21 @@ def test_beating_the_default_needs_every_seed_above_it():
     assert Confirmation("trial 4", {"default": [0.30, 0.31, 0.32], "trial 4": [0.33, 0.34, 0.33]}).beats_default
     close = Confirmation("trial 4", {"default": [0.30, 0.31, 0.33], "trial 4": [0.32, 0.34, 0.35]})
     assert close.gap == pytest.approx(0.0233, abs=1e-4) and not close.beats_default
+
+
+def test_a_study_can_maximise_what_a_grader_gives_the_submission(tmp_path, small_data):
+    """``scoring: submitted``: each trial's objective is its predict vectors graded against the raw dev images."""
+    from stitch import api
+
+    graded_space = SearchSpace(
+        params={"optim.lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},
+        base=FAST,
+        pruner="none",
+        scoring="submitted",
+        baseline=False,
+    )
+    study = tune(small_data, graded_space, tmp_path, trials=1, seed=0, keep_runs=True)
+    run = tmp_path / "runs" / "trial-0000"
+    expected = api.evaluate(run, small_data, split="dev", as_submitted=True)[0].metrics["mrr"]
+    own = api.evaluate(run, small_data, split="dev")[0].metrics["mrr"]
+    assert study.trials[0].value == pytest.approx(expected, abs=1e-9) and expected != pytest.approx(own, abs=1e-6)

@@ -32,9 +32,11 @@ class CurvePoint:
     images: int
     recall_at_1: float  # the run's own scoring
     mrr: float
-    plain_recall_at_1: float  # plain cosine: what a submission carries
+    plain_recall_at_1: float  # plain cosine in the run's space
     plain_mrr: float
     seconds: float
+    submitted_recall_at_1: float | None = None  # what a grader gives the run's predict vectors (None: cannot submit)
+    submitted_mrr: float | None = None
 
 
 def nested_image_subsets(data: PairedEmbeddings, sizes: list[int], seed: int = 0) -> list[np.ndarray]:
@@ -88,11 +90,25 @@ def learning_curve(
             started = time.perf_counter()
             result = api.train(subset, None, overrides=[*recipe_overrides(name), *(overrides or [])], progress=progress)
             own, plain = result.dev_reports[0].metrics, result.dev_metrics
+            seconds = time.perf_counter() - started
+            graded = api.evaluate(result, dev, as_submitted=True)[0].metrics if result.run.model.has_image_space else {}
             points.append(
-                CurvePoint(name, subset.n_captions - dev.n_captions, len(images), own["recall@1"], own["mrr"],
-                           plain["recall@1"], plain["mrr"], time.perf_counter() - started)  # fmt: skip
+                CurvePoint(
+                    name,
+                    subset.n_captions - dev.n_captions,
+                    len(images),
+                    own["recall@1"],
+                    own["mrr"],
+                    plain["recall@1"],
+                    plain["mrr"],
+                    seconds,
+                    graded.get("recall@1"),
+                    graded.get("mrr"),
+                )  # fmt: skip
             )
-            print(f"[curve] {name} on {points[-1].pairs} pairs: MRR {own['mrr']:.4f} (plain {plain['mrr']:.4f})")
+            submitted = f", as submitted {graded['mrr']:.4f}" if graded else ""
+            figures = f"MRR {own['mrr']:.4f} (plain {plain['mrr']:.4f}{submitted})"
+            print(f"[curve] {name} on {points[-1].pairs} pairs: {figures}")
             write_curve(points, out_dir, f"dev: {how}, gallery of {dev.n_images} images, {dev.n_captions} queries")
     return points
 
@@ -102,10 +118,12 @@ def write_curve(points: list[CurvePoint], out_dir: Path, protocol: str) -> dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", "pairs", "images", "recall@1", "mrr", "plain_recall@1", "plain_mrr", "seconds"])
+    writer.writerow(["method", "pairs", "images", "recall@1", "mrr", "plain_recall@1", "plain_mrr", "seconds",
+                     "submitted_recall@1", "submitted_mrr"])  # fmt: skip
     for p in points:
+        graded = [_figure(p.submitted_recall_at_1), _figure(p.submitted_mrr)]
         writer.writerow([p.method, p.pairs, p.images, f"{p.recall_at_1:.4f}", f"{p.mrr:.4f}",
-                         f"{p.plain_recall_at_1:.4f}", f"{p.plain_mrr:.4f}", f"{p.seconds:.1f}"])  # fmt: skip
+                         f"{p.plain_recall_at_1:.4f}", f"{p.plain_mrr:.4f}", f"{p.seconds:.1f}", *graded])  # fmt: skip
     buffer.write(f"# {protocol}\n")
     paths = {"csv": out_dir / "curve.csv", "plot": out_dir / "curve.png"}
     atomic_write_text(paths["csv"], buffer.getvalue())
@@ -113,21 +131,29 @@ def write_curve(points: list[CurvePoint], out_dir: Path, protocol: str) -> dict[
     return paths
 
 
+def _figure(value: float | None) -> str:
+    """A metric cell; empty for a method that cannot be submitted."""
+    return "" if value is None else f"{value:.4f}"
+
+
 def _plot(points: list[CurvePoint], path: Path, protocol: str) -> None:
     from stitch.outputs.plots import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, field, title in ((axes[0], "mrr", "the run's own scoring"), (axes[1], "plain_mrr", "plain cosine")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    panels = ((axes[0], "mrr", "the run's own scoring"), (axes[1], "plain_mrr", "plain cosine"))
+    for ax, field, title in (*panels, (axes[2], "submitted_mrr", "as submitted (graded)")):
         for method in dict.fromkeys(p.method for p in points):
-            mine = sorted((p for p in points if p.method == method), key=lambda p: p.pairs)
+            mine = sorted(
+                (p for p in points if p.method == method and getattr(p, field) is not None), key=lambda p: p.pairs
+            )
             ax.plot([p.pairs for p in mine], [getattr(p, field) for p in mine], marker="o", label=method)
         ax.set_xscale("log")
         ax.set_xlabel("training pairs (captions)")
         ax.set_title(f"dev MRR, {title}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("MRR")
-    axes[1].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
     fig.suptitle(protocol, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)

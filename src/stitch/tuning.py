@@ -3,7 +3,8 @@
 A search space is YAML::
 
     objective: mrr          # any dev text->image metric: mrr, recall@1, recall@5, ndcg@10, ...
-    scoring: run            # run: the trial's own default scoring (inverted softmax); none: plain cosine
+    scoring: run            # run: the trial's own scoring (inverted softmax); none: plain cosine;
+                            # submitted: what a grader gives the trial's predict vectors (graded)
     sampler: tpe            # tpe | random
     pruner: median          # median | hyperband | none (prunes from per-epoch dev MRR)
     startup_trials: 10      # random trials before TPE models the space
@@ -33,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from stitch.data import PairedEmbeddings
+from stitch.data.splits import train_dev_split
 from stitch.io.atomic import atomic_write_text
 from stitch.training.config import ConfigError, load_config, parse_overrides
 from stitch.training.trainer import scored_mrr_key
@@ -55,6 +57,7 @@ class SearchSpace:
 
 SPEC_KEYS = {"float": {"type", "low", "high", "log"}, "int": {"type", "low", "high", "step", "log"}}
 SPEC_KEYS["categorical"] = {"type", "choices"}
+SCORINGS = ("run", "none", "submitted")  # what a trial's dev objective is measured with
 LOWER_IS_BETTER = ("median_rank", "mean_rank")  # a study maximises its objective
 
 
@@ -102,8 +105,8 @@ def _check_settings(space: SearchSpace) -> None:
         value = getattr(space, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-    if space.scoring not in ("run", "none"):
-        raise ConfigError(f"scoring must be run or none, got {space.scoring!r}")
+    if space.scoring not in SCORINGS:
+        raise ConfigError(f"scoring must be one of {list(SCORINGS)}, got {space.scoring!r}")
     if not isinstance(space.baseline, bool):
         raise ConfigError(f"baseline must be true or false (a YAML boolean, unquoted), got {space.baseline!r}")
     if not isinstance(space.base, list) or not all(isinstance(item, str) for item in space.base):
@@ -361,6 +364,9 @@ def _train_and_score(data: PairedEmbeddings, config, space: SearchSpace, run_dir
 
     result = api.train(data, config, out=run_dir, force=True, progress=False, epoch_callback=epoch_callback)
     metrics = result.dev_reports[0].metrics if space.scoring == "run" else result.dev_metrics
+    if space.scoring == "submitted":  # graded on the very dev images the trial early-stopped on
+        _, dev, _ = train_dev_split(data, config.dev_fraction, config.seed, config.max_dev_images)
+        metrics = api.evaluate(result, dev, as_submitted=True)[0].metrics
     if space.objective not in metrics:
         raise ConfigError(f"objective {space.objective!r} is not a metric; choose from {sorted(metrics)}")
     return metrics
