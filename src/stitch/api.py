@@ -7,6 +7,7 @@ resolves them."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_q
 from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS
+from stitch.data.splits import SEEDED_SPLIT, select_split
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import AS_SUBMITTED, DirectionReport, evaluate_embeddings
 from stitch.retrieval.graded import graded_reports
@@ -30,6 +32,14 @@ from stitch.translators.base import check_target
 logger = logging.getLogger(__name__)
 
 RunLike = Run | TrainResult | str | Path
+
+
+@dataclass
+class SplitReport(DirectionReport):
+    """A direction's figures and the images they were scored on (``split``: every image, the data's own
+    split, or the run's own seeded train/dev split)."""
+
+    split: str = ""
 
 
 def load(
@@ -130,6 +140,9 @@ def evaluate(
 ) -> list[DirectionReport]:
     """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
 
+    ``split`` ``"dev"``/``"train"`` of a run that drew a seeded split (data without a train/dev column) are
+    the run's own images again, when ``data`` is the data it split; each report's ``split`` says which.
+
     ``merge_duplicate_texts``: identical caption texts of the evaluated images become one query relevant to
     all their images (see :mod:`stitch.data.dedupe`), so a text on several pictures is not scored as wrong.
 
@@ -144,7 +157,7 @@ def evaluate(
     """
     dev = resolve_device(device)
     opened = open(run, dev)
-    data, overlap = _evaluated(opened, data, split, bank, allow_train_overlap, merge_duplicate_texts)
+    data, overlap, scored = _evaluated(opened, data, split, bank, allow_train_overlap, merge_duplicate_texts)
     if as_submitted:
         predictions = _image_space(opened, data.captions, dev, "direction")
         reports = graded_reports(predictions, data.images, data.relevant, protocol, chunk, seed, dev)
@@ -154,7 +167,7 @@ def evaluate(
         reports = evaluate_embeddings(q, g, data.relevant, protocol, chunk, seed, dev, scorer)
     for report in reports:
         report.train_overlap = overlap
-    return reports
+    return [SplitReport(**asdict(report), split=scored) for report in reports]
 
 
 def scorings(
@@ -182,7 +195,11 @@ def scorings(
 def _evaluated(opened: Run, data, split, bank, allow_train_overlap: bool, merge_duplicate_texts: bool):
     """The evaluated rows of ``data`` (its split, duplicates merged if asked), checked against the run, and
     how many of its captions are in the run's query bank (refused above 1% unless allowed)."""
-    data = data.select(split)  # sharded data: only the evaluated split is read into memory
+    # sharded data: only the evaluated split is read into memory; train/dev of a run that drew its own
+    # seeded split are those images again (config.json records it), on data without a split column too
+    where = f"{opened.path / 'config.json'}" if opened.path is not None else "the in-memory run"
+    data, scored = select_split(data, split, opened.info.meta.get(SEEDED_SPLIT), where)
+    logger.info("evaluating %s", scored)
     if merge_duplicate_texts:
         data, merged = merge_duplicates(data)
         logger.info("merged duplicate texts: %s", merged.describe())
@@ -197,7 +214,7 @@ def _evaluated(opened: Run, data, split, bank, allow_train_overlap: bool, merge_
             "captions): evaluate a held-out split (e.g. --split dev) or pass --allow-train-overlap to score them "
             "knowingly"
         )
-    return data, overlap
+    return data, overlap, scored
 
 
 def _overlap(bank: np.ndarray | None, captions: np.ndarray) -> int:

@@ -141,10 +141,9 @@ def cmd_evaluate(args) -> int:
         as_submitted=args.as_submitted,
     )
     if args.json:
-        print(json.dumps(summary_json(reports), allow_nan=False))
+        print(json.dumps({**summary_json(reports), "split": reports[0].split}, allow_nan=False))
     else:
-        where = f"split {args.split!r} of {args.data}" if args.split else str(args.data or args.captions)
-        print(f"evaluating {args.run} on {where}")
+        print(f"evaluating {args.run} on {args.data or args.captions}: {reports[0].split}")
         if args.merge_duplicate_texts:
             print("identical caption texts merged: each is one query relevant to all of its images")
         print(format_reports(reports))

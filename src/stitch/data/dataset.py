@@ -231,5 +231,17 @@ class PairedEmbeddings:
         train, dev, how = train_dev_split(self, dev_fraction, seed, max_dev_images)
         return train.shards(), dev, how
 
+    def holdout_rows(
+        self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Train and dev image rows of :meth:`holdout` (a run's split, taken again to evaluate it)."""
+        from stitch.data.splits import holdout_rows
+
+        return holdout_rows(self, dev_fraction, seed, max_dev_images)
+
+    def take_images(self, image_rows: np.ndarray) -> PairedEmbeddings:
+        """These image rows with their captions, in memory; the contract sharded data shares."""
+        return self.subset_images(image_rows)
+
     def as_queries(self) -> Queries:
         return Queries(self.captions, ids=self.caption_ids, texts=self.caption_texts)

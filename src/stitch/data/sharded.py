@@ -104,13 +104,25 @@ class ShardedPairs:
     ) -> tuple[ShardList, PairedEmbeddings, str]:
         """Train view (read on demand) and the dev images with their captions in memory, split by image
         exactly as the same pairs in memory would be (:func:`stitch.data.splits.image_holdout`)."""
+        train_rows, dev_rows, how = self.holdout_rows(dev_fraction, seed, max_dev_images)
+        train = np.zeros(self.n_images, bool)
+        train[train_rows] = True
+        return self.view(train), self.take_images(dev_rows), how
+
+    def holdout_rows(
+        self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Train and dev image rows (global ids) of :meth:`holdout`, as the same pairs in memory give them."""
         from stitch.data.splits import image_holdout
 
         split = np.concatenate(self.columns["image_split"]) if "image_split" in self.columns else None
-        train_rows, dev_rows, how = image_holdout(split, self.n_images, dev_fraction, seed, max_dev_images)
-        train, dev = np.zeros(self.n_images, bool), np.zeros(self.n_images, bool)
-        train[train_rows], dev[dev_rows] = True, True
-        return self.view(train), self.gather(dev), how
+        return image_holdout(split, self.n_images, dev_fraction, seed, max_dev_images)
+
+    def take_images(self, image_rows: np.ndarray) -> PairedEmbeddings:
+        """These image rows (global ids) with all their captions, read into memory."""
+        mask = np.zeros(self.n_images, bool)
+        mask[image_rows] = True
+        return self.gather(mask)
 
     def view(self, image_mask: np.ndarray) -> ShardList:
         """The images marked in ``image_mask`` (global ids) and their captions, read on demand."""

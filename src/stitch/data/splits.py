@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -66,6 +68,7 @@ def straddling_captions(data: PairedEmbeddings, image_rows: np.ndarray) -> int:
 
 
 DEV_NAMES = ("dev", "validation")  # the split-column names a held-out part goes by
+FILE_SPLIT = "the file's split column"  # how a split taken from the data's own column is described
 
 
 def image_holdout(
@@ -78,7 +81,7 @@ def image_holdout(
     dev_name = next((name for name in DEV_NAMES if name in names), None)
     if "train" in names and dev_name:
         train, dev = np.flatnonzero(image_split == "train"), np.flatnonzero(image_split == dev_name)
-        return train, dev, "the file's split column"
+        return train, dev, FILE_SPLIT
     pool, where = np.arange(n_images), ""
     if "train" in names:
         pool, where = np.flatnonzero(image_split == "train"), " of the file's train images"
@@ -89,6 +92,24 @@ def image_holdout(
     return pool[parts["train"]], pool[parts["dev"]], how
 
 
+def holdout_rows(
+    data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Train and dev image rows of :func:`train_dev_split`, and where they came from (rows, so a run's
+    split can be taken again from the same data to evaluate it)."""
+    if data.relevance is None:
+        return image_holdout(data.image_split, data.n_images, dev_fraction, seed, max_dev_images)
+    names = data.split_names()
+    dev_name = next((name for name in DEV_NAMES if name in names), None)
+    if "train" in names and dev_name:
+        dev = np.flatnonzero(data.image_split == dev_name)
+        leaks = straddling_captions(data, dev)
+        how = FILE_SPLIT + (f" ({leaks} captions relevant to images on both sides)" if leaks else "")
+        return np.flatnonzero(data.image_split == "train"), dev, how
+    parts, how = component_split(data, dev_fraction, seed)
+    return parts["train"], parts["dev"], how
+
+
 def train_dev_split(
     data: PairedEmbeddings, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
 ) -> tuple[PairedEmbeddings, PairedEmbeddings, str]:
@@ -97,17 +118,69 @@ def train_dev_split(
 
     Returns the two sets and a description of where the split came from.
     """
-    if data.relevance is None:
-        train, dev, how = image_holdout(data.image_split, data.n_images, dev_fraction, seed, max_dev_images)
-        return data.subset_images(train), data.subset_images(dev), how
-    names = data.split_names()
-    dev_name = next((name for name in DEV_NAMES if name in names), None)
-    if "train" in names and dev_name:
-        leaks = straddling_captions(data, np.where(data.image_split == dev_name)[0])
-        how = "the file's split column" + (f" ({leaks} captions relevant to images on both sides)" if leaks else "")
-        return data.split("train"), data.split(dev_name), how
-    parts, how = component_split(data, dev_fraction, seed)
-    return data.subset_images(parts["train"]), data.subset_images(parts["dev"]), how
+    train, dev, how = holdout_rows(data, dev_fraction, seed, max_dev_images)
+    return data.subset_images(train), data.subset_images(dev), how
+
+
+# -- a run's own seeded split, recorded so that evaluate can take it again --------------------------------
+SEEDED_SPLIT = "seeded_split"  # the key of a run's config.json that records it
+RUN_SPLITS = ("train", "dev")
+
+
+def is_seeded(how: str) -> bool:
+    """Whether a split description is of a seeded split (not the file's own split column)."""
+    return not how.startswith(FILE_SPLIT)
+
+
+def images_digest(images: np.ndarray) -> str:
+    """A digest of image embeddings at half precision, so the same data stored as float16 shards or
+    float32 arrays digests alike: it tells whether evaluated data is the data a split was drawn from."""
+    half = np.ascontiguousarray(np.asarray(images, dtype=np.float32).astype(np.float16))
+    return hashlib.sha256(str(half.shape).encode() + half.tobytes()).hexdigest()[:32]
+
+
+def split_record(n_images: int, dev: PairedEmbeddings, dev_fraction: float, seed: int, max_dev_images: int) -> dict:
+    """What a run records of its seeded split: how to draw it again and what it drew (sizes, digest)."""
+    return {
+        "dev_fraction": float(dev_fraction),
+        "seed": int(seed),
+        "max_dev_images": int(max_dev_images),
+        "n_images": int(n_images),
+        "dev_images": int(dev.n_images),
+        "dev_digest": images_digest(dev.images),
+    }
+
+
+_RECORD_TYPES = {
+    "dev_fraction": float,
+    "seed": int,
+    "max_dev_images": int,
+    "n_images": int,
+    "dev_images": int,
+    "dev_digest": str,
+}
+
+
+def check_split_record(record: object, where: str) -> dict:
+    """A recorded split as written by :func:`split_record`, or a one-line DataError naming the key: the
+    record comes from a run folder, which is untrusted input."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: {SEEDED_SPLIT} must be an object, got {type(record).__name__}")
+    keys = set(record)
+    if keys != set(_RECORD_TYPES):
+        odd = sorted(keys - set(_RECORD_TYPES)) or sorted(set(_RECORD_TYPES) - keys)
+        raise DataError(f"{where}: {SEEDED_SPLIT} has unknown or missing keys {odd}")
+    for key, kind in _RECORD_TYPES.items():
+        value = record[key]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        ok = ok or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise DataError(f"{where}: {SEEDED_SPLIT}.{key} must be {kind.__name__}, got {value!r}")
+    fraction = record["dev_fraction"]
+    counts = ("seed", "max_dev_images", "n_images", "dev_images")
+    if not (math.isfinite(fraction) and 0 < fraction < 1) or min(record[k] for k in counts) < 0:
+        raise DataError(f"{where}: {SEEDED_SPLIT} holds a value out of range: {record}")
+    return record
 
 
 def image_folds(data: PairedEmbeddings, k: int = 5, seed: int = 0) -> np.ndarray:
@@ -135,3 +208,36 @@ def kfold_by_image(
     folds = image_folds(data, k, seed)
     for fold in range(k):
         yield data.subset_images(np.flatnonzero(folds != fold)), data.subset_images(np.flatnonzero(folds == fold))
+
+
+def run_split(data, split: str, record: dict, where: str) -> tuple[PairedEmbeddings, str] | None:
+    """The images of a run's own ``split`` (train or dev) drawn again from ``data`` as the run drew them,
+    and a description; None when ``data`` is not what the run split (another size or other dev images)."""
+    record = check_split_record(record, where)
+    if split not in RUN_SPLITS or data.n_images != record["n_images"]:
+        return None
+    train, dev, how = data.holdout_rows(record["dev_fraction"], record["seed"], record["max_dev_images"])
+    dev_set = data.take_images(dev)
+    if dev_set.n_images != record["dev_images"] or images_digest(dev_set.images) != record["dev_digest"]:
+        return None
+    chosen = dev_set if split == "dev" else data.take_images(train)
+    return chosen, f"the run's own {split} split ({chosen.n_images} images; {how})"
+
+
+def select_split(data, split: str | None, record: dict | None, where: str) -> tuple[PairedEmbeddings, str]:
+    """The evaluated images of ``data`` and which they are: every image (``split`` None), the run's own
+    seeded train/dev split when ``record`` (its ``seeded_split``) was drawn from this data, else the
+    data's own split column. ``where`` names the record's file in messages."""
+    if split is None:
+        return data.select(None), "every image"
+    if record is not None and split in RUN_SPLITS:
+        taken = run_split(data, split, record, where)
+        if taken is not None:
+            return taken
+        if split not in data.split_names():
+            raise DataError(
+                f"split {split!r}: the data has no such split column value, and it is not the data whose "
+                f"seeded split {where} records ({record['n_images']} images, {record['dev_images']} of them dev); "
+                "evaluate the run on the data it was trained on, or on data with a split column"
+            )
+    return data.select(split), f"the data's own split {split!r}"

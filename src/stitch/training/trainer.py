@@ -18,6 +18,7 @@ import torch
 from stitch.data import PairedEmbeddings
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import ShardList
+from stitch.data.splits import SEEDED_SPLIT, is_seeded, split_record
 from stitch.registries import MODELS, RESCORERS
 from stitch.retrieval.evaluate import (
     DirectionReport,
@@ -351,11 +352,21 @@ def _initial_run(
         "data": data_source,
         "encoders": data.encoders,
         **({"filtered": filtered} if filtered else {}),
+        **_seeded_split(data, dev_set, how, config),
     }
     run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, bank)
     if writes and run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
         run.save_info()
     return run, train_set
+
+
+def _seeded_split(data, dev_set, how: str, config: TrainConfig) -> dict:
+    """The ``seeded_split`` record of a run that drew its own split (none when the file's column gave it),
+    so ``evaluate --split dev|train`` can take the same images again from data without a split column."""
+    if not is_seeded(how):
+        return {}
+    record = split_record(data.n_images, dev_set, config.dev_fraction, config.seed, config.max_dev_images)
+    return {SEEDED_SPLIT: record}
 
 
 def _check_same_data(run_dir: Path, data, train_set, dev_set, how: str) -> None:
