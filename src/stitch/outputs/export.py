@@ -7,8 +7,11 @@ as they are (Transformer, Pooling, Normalize, ... as its ``modules.json`` says),
     SentenceTransformer(OUT, trust_remote_code=True).encode(texts)
 
 gives, per text, what ``stitch.predict(run, text_model.encode(texts))`` gives. sentence-transformers >= 6
-refuses every module class outside its own namespace unless ``trust_remote_code=True``; the class named
-here is imported from the installed stitch package (no code is read from the folder: it holds no ``.py``).
+refuses every module class outside its own namespace unless ``trust_remote_code=True``, and that flag lets a
+tampered folder's ``modules.json`` name any module (and its transformer config any code). So the folder is
+untrusted input: :func:`load_export` reads ``modules.json`` itself, refuses every module type but
+sentence-transformers' own and :class:`StitchTranslator` and every module path that leaves the folder, and
+loads with ``trust_remote_code=False``, handing sentence-transformers the installed StitchTranslator class.
 
 The translator's folder holds the run's ``config.json`` and ``model.safetensors`` (an ensemble: one such
 folder per member and ``members.json``) and is rebuilt with :func:`stitch.translators.build_model`, so every
@@ -17,8 +20,10 @@ model kind with image-space predictions works; loading reads JSON and safetensor
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from stitch.io.atomic import OutputExistsError, safe_member
+from stitch.io.untrusted import first_repeat, inside, read_json
 from stitch.training.run import CONFIG, WEIGHTS, Run
 from stitch.translators import Ensemble, Translator, check_finite
 from stitch.translators.base import check_target
@@ -264,16 +270,126 @@ vectors in the raw image-feature space: the directions a cosine with raw image e
 ranks (what `stitch predict` gives; not normalised). Compare them with raw image embeddings by cosine.
 
 ```python
-from sentence_transformers import SentenceTransformer
+from stitch.outputs.export import load_export
 
-model = SentenceTransformer("path/to/this/folder", trust_remote_code=True)  # needs stitch installed
+model = load_export("path/to/this/folder")  # needs stitch installed
 predictions = model.encode(["a dog runs on the beach"])
 ```
 
-`trust_remote_code=True` is how sentence-transformers >= 6 allows a module class from outside its own package:
-the last module is `{CLASS_REF}`, imported from the installed stitch. This folder holds no code;
-its weights are safetensors and its configs JSON.
+`load_export` checks `modules.json` first: every module must be sentence-transformers' own or
+`{CLASS_REF}` (imported from the installed stitch), every module path inside this folder; then it
+loads without `trust_remote_code`. This folder holds no code; its weights are safetensors and its
+configs JSON.
+
+`SentenceTransformer("path/to/this/folder", trust_remote_code=True)` loads it too, but only use it on a
+folder you made yourself: that flag imports whatever module `modules.json` names, code placed in the
+folder included.
 """
+
+
+class ExportError(ValueError):
+    """An export folder that :func:`load_export` will not load (what it would import or read is not allowed)."""
+
+
+ST_NAMESPACE = "sentence_transformers"
+ENTRY_KEYS = {"idx", "name", "path", "type"}  # what sentence-transformers writes, plus an optional "kwargs"
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def load_export(path: str | Path, device: str = "cpu", **kwargs: Any):
+    """The export in ``path`` as a ``SentenceTransformer``, without ``trust_remote_code``: ``modules.json`` is
+    checked first (:func:`check_export`), so no module a tampered folder names is ever imported. ``kwargs``
+    go to ``SentenceTransformer`` (``local_files_only`` defaults to True)."""
+    if kwargs.pop("trust_remote_code", False):
+        raise ExportError("load_export never trusts remote code; it loads stitch exports without it")
+    folder = check_export(path)
+    from sentence_transformers import SentenceTransformer
+
+    kwargs = {"local_files_only": True, **kwargs}
+    pinned = getattr(SentenceTransformer, "_load_with_module_classes", None)  # sentence-transformers >= 6
+    if pinned is None:  # older releases import an installed class from a local folder without the flag
+        return SentenceTransformer(str(folder), device=device, trust_remote_code=False, **kwargs)
+    classes = {CLASS_REF: StitchTranslator}
+    return pinned(str(folder), classes, device=device, trust_remote_code=False, **kwargs)
+
+
+def check_export(path: str | Path) -> Path:
+    """``path`` if its ``modules.json`` is an export's: entries with sentence-transformers' keys, distinct
+    names, module paths inside the folder, every type sentence-transformers' own (resolved in the installed
+    package) and StitchTranslator once, last. Refused in one ExportError line naming the file and entry."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ExportError(f"{folder} is not a folder: not a stitch sentence-transformers export")
+    where = folder / "modules.json"
+    if not where.exists():
+        raise ExportError(f"{where} is missing: not a sentence-transformers export")
+    entries = read_json(where, ExportError)
+    if not isinstance(entries, list) or not entries:
+        raise ExportError(f"{where}: must be a non-empty list of module entries")
+    for number, entry in enumerate(entries):
+        _check_entry(folder, entry, f"{where}: entry {number}")
+    repeated = first_repeat([entry["name"] for entry in entries])
+    if repeated is not None:
+        raise ExportError(f"{where}: module name {repeated!r} appears twice")
+    if entries[-1]["type"] != CLASS_REF or [e["type"] for e in entries].count(CLASS_REF) != 1:
+        raise ExportError(f"{where}: the last module, and only it, must be {CLASS_REF}: not a stitch export")
+    return folder
+
+
+def _check_entry(folder: Path, entry: object, where: str) -> None:
+    """One ``modules.json`` entry: its keys and their types, its path inside the folder, its type allowed."""
+    if not isinstance(entry, dict):
+        raise ExportError(f"{where}: must be an object, got {type(entry).__name__}")
+    keys = set(entry)
+    if not ENTRY_KEYS <= keys <= ENTRY_KEYS | {"kwargs"}:
+        odd = sorted(keys - ENTRY_KEYS - {"kwargs"}) or sorted(ENTRY_KEYS - keys)
+        raise ExportError(f"{where}: unknown or missing keys {odd}")
+    if not isinstance(entry["idx"], int) or isinstance(entry["idx"], bool) or not isinstance(entry["name"], str):
+        raise ExportError(f"{where}: idx must be an integer and name a string, got {entry['idx']!r}, {entry['name']!r}")
+    kwargs = entry.get("kwargs", [])
+    if not isinstance(kwargs, list) or not all(isinstance(k, str) for k in kwargs):
+        raise ExportError(f"{where}: kwargs must be a list of names, got {kwargs!r}")
+    module_path = entry["path"]
+    if not isinstance(module_path, str) or os.path.isabs(module_path) or "\\" in module_path:
+        raise ExportError(f"{where}: path {module_path!r} must be a relative name inside {folder}")
+    if module_path != "":  # "" is the folder itself (a Transformer module)
+        inside(folder, module_path, where, ExportError)
+    allowed_module(entry["type"], folder, where)
+
+
+def allowed_module(type_ref: object, folder: Path, where: str) -> type:
+    """The class ``type_ref`` names when it is StitchTranslator or a module class of the installed
+    sentence-transformers (imported from its package, never from ``folder``); anything else is refused
+    before any import."""
+    if type_ref == CLASS_REF:
+        return StitchTranslator
+    ours = isinstance(type_ref, str) and _DOTTED.fullmatch(type_ref) and type_ref.startswith(ST_NAMESPACE + ".")
+    if not ours:
+        raise ExportError(
+            f"{where}: module type {type_ref!r} is neither sentence-transformers' own nor {CLASS_REF}; "
+            "refusing to import it"
+        )
+    module_name, _, class_name = type_ref.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ExportError(f"{where}: module type {type_ref!r} is not in the installed sentence-transformers") from err
+    if not (isinstance(found, type) and issubclass(found, torch.nn.Module) and _installed(found, folder)):
+        raise ExportError(f"{where}: {type_ref!r} is not a sentence-transformers module class")
+    return found
+
+
+def _installed(cls: type, folder: Path) -> bool:
+    """Whether ``cls`` is defined in the installed sentence-transformers package (not in ``folder``)."""
+    import inspect
+
+    package = importlib.import_module(ST_NAMESPACE)
+    try:
+        source = Path(inspect.getfile(cls)).resolve()
+    except TypeError:
+        return False
+    root = Path(package.__file__).resolve().parent
+    return source.is_relative_to(root) and not source.is_relative_to(folder.resolve())
 
 
 def _is_export(path: Path) -> bool:
@@ -315,4 +431,12 @@ def _replace(tmp: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)  # unlinks a symlinked old ``out``, never its target
 
 
-__all__ = ["CLASS_REF", "RunTree", "StitchTranslator", "export_sentence_transformers"]
+__all__ = [
+    "CLASS_REF",
+    "ExportError",
+    "RunTree",
+    "StitchTranslator",
+    "check_export",
+    "export_sentence_transformers",
+    "load_export",
+]
