@@ -97,13 +97,17 @@ def draw_pairs(
 
 
 def _check_inputs(seed_x, seed_y, pool_x, pool_y, truth):
-    pool_x = check_pool("caption pool", pool_x)
-    pool_y = check_pool("image pool", pool_y)
-    dx, dy = pool_x.shape[1], pool_y.shape[1]
+    """Every array finite and 2-D, dims checked against the seed pairs when there are any (the pairs are
+    the trusted side), else against each other's pool; errors name the array and the row."""
     if seed_x is None or len(seed_x) == 0:
-        seed_x, seed_y = np.zeros((0, dx)), np.zeros((0, dy))
-    seed_x = check_pool("seed captions", seed_x, dx)
-    seed_y = check_pool("seed images", seed_y, dy)
+        pool_x = check_pool("caption pool", pool_x)
+        pool_y = check_pool("image pool", pool_y)
+        seed_x, seed_y = np.zeros((0, pool_x.shape[1])), np.zeros((0, pool_y.shape[1]))
+    else:
+        seed_x = check_pool("seed captions", seed_x)
+        seed_y = check_pool("seed images", seed_y)
+        pool_x = check_pool("caption pool", pool_x, seed_x.shape[1])
+        pool_y = check_pool("image pool", pool_y, seed_y.shape[1])
     if len(seed_x) != len(seed_y):
         raise ValueError(f"seed pairs: {len(seed_x)} captions but {len(seed_y)} images")
     if truth is not None:
