@@ -312,3 +312,61 @@ def test_load_export_gives_what_the_trusting_loader_gives(tmp_path):
     assert np.abs(ours - trusting.encode(texts)).max() < 1e-6
     readme = (out / "README.md").read_text()
     assert "load_export(" in readme and "imports whatever module `modules.json` names" in readme
+
+
+# -- 6. a failed training leaves a folder a re-run can use ---------------------------------------------------
+
+MLP = ["model.name=mlp", "model.hidden=16", "optim.epochs=2", "optim.batch_size=64"]
+
+
+def _fail_first_epoch(monkeypatch):
+    from stitch.training.trainer import Trainer
+
+    def fail(self, epoch, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "train_epoch", fail)
+
+
+def test_a_failed_first_epoch_does_not_block_the_rerun(tmp_path, monkeypatch, capsys):
+    data = _splitless()
+    file = write_flickr_like(tmp_path / "d.npz", data, images__split=None)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        _fail_first_epoch(patched)
+        with pytest.raises(OSError, match="No space left"):
+            api.train(data, None, out=run, overrides=MLP, progress=False)
+    assert {p.name for p in run.iterdir()} == {"config.json"}
+    train = ["train", "--data", str(file), "--out", str(run), "--quiet", *MLP]
+    assert main([*train, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no checkpoint.pt" in err and "without --resume" in err and len(err.splitlines()) == 1
+    assert main(train) == 0
+    assert (run / "model.safetensors").exists() and (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "files, refused",
+    [
+        ({"config.json": "{}", "model.safetensors": ""}, True),  # a finished (closed-form) run
+        ({"config.json": "{}", "checkpoint.pt": ""}, True),  # an interrupted run: --resume it
+        ({"config.json": "{}", "thesis.tex": "mine"}, True),  # someone's file: never replaced silently
+        ({"notes.txt": "mine"}, True),
+        ({"config.json": "{}"}, False),  # a training that failed before its first weights
+        ({"config.json": "{}", "metrics.csv": ""}, False),
+    ],
+)
+def test_create_replaces_only_an_unfinished_run(tmp_path, files, refused):
+    from stitch.training.run import Run, RunError
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    if refused:
+        with pytest.raises(RunError, match="already holds a run"):
+            Run.create(folder)
+        assert {p.name for p in folder.iterdir()} == set(files)
+    else:
+        Run.create(folder)
+        assert not any(folder.iterdir())

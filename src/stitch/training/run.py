@@ -133,7 +133,7 @@ class Run:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a folder")
-        if path.exists() and any(path.iterdir()) and not force:
+        if path.exists() and any(path.iterdir()) and not force and not is_unfinished(path):
             raise RunError(f"{path} already holds a run; pass --resume to continue it or --force to replace it")
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
@@ -214,10 +214,25 @@ class Run:
         atomic_write_text(self.path / SUMMARY, json.dumps(body, indent=2, allow_nan=False))
 
 
+UNFINISHED_FILES = {CONFIG, METRICS, SUMMARY, BANK, "tensorboard"}  # what a run writes before its first weights
+
+
+def is_unfinished(path: Path) -> bool:
+    """Whether ``path`` holds only what a training that failed before its first weights leaves (its
+    ``config.json``, TensorBoard logs): nothing to resume or keep, so a re-run may start afresh there."""
+    names = {entry.name for entry in path.iterdir()}
+    return not names & {WEIGHTS, CHECKPOINT} and names <= UNFINISHED_FILES
+
+
 def read_resume_config(path: str | Path, overrides: TrainConfig | None, force_config: bool) -> TrainConfig:
     """The config a resumed run continues with: its own. A differing ``overrides`` config is refused
     (listing the differences) unless ``force_config``; nothing in the folder changes here."""
     path = Path(path)
+    if path.is_dir() and (path / CONFIG).exists() and is_unfinished(path):
+        raise RunError(
+            f"cannot resume: {path} holds no {CHECKPOINT}: its training stopped before the first epoch was saved; "
+            "run the same command without --resume to start it again"
+        )
     if not (path / CHECKPOINT).exists():
         raise RunError(f"cannot resume: {path} has no {CHECKPOINT} (finished runs drop nothing; was it trained?)")
     own = RunInfo.read(path).config
