@@ -55,8 +55,10 @@ def test_report_has_every_section_and_no_external_resources(report):
         "Best queries",
         "Worst queries",
         "Config",
+        "As submitted",
     ):
         assert f">{heading}<" in text, heading
+    assert "as a grader scores a submission" in text  # the graded table names its scoring
     assert "gallery of 1000 images" in text and "99 seeded random" in text
     sources = re.findall(r"src='([^']*)'", text)
     assert len(sources) > 20 and all(s.startswith("data:image/") for s in sources)

@@ -67,7 +67,7 @@ def _metrics_table(reports) -> str:
     rows = []
     for r in reports:
         cells = "".join(f"<td>{r.metrics[k]:.4f}</td>" if k in r.metrics else "<td></td>" for k in keys)
-        protocol = html.escape(describe_protocol(r.protocol, r.gallery, r.gallery_kind))
+        protocol = html.escape(describe_protocol(r.protocol, r.gallery, r.gallery_kind, r.scoring))
         label = f"{r.direction}<br><span class=muted>{protocol}; {r.queries} queries</span>"
         rows.append(f"<tr><td>{label}</td>{cells}</tr>")
         rand = "".join(f"<td>{r.random[k]:.4f}</td>" if k in r.random else "<td></td>" for k in keys)
@@ -213,6 +213,7 @@ def build_report(
         sections.append("<p class=muted>The same run scored with plain cosine:</p>" + _metrics_table(plain[:1]))
     if kaggle:
         sections.append(_metrics_table(kaggle))
+    sections.append(_submission_section(opened, data, split))
     curves = _curves(opened.metrics)
     if curves:
         sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
@@ -229,6 +230,20 @@ def build_report(
     )
     atomic_write_text(out, page)
     return out
+
+
+def _submission_section(opened, data, split) -> str:
+    """What a competition grader gives the run's submission (its `predict` vectors against the raw images),
+    or why the run cannot be submitted."""
+    from stitch import api
+
+    if not opened.model.has_image_space:
+        return "<h2>As submitted</h2><p class=muted>This run has no image-space predictions: it cannot be submitted."
+    graded = api.evaluate(opened, data, split=split, as_submitted=True, allow_train_overlap=True)
+    exact = "exactly" if opened.model.exact_submission else "as close as one vector can to how"
+    note = f"<p class=muted><code>stitch predict</code> vectors scored as a grader scores them: they rank {exact} "
+    note += "the model ranks.</p>"
+    return "<h2>As submitted</h2>" + note + _metrics_table(graded)
 
 
 def _map_section(model, q, g, target, projection: str, seed: int) -> str:
