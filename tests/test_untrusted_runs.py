@@ -370,3 +370,60 @@ def test_create_replaces_only_an_unfinished_run(tmp_path, files, refused):
     else:
         Run.create(folder)
         assert not any(folder.iterdir())
+
+
+# -- 3. train and evaluate group a layout's rows by --image-key; repeated rows without one are warned of ------
+
+
+def _keyed_clip_folder(folder, data):
+    """A clip-retrieval folder of one shard: a row per caption, its image embedding repeated, with metadata
+    naming each row's image (``key``) and split."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    for sub in ("img_emb", "text_emb", "metadata"):
+        (folder / sub).mkdir(parents=True)
+    owner = data.caption_image
+    np.save(folder / "img_emb" / "img_emb_0.npy", data.images[owner])
+    np.save(folder / "text_emb" / "text_emb_0.npy", data.captions)
+    table = {"key": [f"im{i}" for i in owner], "caption": [f"c{j}" for j in range(len(owner))]}
+    if data.image_split is not None:
+        table["split"] = list(data.image_split[owner])
+    pq.write_table(pa.table(table), folder / "metadata" / "metadata_0.parquet")
+    return folder
+
+
+def test_train_and_evaluate_take_image_key(tmp_path, capsys, caplog):
+    data = make_synthetic(n_images=80, captions_per_image=3, text_dim=12, image_dim=10, latent_dim=4, seed=2)
+    folder = _keyed_clip_folder(tmp_path / "clip", data)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--image-key", "key", "--out", str(run), "--quiet", *RIDGE]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--run", str(run), "--data", str(folder), "--split", "dev", "--json"]
+    assert main([*evaluate, "--image-key", "key"]) == 0
+    keyed = json.loads(capsys.readouterr().out)
+    assert keyed["gallery"] == (data.image_split == "dev").sum()
+    with caplog.at_level("WARNING"):
+        assert main(evaluate) == 0  # every row its own image: a gallery of copies, and a warning naming the fix
+    assert json.loads(capsys.readouterr().out)["gallery"] == 3 * keyed["gallery"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("repeat an earlier row's image embedding" in w and "--image-key" in w for w in warned), warned
+
+
+def test_no_warning_when_rows_are_distinct_images(tmp_path, caplog):
+    from stitch.data.layouts import open_layout
+
+    data = make_synthetic(n_images=40, captions_per_image=1, text_dim=8, image_dim=6, latent_dim=4)
+    folder = _keyed_clip_folder(tmp_path / "clip", data)
+    with caplog.at_level("WARNING"):
+        open_layout(folder)
+        open_layout(_keyed_clip_folder(tmp_path / "clip3", _splitless()), image_key="key")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_image_key_on_a_plain_file_is_refused(tmp_path, capsys):
+    file = write_flickr_like(tmp_path / "d.npz", _splitless())
+    assert main(["train", "--data", str(file), "--image-key", "key", "--out", str(tmp_path / "r"), *RIDGE]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "d.npz: --image-key groups the rows of a clip-retrieval, table or datasets layout only" in err
+    assert not (tmp_path / "r").exists()

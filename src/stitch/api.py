@@ -51,6 +51,8 @@ def load(
 ) -> PairedEmbeddings:
     """A paired dataset from one file (npz/pt, layout detected) or three ``.npy`` files."""
     if path is not None:
+        if kwargs.get("image_key"):
+            _check_keyed_layout(path)
         return load_pairs(path, **kwargs)
     if captions is None or images is None or index is None:
         raise ValueError("give a data file, or all three of captions, images and index .npy files")
@@ -67,13 +69,20 @@ def convert(
 ) -> Path:
     """Write any supported paired layout as stitch's sharded layout (whole images per shard, memory-mapped
     when read back), so large data is prepared once and then streamed."""
-    from stitch.data.layouts import detect_layout
     from stitch.data.sharded import ShardedPairs, write_sharded
 
-    if image_key and detect_layout(source) is None:
-        raise DataError(f"{source}: --image-key groups the rows of a clip-retrieval, table or datasets layout only")
+    if image_key:
+        _check_keyed_layout(source)
     opened = load_pairs(source, image_key=image_key) if image_key else load_pairs(source)
     return write_sharded(ShardedPairs.of(opened, str(source)), out, shard_rows, dtype, force)
+
+
+def _check_keyed_layout(source: str | Path) -> None:
+    """``image_key`` groups rows of the on-disk layouts only; other files say which rows are one image."""
+    from stitch.data.layouts import detect_layout
+
+    if detect_layout(source) is None:
+        raise DataError(f"{source}: --image-key groups the rows of a clip-retrieval, table or datasets layout only")
 
 
 def train(

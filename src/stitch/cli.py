@@ -27,7 +27,11 @@ def _load_data(args):
 
     if args.data is None and args.captions is None:
         raise ValueError("give --data FILE, or --captions X.npy --images Y.npy --index Z.npy")
-    return api.load(args.data, captions=args.captions, images=args.images, index=args.index)
+    keyed = {"image_key": args.image_key} if getattr(args, "image_key", None) else {}
+    return api.load(args.data, captions=args.captions, images=args.images, index=args.index, **keyed)
+
+
+IMAGE_KEY_HELP = "column whose equal values are one image (rows of clip-retrieval/tables/datasets)"
 
 
 def cmd_train(args) -> int:
@@ -515,6 +519,7 @@ def _add_rerank_args(parser: argparse.ArgumentParser) -> None:
 def _parser_train(sub) -> None:
     p = sub.add_parser("train", help="train a translator (default recipe unless --config)")
     _add_data_args(p)
+    p.add_argument("--image-key", help=IMAGE_KEY_HELP)
     p.add_argument("--config", help="YAML config: a path, or a shipped config's name (stitch recipes lists them)")
     p.add_argument("--recipe", help="a named recipe (stitch recipes lists them); overrides come after it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -539,7 +544,8 @@ def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="retrieval metrics of a run on a data file")
     p.add_argument("--run", required=True, help="run folder")
     _add_data_args(p)
-    p.add_argument("--split", help="evaluate only on this split of the file (e.g. dev)")
+    p.add_argument("--image-key", help=IMAGE_KEY_HELP)
+    p.add_argument("--split", help="evaluate only on this split of the file (e.g. dev; a run's own seeded split)")
     p.add_argument("--protocol", choices=registries.PROTOCOLS.names(), default="full")
     p.add_argument("--chunk", type=int, default=1024, help="queries scored at once (memory ~ chunk x gallery)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kaggle100 candidates")
@@ -804,7 +810,7 @@ def _parser_convert(sub) -> None:
     p.add_argument("out", help="output folder (refused if it exists, unless --force)")
     p.add_argument("--shard-rows", type=int, default=262_144, help="captions per shard, at most (whole images)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="embedding precision on disk")
-    p.add_argument("--image-key", help="column whose equal values are one image (rows of clip-retrieval/tables)")
+    p.add_argument("--image-key", help=IMAGE_KEY_HELP)
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_convert)
 

@@ -19,6 +19,7 @@ keeps. pyarrow is imported only when a table is read (``pip install 'stitch[ondi
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from stitch.data.errors import DataError, describe_rows
 from stitch.data.sharded import ShardedPairs, open_npy
 from stitch.data.shards import Shard
 from stitch.io.untrusted import first_repeat, inside, read_json, regular_file
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("clip-retrieval", "table", "hf-datasets")
 TEXT_EMBEDDING_COLUMNS = ("text_emb", "text_embedding")  # tried in order when text_column is not given
@@ -528,6 +531,8 @@ def _assemble(parts: list[_Part], source: Path) -> ShardedPairs:
         raise DataError(f"{source}: holds no rows")
     _check_dims(parts, source)
     _check_keys_apart(parts, source)
+    if all(p.keys is None for p in parts):
+        _warn_repeated_images(parts[0], source)
     shards, columns = [], {}
     for part in parts:
         shard, extra = _group(part, source)
@@ -540,6 +545,30 @@ def _assemble(parts: list[_Part], source: Path) -> ShardedPairs:
     if "caption_texts" in columns and len(columns["caption_texts"]) != len(parts):
         columns["caption_texts"] = [p.captions if p.captions is not None else np.full(len(p.text), "") for p in parts]
     return ShardedPairs(shards, columns, {}, source=str(source))
+
+
+REPEAT_SAMPLE = 4096  # rows of the first file checked for an image repeated row for row
+
+
+def _warn_repeated_images(part: _Part, source: Path) -> None:
+    """Without a key every row is its own image; a file whose rows repeat one image embedding (several
+    captions of a picture, a row each) would put identical copies of it in the gallery and score every
+    caption wrong but one. A sample of the first rows is checked and the fix named."""
+    sample = np.ascontiguousarray(np.asarray(part.image[:REPEAT_SAMPLE]))
+    if len(sample) < 2:
+        return
+    rows = sample.view(np.dtype((np.void, sample.dtype.itemsize * sample.shape[1]))).ravel()
+    repeated = len(rows) - len(np.unique(rows))
+    if repeated:
+        logger.warning(
+            "%s: %s: %d of its first %d rows repeat an earlier row's image embedding, and without an image key "
+            "every row is its own image (identical gallery copies, wrong metrics); pass --image-key COLUMN "
+            "(image_key= in Python) naming the column that says which image a row shows",
+            source,
+            part.name,
+            repeated,
+            len(rows),
+        )
 
 
 def _check_dims(parts: list[_Part], source: Path) -> None:
