@@ -121,3 +121,33 @@ def test_old_spellings_still_work_with_a_deprecation_warning(files, capsys, tmp_
     err = capsys.readouterr().err
     assert "warning: --data is deprecated in stitch predict; use --queries" in err
     assert (tmp_path / "p.csv").exists()
+
+
+def test_only_anticipated_errors_become_one_line_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Every error stitch raises on purpose is a StitchError (one line, exit 2); a ValueError from anywhere else
+    is a bug and must not be hidden behind a one-line message."""
+    from stitch import cli
+    from stitch.errors import StitchError, UsageError
+
+    def anticipated(args):
+        raise UsageError("model.hidden must be positive")
+
+    def bug(args):
+        raise ValueError("operands could not be broadcast together")
+
+    for handler, hidden in ((anticipated, True), (bug, False)):
+        monkeypatch.setattr(cli, "cmd_recipes", handler)
+        if hidden:
+            assert main(["recipes"]) == 2
+            assert capsys.readouterr().err.strip() == "error: model.hidden must be positive"
+        else:
+            with pytest.raises(ValueError, match="broadcast"):
+                main(["recipes"])
+    # the typed errors of each layer are StitchErrors and still ValueErrors for callers that catch those
+    from stitch.data import DataError
+    from stitch.retrieval.index import IndexFileError
+    from stitch.training.config import ConfigError
+    from stitch.training.run import RunError
+
+    for kind in (DataError, ConfigError, RunError, IndexFileError, UsageError):
+        assert issubclass(kind, StitchError) and issubclass(kind, ValueError)

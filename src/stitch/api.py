@@ -18,6 +18,7 @@ from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS
 from stitch.data.splits import SEEDED_SPLIT, select_split
+from stitch.errors import UsageError
 from stitch.outputs import submission
 from stitch.retrieval.evaluate import AS_SUBMITTED, DirectionReport, evaluate_embeddings
 from stitch.retrieval.graded import graded_reports
@@ -55,7 +56,7 @@ def load(
             _check_keyed_layout(path)
         return load_pairs(path, **kwargs)
     if captions is None or images is None or index is None:
-        raise ValueError("give a data file, or all three of captions, images and index .npy files")
+        raise UsageError("give a data file, or all three of captions, images and index .npy files")
     return read_npy_triplet(captions, images, index, **kwargs)
 
 
@@ -127,9 +128,9 @@ def open(run: RunLike, device: str | torch.device = "cpu") -> Run:  # noqa: A001
 def _check_dims(run: Run, text_dim: int, image_dim: int | None = None) -> None:
     model = run.model
     if text_dim != model.text_dim:
-        raise ValueError(f"the run translates {model.text_dim}-d captions, but the data has {text_dim}-d captions")
+        raise UsageError(f"the run translates {model.text_dim}-d captions, but the data has {text_dim}-d captions")
     if image_dim is not None and image_dim != model.image_dim:
-        raise ValueError(f"the run predicts {model.image_dim}-d images, but the data has {image_dim}-d images")
+        raise UsageError(f"the run predicts {model.image_dim}-d images, but the data has {image_dim}-d images")
 
 
 def evaluate(
@@ -325,7 +326,7 @@ def build_index(
 
     opened = open(run)
     if opened.path is not None and Path(out).resolve() == opened.path.resolve():
-        raise ValueError(f"{out} is the run folder itself: give the index a folder of its own")
+        raise UsageError(f"{out} is the run folder itself: give the index a folder of its own")
     opened, index, scorer = gallery_index(
         opened, data, split, kind, params, rerank, rerank_params, device, seed=seed, chunk=chunk
     )
@@ -347,6 +348,6 @@ def open_searcher(
     if index_dir is not None:
         return Searcher.open(opened.model, index_dir, opened.run_id, candidates)
     if data is None:
-        raise ValueError("give an index folder or the data whose images form the gallery")
+        raise UsageError("give an index folder or the data whose images form the gallery")
     _, index, scorer = gallery_index(opened, data, split, device="cpu")
     return Searcher(scorer, index, candidates=len(index))

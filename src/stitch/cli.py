@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from stitch import registries
+from stitch.errors import UsageError
 
 
 def _add_data_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -26,7 +27,7 @@ def _load_data(args):
     from stitch import api
 
     if args.data is None and args.captions is None:
-        raise ValueError("give --data FILE, or --captions X.npy --images Y.npy --index Z.npy")
+        raise UsageError("give --data FILE, or --captions X.npy --images Y.npy --index Z.npy")
     keyed = {"image_key": args.image_key} if getattr(args, "image_key", None) else {}
     return api.load(args.data, captions=args.captions, images=args.images, index=args.index, **keyed)
 
@@ -82,7 +83,7 @@ def _relaunch_under_torchrun(nproc: int) -> int:
 
     argv = sys.argv[1:]
     if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
-        raise ValueError("--nproc needs --out: every process must write to (rank 0) and read the same run folder")
+        raise UsageError("--nproc needs --out: every process must write to (rank 0) and read the same run folder")
     kept = _without_option(argv, "--nproc")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     return subprocess.call([*command, "-m", "stitch", *kept])
@@ -185,7 +186,7 @@ def _params(pairs: list[str] | None) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"parameter {pair!r} must look like name=value")
+            raise UsageError(f"parameter {pair!r} must look like name=value")
         key, value = pair.split("=", 1)
         parsed = yaml.safe_load(value)
         if isinstance(parsed, str):  # YAML 1.1 reads 1e9 as a string; numbers are what parameters take
@@ -223,7 +224,7 @@ def cmd_search(args) -> int:
     from stitch.data import load_queries
 
     if args.embedding is None and args.queries is None:
-        raise ValueError("give queries: --queries FILE (with --rows) or --embedding '[...]'")
+        raise UsageError("give queries: --queries FILE (with --rows) or --embedding '[...]'")
     index_dir = _required(args, "index_dir", "--index-dir")
     searcher = api.open_searcher(args.run, index_dir=index_dir, candidates=args.candidates)
     relevant = None  # names of the images relevant to each query, when the query file says
@@ -233,7 +234,7 @@ def cmd_search(args) -> int:
         queries = load_queries(args.queries)
         picked = np.arange(len(queries))[_slice(args.rows)]
         if len(picked) == 0:
-            raise ValueError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.queries}")
+            raise UsageError(f"--rows {args.rows} selects none of the {len(queries)} queries in {args.queries}")
         rows = queries.embeddings[picked]
         labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
         relevant = _relevant_names(args.queries, picked)
@@ -913,7 +914,7 @@ def _renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> 
 def _required(args, dest: str, flag: str) -> object:
     value = getattr(args, dest)
     if value is None:
-        raise ValueError(f"{flag} is required")
+        raise UsageError(f"{flag} is required")
     return value
 
 

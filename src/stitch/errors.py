@@ -1,9 +1,27 @@
-"""The CLI's error boundary: anticipated failures become one line naming the setting, file or extra.
+"""stitch's error types, and the CLI's boundary that turns them into one line.
 
-Anything not anticipated here still shows its traceback, because that is a bug to report.
+Every failure stitch anticipates (a bad file, setting, argument or run folder) is a :class:`StitchError`;
+the CLI prints it as one line naming the setting, file or extra, and the service answers it as the
+client's fault. Anything else keeps its traceback, because that is a bug to report.
 """
 
 from __future__ import annotations
+
+
+class StitchError(Exception):
+    """An anticipated failure: the message says what was found and what to do."""
+
+
+class UsageError(StitchError, ValueError):
+    """An argument, option or setting a caller gave is not one stitch can use."""
+
+
+class ModelOutputError(StitchError, ValueError):
+    """A model produced something unusable (NaN/Inf): the numbers after it would be silently wrong."""
+
+
+class StateError(StitchError, RuntimeError):
+    """An object was used before the step it needs (a scorer before its fit, CUDA asked for where none is)."""
 
 # top-level module -> the extra that installs it ("pip:NAME" where no extra does)
 EXTRAS = {
@@ -47,6 +65,6 @@ def one_line(err: BaseException) -> str | None:
         return f"invalid YAML: {str(err).splitlines()[0]}"
     if isinstance(err, MemoryError):
         return "not enough memory: a file claims more rows than this machine can hold (truncated or corrupt header?)"
-    if isinstance(err, (ValueError, FileExistsError, FileNotFoundError, RuntimeError, OSError)):
+    if isinstance(err, (StitchError, FileExistsError, FileNotFoundError, OSError)):
         return " ".join(str(err).split("\n")) or type(err).__name__
     return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stitch.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -258,5 +260,5 @@ RECIPES: dict[str, Recipe] = {
 
 def recipe_overrides(name: str) -> list[str]:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        raise UsageError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
     return list(RECIPES[name].overrides)

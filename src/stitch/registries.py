@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from stitch.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -39,7 +41,7 @@ class Registry:
         """``name`` if it is known, else a ValueError naming the setting and the valid names."""
         if name not in self.entries:
             where = setting or self.family
-            raise ValueError(f"{where} must be one of {list(self.entries)}, got {name!r}")
+            raise UsageError(f"{where} must be one of {list(self.entries)}, got {name!r}")
         return name
 
     def entry(self, name: str, setting: str | None = None) -> Entry:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from stitch.errors import StitchError
 
-class DataError(ValueError):
+
+class DataError(StitchError, ValueError):
     """Input data is unusable; the message says what was found and what to fix."""
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from stitch.data.dataset import PairedEmbeddings
 from stitch.data.relevance import Relevance
+from stitch.errors import UsageError
 
 SYNTHETIC_ENCODER = "synthetic"  # recorded as the encoder name: no model makes these vectors, so text cannot be encoded
 
@@ -59,7 +60,7 @@ def make_synthetic(
 def _shared_concepts(n_images: int, shared_fraction: float, seed: int) -> np.ndarray:
     """The image whose concept each image depicts (itself, or for ``shared_fraction`` of them another)."""
     if not 0 <= shared_fraction < 1:
-        raise ValueError(f"shared_fraction must be in [0, 1), got {shared_fraction}")
+        raise UsageError(f"shared_fraction must be in [0, 1), got {shared_fraction}")
     source = np.arange(n_images)
     if shared_fraction > 0:
         rng = np.random.default_rng([seed, 1])  # a stream of its own: shared_fraction=0 data stay as they were

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stitch.errors import UsageError
+
 
 class ImageEncoder:
     """``encode(list of PIL images) -> (n, d) float32``."""
@@ -25,7 +27,7 @@ class TFLiteEncoder(ImageEncoder):
 
         path = Path(path)
         if not path.exists():
-            raise ValueError(f"TFLite model {path} does not exist")
+            raise UsageError(f"TFLite model {path} does not exist")
         self.spec = f"tflite:{path}"
         self.interpreter = Interpreter(model_path=str(path))
         self.interpreter.allocate_tensors()
@@ -54,10 +56,10 @@ class HFVisionEncoder(ImageEncoder):
         from transformers import AutoImageProcessor, AutoModel
 
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be cls or mean, got {pooling!r}")
+            raise UsageError(f"pooling must be cls or mean, got {pooling!r}")
         path = Path(path)
         if not path.exists():
-            raise ValueError(f"Hugging Face model folder {path} does not exist")
+            raise UsageError(f"Hugging Face model folder {path} does not exist")
         self.spec, self.pooling, self.device = f"hf:{path}#{pooling}", pooling, device
         self.processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True)
@@ -80,4 +82,4 @@ def image_encoder(spec: str, device: str = "cpu") -> ImageEncoder:
     if spec.startswith("hf:"):
         path, _, pooling = spec[3:].partition("#")
         return HFVisionEncoder(path, pooling or "cls", device)
-    raise ValueError(f"unknown image encoder {spec!r}; use tflite:/path/model.tflite or hf:/path[#cls|#mean]")
+    raise UsageError(f"unknown image encoder {spec!r}; use tflite:/path/model.tflite or hf:/path[#cls|#mean]")

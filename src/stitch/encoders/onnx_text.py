@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stitch.encoders.text import _lean_parts, _resolve_text_path, encode_in_groups, pad_tokens
+from stitch.errors import ModelOutputError, UsageError
 
 OPSET = 17
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so caches written by older stitch are not reused
@@ -45,9 +46,9 @@ class OnnxTextEncoder:
         import onnxruntime  # noqa: F401  (first, so a missing runtime fails before any model loads)
 
         if precision != "fp32":
-            raise ValueError(f"the onnx text encoder runs fp32 only, got precision {precision!r}")
+            raise UsageError(f"the onnx text encoder runs fp32 only, got precision {precision!r}")
         if device != "cpu":
-            raise ValueError(f"the onnx text encoder runs on the CPU only, got device {device!r}")
+            raise UsageError(f"the onnx text encoder runs on the CPU only, got device {device!r}")
         self.spec, self.batch_size, self.precision = spec, batch_size, precision
         tokenizer, transformer, self.max_length = _load_lean(spec)
         self.tokenizer, self.pad = tokenizer, int(tokenizer.pad_token_id)
@@ -140,7 +141,7 @@ def _verify(module, path: Path, pad: int, vocab: int) -> None:
         theirs = module(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
     diff = float(np.abs(np.where(mask[..., None] > 0, ours - theirs, 0.0)).max())
     if not diff <= VERIFY_ATOL:
-        raise RuntimeError(f"the ONNX export differs from PyTorch by {diff:.3g} (> {VERIFY_ATOL}); not cached")
+        raise ModelOutputError(f"the ONNX export differs from PyTorch by {diff:.3g} (> {VERIFY_ATOL}); not cached")
 
 
 def _last_hidden(transformer):
@@ -193,9 +194,9 @@ def _load_lean(spec: str):
 
     name = spec.removeprefix("onnx:")
     if not name:
-        raise ValueError("an onnx text encoder spec is onnx:minilm or onnx:/path/to/sentence-transformer")
+        raise UsageError("an onnx text encoder spec is onnx:minilm or onnx:/path/to/sentence-transformer")
     path = _resolve_text_path("minilm" if name == "minilm" else f"st:{name}")
     parts = _lean_parts(SentenceTransformer(str(path), device="cpu").eval())
     if parts is None:
-        raise ValueError(f"{spec!r}: the onnx encoder needs a transformer + mean pooling model (as the lean path)")
+        raise UsageError(f"{spec!r}: the onnx encoder needs a transformer + mean pooling model (as the lean path)")
     return parts

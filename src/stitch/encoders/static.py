@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stitch.errors import UsageError
+
 
 class StaticTextEncoder:
     """``encode(texts) -> (n, d) float32``, L2-normalised, from a model2vec folder (``static:PATH``)."""
@@ -21,7 +23,7 @@ class StaticTextEncoder:
 
         path = Path(path)
         if not (path / "model.safetensors").is_file():
-            raise ValueError(f"{path} is not a static encoder folder (stitch distill-encoder writes one)")
+            raise UsageError(f"{path} is not a static encoder folder (stitch distill-encoder writes one)")
         self.model = StaticModel.from_pretrained(str(path))
         self.spec = f"static:{path}"
         self.dim = int(self.model.dim)
@@ -29,7 +31,7 @@ class StaticTextEncoder:
     @classmethod
     def from_spec(cls, spec: str, device: str = "cpu", precision: str = "fp32") -> StaticTextEncoder:
         if precision != "fp32":
-            raise ValueError("a static encoder has one precision (fp32); drop --text-precision")
+            raise UsageError("a static encoder has one precision (fp32); drop --text-precision")
         return cls(spec.split(":", 1)[1])
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -51,7 +53,7 @@ def distill_encoder(teacher: str, out: str | Path, pca_dims: int = 256, force: b
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     if not 2 <= pca_dims <= 4096:
-        raise ValueError(f"pca dims must be in [2, 4096], got {pca_dims}")
+        raise UsageError(f"pca dims must be in [2, 4096], got {pca_dims}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = distill(model_name=str(_resolve_text_path(teacher)), pca_dims=pca_dims)
     out.parent.mkdir(parents=True, exist_ok=True)

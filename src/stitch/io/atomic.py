@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PureWindowsPath
 
+from stitch.errors import StitchError, UsageError
+
 STALE_AGE_S = 3600.0
 """Temporaries whose writer cannot be checked (older stitch, another host) are stale after this long."""
 
@@ -26,7 +28,7 @@ _REFUSED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.E
 """Errors meaning "this OS/filesystem will not fsync that", not "the data did not reach the disk"."""
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(StitchError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
 
@@ -204,19 +206,19 @@ def safe_member(folder: str | Path, name: str) -> Path:
     symlink) outside ``folder``. Raises ValueError naming the problem; returns the resolved path.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"file name {name!r} must be a non-empty string")
+        raise UsageError(f"file name {name!r} must be a non-empty string")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError(f"file name {name!r} contains control characters")
+        raise UsageError(f"file name {name!r} contains control characters")
     if os.path.isabs(name) or PureWindowsPath(name).drive or PureWindowsPath(name).root:
-        raise ValueError(f"file name {name!r} is absolute; only names inside {folder} are allowed")
+        raise UsageError(f"file name {name!r} is absolute; only names inside {folder} are allowed")
     if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
-        raise ValueError(f"file name {name!r} contains a path separator; only plain names are allowed")
+        raise UsageError(f"file name {name!r} contains a path separator; only plain names are allowed")
     if ".." in name:
-        raise ValueError(f"file name {name!r} contains '..'")
+        raise UsageError(f"file name {name!r} contains '..'")
     if name.startswith("."):
-        raise ValueError(f"file name {name!r} is hidden (starts with '.')")
+        raise UsageError(f"file name {name!r} is hidden (starts with '.')")
     root = Path(folder).resolve()
     target = (root / name).resolve()
     if target == root or not target.is_relative_to(root):
-        raise ValueError(f"file name {name!r} resolves outside {folder}")
+        raise UsageError(f"file name {name!r} resolves outside {folder}")
     return target

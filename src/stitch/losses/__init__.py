@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from stitch.errors import UsageError
 from stitch.losses.base import PairLoss
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
 from stitch.losses.memory import MemoryQueue
@@ -58,7 +59,7 @@ def build_loss(
     loss: PairLoss = LOSSES.get(name, "loss.name").from_config(settings)
     if queue_size:
         if LOSSES.tag(name, "kind") != "pair" or dim is None:
-            raise ValueError(
+            raise UsageError(
                 "a memory queue needs a loss with negatives (infonce, siglip, ...) and the embedding dimension"
             )
         loss = MemoryQueue(loss, dim, queue_size, hard_negatives or None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stitch.errors import UsageError
+
 
 class PairLoss(nn.Module):
     """``loss(embeddings, labels, indices_tuple, ref_emb, ref_labels) -> scalar``.
@@ -37,4 +39,4 @@ class PairLoss(nn.Module):
 
     def set_temperature(self, temperature: float) -> None:
         """Set the temperature (a schedule's step); losses without one refuse."""
-        raise ValueError(f"{type(self).__name__} has no temperature to schedule")
+        raise UsageError(f"{type(self).__name__} has no temperature to schedule")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stitch.errors import UsageError
 from stitch.losses.base import PairLoss
 
 
@@ -24,7 +25,7 @@ class MemoryQueue(PairLoss):
 
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         if ref_emb is None or labels is None or ref_labels is None:
-            raise ValueError("MemoryQueue needs labels, ref_emb and ref_labels")
+            raise UsageError("MemoryQueue needs labels, ref_emb and ref_labels")
         memory, memory_labels = self.memory()
         # memory entries of an image in the batch are positives already present: keep only negatives
         fresh = ~(memory_labels[:, None] == ref_labels[None, :]).any(1)

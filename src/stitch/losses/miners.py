@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from stitch.errors import UsageError
 from stitch.losses.pairs import all_triplets, distance_matrix, label_masks, resolve_ref
 
 
@@ -13,7 +14,7 @@ class TripletMiner:
 
     def __init__(self, margin: float = 0.2, kind: str = "all", distance: str = "euclidean") -> None:
         if kind not in ("all", "hard", "semihard"):
-            raise ValueError(f"unknown triplet kind {kind!r}; choose all, hard or semihard")
+            raise UsageError(f"unknown triplet kind {kind!r}; choose all, hard or semihard")
         self.margin, self.kind, self.distance = margin, kind, distance
 
     @torch.no_grad()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stitch.errors import UsageError
+
 
 def distance_matrix(x: torch.Tensor, y: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
     """``euclidean``: L2 distance of L2-normalised rows; ``cosine``: 1 - cosine similarity."""
@@ -19,18 +21,18 @@ def distance_matrix(x: torch.Tensor, y: torch.Tensor, kind: str = "euclidean") -
     if kind == "euclidean":
         sq = (2 - 2 * (x @ y.T)).clamp(min=0)
         return torch.where(sq > 0, sq, torch.zeros_like(sq)).sqrt()  # no NaN gradient at 0
-    raise ValueError(f"unknown distance {kind!r}; choose euclidean or cosine")
+    raise UsageError(f"unknown distance {kind!r}; choose euclidean or cosine")
 
 
 def resolve_ref(embeddings, labels, ref_emb, ref_labels):
     """Return ``(ref_emb, ref_labels, self_mask)``; ``self_mask`` marks i == j when there is no ref."""
     if labels is None:
-        raise ValueError("this loss needs labels")
+        raise UsageError("this loss needs labels")
     if ref_emb is None:
         eye = torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
         return embeddings, labels, eye
     if ref_labels is None:
-        raise ValueError("ref_labels are required with ref_emb")
+        raise UsageError("ref_labels are required with ref_emb")
     none = torch.zeros(len(embeddings), len(ref_emb), dtype=torch.bool, device=embeddings.device)
     return ref_emb, ref_labels, none
 

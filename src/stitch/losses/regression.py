@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stitch.errors import UsageError
 from stitch.losses.base import PairLoss
 
 
 def _aligned(embeddings: torch.Tensor, ref_emb: torch.Tensor | None) -> torch.Tensor:
     if ref_emb is None or ref_emb.shape != embeddings.shape:
         shape = None if ref_emb is None else tuple(ref_emb.shape)
-        raise ValueError(
+        raise UsageError(
             f"regression losses need ref_emb row-aligned with embeddings {tuple(embeddings.shape)}, got {shape}"
         )
     return ref_emb

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from stitch.errors import UsageError
 from stitch.losses import ContrastiveLoss, TripletMarginLoss, build_miner
 from stitch.metric_learning.data import LabelledVectors
 
@@ -73,7 +74,7 @@ def train_embedding(
     elif config.loss == "contrastive":
         loss_fn = ContrastiveLoss(neg_margin=config.margin)
     else:
-        raise ValueError(f"unknown loss {config.loss!r}; choose triplet or contrastive")
+        raise UsageError(f"unknown loss {config.loss!r}; choose triplet or contrastive")
     miner = build_miner(config.miner)
     optimizer = torch.optim.AdamW(net.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from stitch.errors import StitchError, UsageError
 from stitch.io.atomic import OutputExistsError, safe_member
 from stitch.io.untrusted import first_repeat, inside, read_json
 from stitch.training.run import CONFIG, WEIGHTS, Run
@@ -106,7 +107,7 @@ class RunTree:
             body = json.loads((folder / MEMBERS_FILE).read_text())
             names, weights = [str(n) for n in body["members"]], [float(w) for w in body["weights"]]
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{folder / MEMBERS_FILE} is not a valid members file: {err}") from err
+            raise UsageError(f"{folder / MEMBERS_FILE} is not a valid members file: {err}") from err
         members = [cls.read(safe_member(folder, name)) for name in names]
         return cls(members=members, weights=check_weights(weights, len(members)))
 
@@ -125,7 +126,7 @@ class StitchTranslator(_Base):
         self.target = check_target(target)
         self.translator = tree.translator().eval()
         if not self.translator.has_image_space:
-            raise ValueError(f"{type(self.translator).__name__} has no image-space predictions to export")
+            raise UsageError(f"{type(self.translator).__name__} has no image-space predictions to export")
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         x = features["sentence_embedding"].float()
@@ -171,9 +172,9 @@ class StitchTranslator(_Base):
         try:
             body = json.loads((folder / TRANSLATOR_FILE).read_text())
         except (OSError, ValueError) as err:
-            raise ValueError(f"{folder} holds no readable {TRANSLATOR_FILE}: {err}") from err
+            raise UsageError(f"{folder} holds no readable {TRANSLATOR_FILE}: {err}") from err
         if body.get("format") != FORMAT or body.get("version") != VERSION:
-            raise ValueError(f"{folder / TRANSLATOR_FILE} is not a {FORMAT} v{VERSION} file")
+            raise UsageError(f"{folder / TRANSLATOR_FILE} is not a {FORMAT} v{VERSION} file")
         meta = {k: v for k, v in body.items() if k not in ("format", "version", "normalize_input", "prediction")}
         target = str(body.get("prediction", "point"))  # folders written before directions held points
         return cls(RunTree.read(folder), bool(body.get("normalize_input")), meta, target)
@@ -197,7 +198,7 @@ def export_sentence_transformers(
     out = Path(out)
     opened = api.open(run, "cpu")
     if not opened.model.has_image_space:
-        raise ValueError(
+        raise UsageError(
             f"{opened.name} ({type(opened.model).__name__}) scores in a learnt shared space and has no image-space "
             "predictions to export; export a translator run (ridge, procrustes, mlp, resmlp, set)"
         )
@@ -223,14 +224,14 @@ def _text_model(run: Run, given: str | None) -> tuple[str, Path]:
 
     spec = given or (run.info.meta.get("encoders") or {}).get("text")
     if not spec:
-        raise ValueError(
+        raise UsageError(
             f"{run.name} does not record its text encoder: pass the text model the captions were embedded with "
             "(text_model='minilm' or 'st:/local/path'; --text-model on the command line)"
         )
     try:
         return spec, _resolve_text_path(spec)
     except ValueError as err:
-        raise ValueError(f"cannot export with text model {spec!r}: {err}") from err
+        raise UsageError(f"cannot export with text model {spec!r}: {err}") from err
 
 
 def _check_text_model(source: Path, spec: str, text_dim: int) -> bool:
@@ -238,11 +239,11 @@ def _check_text_model(source: Path, spec: str, text_dim: int) -> bool:
     from sentence_transformers import SentenceTransformer
 
     if not (source / "modules.json").is_file():
-        raise ValueError(f"{source} has no modules.json: not a sentence-transformers model folder")
+        raise UsageError(f"{source} has no modules.json: not a sentence-transformers model folder")
     model = SentenceTransformer(str(source), device="cpu", local_files_only=True)  # no trust_remote_code
     dim = model.encode(["a"], convert_to_numpy=True).shape[1]  # the same on every sentence-transformers release
     if int(dim) != int(text_dim):
-        raise ValueError(f"text model {spec} makes {dim}-d embeddings, but the run translates {text_dim}-d captions")
+        raise UsageError(f"text model {spec} makes {dim}-d embeddings, but the run translates {text_dim}-d captions")
     return type(list(model)[-1]).__name__ != "Normalize"
 
 
@@ -250,7 +251,7 @@ def _assemble(folder: Path, source: Path, module: StitchTranslator) -> None:
     """Copy the text model into ``folder`` and add the translator as its last module."""
     shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIPPED))
     if not any(folder.rglob("*.safetensors")):
-        raise ValueError(f"{source} has no .safetensors weights; re-save it with sentence-transformers first")
+        raise UsageError(f"{source} has no .safetensors weights; re-save it with sentence-transformers first")
     entries = json.loads((source / "modules.json").read_text())
     idx = len(entries)
     name = str(idx) if str(idx) not in {str(e.get("name")) for e in entries} else "stitch_translator"
@@ -287,7 +288,7 @@ folder included.
 """
 
 
-class ExportError(ValueError):
+class ExportError(StitchError, ValueError):
     """An export folder that :func:`load_export` will not load (what it would import or read is not allowed)."""
 
 
@@ -406,13 +407,13 @@ def _check_target(out: Path, force: bool, *keep: Path | None) -> None:
     target = out.resolve()
     for path in filter(None, keep):
         if path.resolve().is_relative_to(target) or target.is_relative_to(path.resolve()):
-            raise ValueError(f"{out} overlaps {path}: give the export a folder of its own")
+            raise UsageError(f"{out} overlaps {path}: give the export a folder of its own")
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
         raise OutputExistsError(f"{out} already exists; pass --force (force=True) to replace it")
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not _is_export(out):
-        raise ValueError(f"{out} is not a stitch sentence-transformers export; refusing to replace it")
+        raise UsageError(f"{out} is not a stitch sentence-transformers export; refusing to replace it")
 
 
 def _replace(tmp: Path, out: Path) -> None:

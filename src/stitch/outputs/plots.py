@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stitch.errors import UsageError
 from stitch.io.atomic import atomic_write
 
 
@@ -33,7 +34,7 @@ def project_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray
         import umap  # optional dependency
 
         return umap.UMAP(random_state=seed).fit_transform(x)
-    raise ValueError(f"unknown projection {method!r}; choose tsne, pca or umap")
+    raise UsageError(f"unknown projection {method!r}; choose tsne, pca or umap")
 
 
 def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | Path, title: str) -> Path:

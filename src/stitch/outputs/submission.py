@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data import DataError, Queries
+from stitch.errors import UsageError
 from stitch.io.atomic import atomic_write, ensure_writable
 
 FORMATS = ("csv", "pt")
@@ -20,11 +21,11 @@ HEADER = ["id", "embedding"]
 def format_for(path: str | Path, fmt: str | None) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"unknown submission format {fmt!r}; choose from {FORMATS}")
+            raise UsageError(f"unknown submission format {fmt!r}; choose from {FORMATS}")
         return fmt
     suffix = Path(path).suffix.lstrip(".")
     if suffix not in FORMATS:
-        raise ValueError(f"cannot tell the format from {path}; pass --format csv or pt")
+        raise UsageError(f"cannot tell the format from {path}; pass --format csv or pt")
     return suffix
 
 
@@ -61,7 +62,7 @@ def check_ids(ids: Iterable[object], formula_ids: str = "refuse") -> list[str]:
     match their query id at the grader, so use it only for files meant for people.
     """
     if formula_ids not in ("refuse", "prefix"):
-        raise ValueError(f"formula_ids must be 'refuse' or 'prefix', got {formula_ids!r}")
+        raise UsageError(f"formula_ids must be 'refuse' or 'prefix', got {formula_ids!r}")
     out: list[str] = []
     seen: dict[str, int] = {}
     written: dict[str, int] = {}

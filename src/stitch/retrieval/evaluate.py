@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from stitch.data.relevance import Relevance
+from stitch.errors import UsageError
 from stitch.registries import PROTOCOLS
 from stitch.retrieval.metrics import (
     random_baseline,
@@ -121,7 +122,7 @@ def text_to_image_metrics(q, g, relevance: Relevance, scorer: Scorer, chunk: int
 def kaggle_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
     """Each query against its true image plus 99 seeded random others (the AML competition)."""
     if not relevance.is_single:
-        raise ValueError("kaggle100 draws one true item and 99 others: it needs one relevant item per query")
+        raise UsageError("kaggle100 draws one true item and 99 others: it needs one relevant item per query")
     n = PROTOCOLS.tag("kaggle100", "candidates")
     similarity = dot if scorer is None else scorer.similarity
     adjust = None if scorer is None else scorer.adjust
@@ -137,7 +138,7 @@ def aml2025_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: i
     """The AML-2025 Kaggle evaluation: every query against the whole gallery, recall@1/5/10/20 and MRR
     truncated at rank 20 (ties pessimistic)."""
     if not relevance.is_single:
-        raise ValueError("aml2025 ranks one true image per query: it needs one relevant item per query")
+        raise UsageError("aml2025 ranks one true image per query: it needs one relevant item per query")
     cutoff = PROTOCOLS.tag("aml2025", "cutoff")
     similarity = dot if scorer is None else scorer.similarity
     adjust = None if scorer is None else scorer.adjust
@@ -177,7 +178,7 @@ def evaluate_embeddings(
     q, g = cosine_ready(queries, device), cosine_ready(gallery, device)
     relevance = as_relevance(relevance, len(g))
     if relevance.n_queries != len(q) or relevance.n_items != len(g):
-        raise ValueError(
+        raise UsageError(
             f"relevance relates {relevance.n_queries} queries to {relevance.n_items} items; got {len(q)} and {len(g)}"
         )
     if scorer is not None and not scorer.fitted:

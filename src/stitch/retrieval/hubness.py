@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from stitch.errors import UsageError
 from stitch.registries import RESCORERS
 from stitch.retrieval.index import IndexFileError
 from stitch.retrieval.ranks import DEFAULT_CHUNK, dot
@@ -76,7 +77,7 @@ class Rescorer:
         chunks = []
         for _, chunk in _counted(gallery, n):
             if chunks and n > FIT_IN_MEMORY_ROWS:
-                raise ValueError(
+                raise UsageError(
                     f"rerank {self.name!r} has no chunk-wise fit and the gallery has {n:,} images (more than "
                     f"{FIT_IN_MEMORY_ROWS:,} to gather in memory): use --rerank is, csls, qbnorm, center or none"
                 )
@@ -310,7 +311,7 @@ def build_rescorer(name: str, **params) -> Rescorer:
     try:
         rescorer = cls(**params)
     except TypeError as err:
-        raise ValueError(f"bad parameters for rerank {name!r}: {err}") from err
+        raise UsageError(f"bad parameters for rerank {name!r}: {err}") from err
     for key, value in params.items():
         _check_param(name, key, value)
     rescorer.params = dict(params)
@@ -322,9 +323,9 @@ def _check_param(name: str, key: str, value) -> None:
     low, high = bounds.get(key, (None, None))
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if low is not None and (not is_number or not low <= value <= high):
-        raise ValueError(f"rerank {name} parameter {key} must be a number in [{low}, {high}], got {value!r}")
+        raise UsageError(f"rerank {name} parameter {key} must be a number in [{low}, {high}], got {value!r}")
     if key in ("k", "top_k") and int(value) != value:
-        raise ValueError(f"rerank {name} parameter {key} must be a whole number, got {value!r}")
+        raise UsageError(f"rerank {name} parameter {key} must be a whole number, got {value!r}")
 
 
 def configured_rescorer(name: str, params: dict | None, inference=None, temperature: float | None = None) -> Rescorer:

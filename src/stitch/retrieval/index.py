@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stitch.errors import StitchError
 from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.io.untrusted import read_json, regular_file
 from stitch.registries import INDEX_KINDS
@@ -64,7 +65,7 @@ MEMORY_SHARE = 0.8  # an index estimated above this share of the machine's RAM i
 logger = logging.getLogger(__name__)
 
 
-class IndexFileError(ValueError):
+class IndexFileError(StitchError, ValueError):
     """An index folder is missing, corrupt, or does not fit the query."""
 
 

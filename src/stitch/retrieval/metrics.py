@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from stitch.data.relevance import Relevance
+from stitch.errors import UsageError
 
 RECALL_KS = (1, 5, 10, 50)
 
@@ -31,7 +32,7 @@ def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = RECALL_KS) -> dict[str
     """Recall@K, MRR, NDCG@10, median and mean rank for one direction."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if len(ranks) == 0:
-        raise ValueError("no queries to score")
+        raise UsageError("no queries to score")
     out = {f"recall@{k}": recall_at(ranks, k) for k in ks}
     out["mrr"] = mean_reciprocal_rank(ranks)
     out["ndcg@10"] = ndcg_single(ranks, 10)
@@ -45,7 +46,7 @@ def truncated_metrics(ranks: np.ndarray, ks: tuple[int, ...], cutoff: int) -> di
     the top ``cutoff`` computes them."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if len(ranks) == 0:
-        raise ValueError("no queries to score")
+        raise UsageError("no queries to score")
     out = {f"recall@{k}": recall_at(ranks, k) for k in ks}
     out[f"mrr@{cutoff}"] = float(np.mean(np.where(ranks <= cutoff, 1.0 / ranks, 0.0)))
     return out
@@ -73,9 +74,9 @@ def random_baseline(gallery: int, ks: tuple[int, ...] = RECALL_KS) -> dict[str, 
 def _check_links(link_ranks: np.ndarray, relevance: Relevance) -> np.ndarray:
     link_ranks = np.asarray(link_ranks, dtype=np.int64)
     if link_ranks.shape != relevance.items.shape:
-        raise ValueError(f"{len(link_ranks)} link ranks for a relation of {len(relevance.items)} links")
+        raise UsageError(f"{len(link_ranks)} link ranks for a relation of {len(relevance.items)} links")
     if relevance.n_queries == 0:
-        raise ValueError("no queries to score")
+        raise UsageError("no queries to score")
     return link_ranks
 
 
@@ -99,7 +100,7 @@ def ndcg_at(link_ranks: np.ndarray, relevance: Relevance, k: int = 10) -> float:
     """Mean NDCG@k with linear gains (the grade; 1 when binary) and each query's own ideal ordering."""
     link_ranks = _check_links(link_ranks, relevance)
     if k < 1:
-        raise ValueError(f"NDCG needs a cutoff of at least 1, got {k}")
+        raise UsageError(f"NDCG needs a cutoff of at least 1, got {k}")
     grades = np.ones(len(link_ranks)) if relevance.grades is None else relevance.grades
     dcg = _per_query(np.where(link_ranks <= k, grades / np.log2(link_ranks + 1.0), 0.0), relevance)
     order, place = _within_query(-grades, relevance)
@@ -177,9 +178,9 @@ def random_baseline_relevance(counts: np.ndarray, gallery: int, ks: tuple[int, .
     so one relevant item gives the values of :func:`random_baseline`."""
     counts = np.asarray(counts, dtype=np.int64)
     if len(counts) == 0:
-        raise ValueError("no queries to score")
+        raise UsageError("no queries to score")
     if counts.min() < 1 or counts.max() > gallery:
-        raise ValueError(f"relevant counts must lie in [1, {gallery}], got {counts.min()}..{counts.max()}")
+        raise UsageError(f"relevant counts must lie in [1, {gallery}], got {counts.min()}..{counts.max()}")
     pmf = _first_rank_pmf(counts, gallery)
     cdf = np.cumsum(pmf)
     ranks = np.arange(gallery + 1)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from stitch.data.relevance import Relevance
+from stitch.errors import UsageError
 from stitch.io.progress import chunk_starts
 from stitch.retrieval.metrics import first_ranks, ndcg_at
 
@@ -49,7 +50,7 @@ def cosine_ready(x: np.ndarray | torch.Tensor, device: torch.device | str | None
     norm into zero vectors; NaN/Inf is an error."""
     x = torch.as_tensor(x)
     if x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError("embeddings hold NaN/Inf: they cannot be scored")
+        raise UsageError("embeddings hold NaN/Inf: they cannot be scored")
     x = x.to(device=device or x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     peak = x.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
     return F.normalize(x / peak, dim=-1).float()
@@ -62,7 +63,7 @@ def dot(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
 
 def check_chunk(chunk: int) -> int:
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk must be a positive number of rows scored at once, got {chunk!r}")
+        raise UsageError(f"chunk must be a positive number of rows scored at once, got {chunk!r}")
     return int(chunk)
 
 
@@ -89,9 +90,9 @@ def text_to_image_ranks(
     chunk = check_chunk(chunk)
     positives = torch.as_tensor(positives, dtype=torch.long, device=queries.device)
     if len(positives) != len(queries):
-        raise ValueError(f"{len(queries)} queries but {len(positives)} positives")
+        raise UsageError(f"{len(queries)} queries but {len(positives)} positives")
     if len(positives) and (positives.min() < 0 or positives.max() >= len(gallery)):
-        raise ValueError(f"positive index out of range [0, {len(gallery)})")
+        raise UsageError(f"positive index out of range [0, {len(gallery)})")
     ranks = torch.empty(len(queries), dtype=torch.long)
     for start in chunk_starts(len(queries), chunk, "text->image ranks"):
         scores = _scores(queries[start : start + chunk], gallery, similarity, adjust)
@@ -115,9 +116,9 @@ def relevant_ranks(
     so memory stays O(chunk x gallery) however many relevant items a query has."""
     chunk = check_chunk(chunk)
     if relevance.n_queries != len(queries):
-        raise ValueError(f"{len(queries)} queries but the relevance relation has {relevance.n_queries}")
+        raise UsageError(f"{len(queries)} queries but the relevance relation has {relevance.n_queries}")
     if relevance.n_items != len(gallery):
-        raise ValueError(f"a gallery of {len(gallery)} items but the relevance relation has {relevance.n_items}")
+        raise UsageError(f"a gallery of {len(gallery)} items but the relevance relation has {relevance.n_items}")
     link_query = relevance.link_queries
     above = np.empty(len(relevance.items), dtype=np.int64)
     own = np.empty(len(relevance.items), dtype=np.float64)
@@ -211,7 +212,7 @@ def sampled_candidate_ranks(
     chunk = check_chunk(chunk)
     n_gallery = len(gallery)
     if n_gallery < n_candidates:
-        raise ValueError(f"the gallery has {n_gallery} items, fewer than the {n_candidates} candidates asked for")
+        raise UsageError(f"the gallery has {n_gallery} items, fewer than the {n_candidates} candidates asked for")
     rng = np.random.default_rng(seed)
     positives = np.asarray(positives, dtype=np.int64)
     # draw from the gallery without the true item: sample in [0, n-1) and shift past it

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stitch.errors import StateError, UsageError
 from stitch.registries import RESCORERS
 from stitch.retrieval.hubness import GalleryChunks, Rescorer, configured_rescorer, one_chunk
 from stitch.retrieval.ranks import DEFAULT_CHUNK, cosine_ready
@@ -34,12 +35,12 @@ class Scorer:
         if rescorer is not None and rescorer.name == "none":
             rescorer = None
         if rescorer is not None and bank is None and not fitted:
-            raise ValueError(
+            raise UsageError(
                 f"rerank {rescorer.name!r} needs a query bank of training captions: this run has none; "
                 "pass bank= or use rerank='none'"
             )
         if rescorer is not None and RESCORERS.tag(rescorer.name, "single_vector") and model.vectors_per_query > 1:
-            raise ValueError(f"{rescorer.name} transforms single query vectors; use model.aggregation=mean")
+            raise UsageError(f"{rescorer.name} transforms single query vectors; use model.aggregation=mean")
         self.model, self.rescorer, self.device, self.chunk = model, rescorer, device, chunk
         self.bank = None if bank is None else np.asarray(bank, dtype=np.float32)
         self.fitted = fitted or rescorer is None
@@ -106,7 +107,7 @@ class Scorer:
     def adjust(self, scores: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Rescore full rows of ``scores`` (or candidate items ``ids``); plain scores pass through."""
         if not self.fitted:
-            raise RuntimeError("Scorer.fit(gallery) must run before scores are adjusted")
+            raise StateError("Scorer.fit(gallery) must run before scores are adjusted")
         return scores if self.rescorer is None else self.rescorer.adjust(scores, ids)
 
     @property

@@ -31,6 +31,7 @@ from stitch.data import PairedEmbeddings
 from stitch.data.errors import DataError
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS, Shard
+from stitch.errors import UsageError
 from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.io.untrusted import read_json, regular_file
 from stitch.retrieval.hubness import Rescorer, build_rescorer, restore_state
@@ -246,14 +247,14 @@ class Searcher:
 
     def __init__(self, scorer: Scorer, index: GalleryIndex, candidates: int = 100) -> None:
         if not scorer.fitted:
-            raise ValueError("the scorer must be fitted on the indexed gallery")
+            raise UsageError("the scorer must be fitted on the indexed gallery")
         self.scorer, self.model = scorer, scorer.model.eval()
         if index.dim != self.model.space_dim:
             raise IndexFileError(
                 f"the index holds {index.dim}-d vectors but the run scores in {self.model.space_dim}-d"
             )
         if candidates < 1:
-            raise ValueError(f"candidates must be at least 1, got {candidates}")
+            raise UsageError(f"candidates must be at least 1, got {candidates}")
         self.index, self.candidates = index, candidates
 
     @classmethod
@@ -286,9 +287,9 @@ class Searcher:
         if captions.ndim == 1:
             captions = captions[None, :]
         if captions.ndim != 2 or captions.shape[1] != self.text_dim:
-            raise ValueError(f"query embeddings must have {self.text_dim} dimensions, got shape {captions.shape}")
+            raise UsageError(f"query embeddings must have {self.text_dim} dimensions, got shape {captions.shape}")
         if not np.isfinite(captions).all():
-            raise ValueError("query embeddings contain NaN/Inf (after conversion to float32)")
+            raise UsageError("query embeddings contain NaN/Inf (after conversion to float32)")
         return self.scorer.prepare_queries(self.scorer.embed_queries(captions))
 
     def search(self, captions: np.ndarray, k: int = 10) -> list[list[Hit]]:

@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from stitch.data.synthetic import SYNTHETIC_ENCODER
+from stitch.errors import ModelOutputError, UsageError
 from stitch.io.atomic import safe_member
 from stitch.service.batcher import DEFAULT_REGATHER_MS, MicroBatcher, check_wait_ms
 from stitch.service.cors import add_cors, check_cors_origins
@@ -46,7 +47,7 @@ from stitch.service.server import (
     is_number,
     server_config,
 )
-from stitch.service.validation import check_text
+from stitch.service.validation import QueryError, check_text
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.max_body_bytes is not None and (not is_number(self.max_body_bytes, int) or self.max_body_bytes < 1):
-            raise ValueError(f"max_body_bytes must be a positive int, got {self.max_body_bytes!r}")
+            raise UsageError(f"max_body_bytes must be a positive int, got {self.max_body_bytes!r}")
         if not is_number(self.body_timeout_s) or not self.body_timeout_s > 0:
-            raise ValueError(f"body_timeout_s must be a positive number of seconds, got {self.body_timeout_s!r}")
+            raise UsageError(f"body_timeout_s must be a positive number of seconds, got {self.body_timeout_s!r}")
 
     def body_cap(self, text_dim: int) -> int:
         """The body cap in bytes for a searcher taking ``text_dim``-d embeddings."""
@@ -100,9 +101,9 @@ def check_images_dir(images_dir: str | Path) -> Path:
     before any model loads, so a typo fails in a second rather than after the encoder is up)."""
     path = Path(images_dir)
     if not path.exists():
-        raise ValueError(f"images folder {str(path)!r} does not exist")
+        raise UsageError(f"images folder {str(path)!r} does not exist")
     if not path.is_dir():
-        raise ValueError(f"images folder {str(path)!r} is not a directory")
+        raise UsageError(f"images folder {str(path)!r} is not a directory")
     return path.resolve()
 
 
@@ -198,7 +199,7 @@ def _search_routes(app: FastAPI, batcher: MicroBatcher, text_encoder, limits: Li
         start = time.perf_counter()
         try:
             hits = await batcher.submit(text, embedding, k)
-        except ValueError as err:  # this query's own fault (checked alone, or isolated from its batch)
+        except (QueryError, ModelOutputError) as err:  # this query's own fault (alone, or isolated from its batch)
             raise HTTPException(422, str(err)) from err
         except Exception as err:  # a server fault, for this query only
             log.exception("search failed for one query")
@@ -217,7 +218,7 @@ def _search_routes(app: FastAPI, batcher: MicroBatcher, text_encoder, limits: Li
             raise HTTPException(400, "this service has no text encoder: send a raw embedding to POST /search")
         try:
             return check_text(text)  # before it can join a batch: lone surrogates, control characters
-        except ValueError as err:
+        except QueryError as err:
             raise HTTPException(422, str(err)) from err
 
     @app.get("/search", response_model=SearchResponse)
@@ -296,7 +297,7 @@ def build_app(
         spec = None  # synthetic vectors have no text model: the service answers vector queries only
     encoder = make_text_encoder(spec, precision=text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
-        raise ValueError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
+        raise UsageError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
     return create_app(
         searcher,
         images_dir,

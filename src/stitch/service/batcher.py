@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from stitch.errors import UsageError
 from stitch.service.metrics import Histogram, powers_of_two
 from stitch.service.server import is_number
 from stitch.service.validation import QueryError, check_embedding, check_text
@@ -47,7 +48,7 @@ def check_wait_ms(name: str, value) -> float:
     """``value`` if it is a finite number of milliseconds >= 0 (checked where the service starts, before any
     model loads, and again here)."""
     if not is_number(value) or not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a number of milliseconds >= 0, got {value!r}")
+        raise UsageError(f"{name} must be a number of milliseconds >= 0, got {value!r}")
     return float(value)
 
 
@@ -80,7 +81,7 @@ class MicroBatcher:
             self.worker = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, text: str | None, embedding: Sequence[float] | np.ndarray | None, k: int) -> list:
-        """Hits for one query (text, or a raw caption embedding); raises ValueError on bad input.
+        """Hits for one query (text, or a raw caption embedding); raises QueryError on bad input.
 
         The query is checked here, before it is queued, so a bad one is refused without touching a batch."""
         if (text is None) == (embedding is None):

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from starlette.middleware.cors import CORSMiddleware
 
+from stitch.errors import UsageError
+
 CORS_METHODS = ("GET", "POST")
 CORS_HEADERS = ("content-type",)  # POST /search sends JSON, which browsers preflight
 SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
@@ -25,7 +27,7 @@ def check_origin(origin: Any) -> str:
     """``origin`` as a browser would send it (``scheme://host[:port]``, lower case), or ``*``; ValueError if
     it could never match one."""
     if not isinstance(origin, str):
-        raise ValueError(f"a CORS origin must be a string, got {origin!r}")
+        raise UsageError(f"a CORS origin must be a string, got {origin!r}")
     if origin == "*":
         return origin
     problem = f"CORS origin {origin!r} must be scheme://host[:port] (like https://a.example) or '*'"
@@ -33,11 +35,11 @@ def check_origin(origin: Any) -> str:
         parts = urlsplit(origin.strip().lower())
         _ = parts.port  # raises ValueError on a port that is not a number in range
     except ValueError:
-        raise ValueError(problem) from None
+        raise UsageError(problem) from None
     if not SCHEME.fullmatch(parts.scheme) or not parts.hostname or "@" in parts.netloc:
-        raise ValueError(problem)
+        raise UsageError(problem)
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{problem}: browsers send no path, so this one would never match")
+        raise UsageError(f"{problem}: browsers send no path, so this one would never match")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -47,7 +49,7 @@ def check_cors_origins(origins: Iterable[str] | None) -> list[str]:
     if origins is None:
         return []
     if isinstance(origins, str | bytes):
-        raise ValueError(f"cors_origins must be a list of origins, got the string {origins!r}")
+        raise UsageError(f"cors_origins must be a list of origins, got the string {origins!r}")
     checked = [check_origin(origin) for origin in origins]
     return list(dict.fromkeys(checked))
 

@@ -25,6 +25,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from stitch.errors import UsageError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -43,9 +45,9 @@ class BodyLimit:
         self, app: ASGIApp, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     ) -> None:
         if max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes}")
+            raise UsageError(f"max_body_bytes must be positive, got {max_body_bytes}")
         if not body_timeout_s > 0:
-            raise ValueError(f"body_timeout_s must be positive, got {body_timeout_s}")
+            raise UsageError(f"body_timeout_s must be positive, got {body_timeout_s}")
         self.app, self.max_body_bytes, self.body_timeout_s = app, max_body_bytes, body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

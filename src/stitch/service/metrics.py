@@ -25,6 +25,7 @@ from typing import Any
 
 from starlette.routing import Match
 
+from stitch.errors import UsageError
 from stitch.service.guard import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,7 +79,7 @@ class Counter:
     def inc(self, *labelvalues: str, amount: float = 1) -> None:
         """Add ``amount`` to the series with these label values (one per label name)."""
         if len(labelvalues) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labelvalues}")
+            raise UsageError(f"{self.name} takes labels {self.labelnames}, got {labelvalues}")
         with self._lock:
             self._values[labelvalues] = self._values.get(labelvalues, 0) + amount
 
@@ -103,7 +104,7 @@ class Histogram:
     def __init__(self, name: str, help_text: str, buckets: Iterable[float]) -> None:
         bounds = tuple(sorted({float(b) for b in buckets}))
         if not bounds or not all(math.isfinite(b) for b in bounds):
-            raise ValueError(f"{name} needs finite bucket bounds, got {bounds}")
+            raise UsageError(f"{name} needs finite bucket bounds, got {bounds}")
         self.name, self.help, self.bounds = name, help_text, bounds
         self._counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
         self._sum, self._count = 0.0, 0
@@ -141,7 +142,7 @@ class Reading:
 
     def __init__(self, name: str, help_text: str, kind: str, read: Callable[[], float]) -> None:
         if kind not in ("counter", "gauge"):
-            raise ValueError(f"a reading is a counter or a gauge, not {kind!r}")
+            raise UsageError(f"a reading is a counter or a gauge, not {kind!r}")
         self.name, self.help, self.kind, self.read = name, help_text, kind, read
 
     def lines(self) -> list[str]:
@@ -177,7 +178,7 @@ class ServiceMetrics:
     def add(self, metric: Any) -> Any:
         """Register ``metric`` (anything with ``name`` and ``lines()``); names must be unique."""
         if any(m.name == metric.name for m in self.metrics):
-            raise ValueError(f"a metric named {metric.name!r} is already registered")
+            raise UsageError(f"a metric named {metric.name!r} is already registered")
         self.metrics.append(metric)
         return metric
 

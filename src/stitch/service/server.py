@@ -22,6 +22,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from stitch.errors import UsageError
+
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEP_ALIVE_S = 5.0
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -85,7 +87,7 @@ def is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
 def check_port(port: Any) -> int:
     """``port`` if it can be bound: an int in 1-65535 (uvicorn would only fail later, with an OverflowError)."""
     if not is_number(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port must be 1-65535, got {port!r}")
+        raise UsageError(f"port must be 1-65535, got {port!r}")
     return port
 
 
@@ -94,9 +96,9 @@ def check_server_limits(header_timeout_s: Any, keep_alive_s: Any, max_header_byt
     connection at once; h11 cannot parse a request head in under 1 KiB)."""
     for name, value in (("header_timeout_s", header_timeout_s), ("keep_alive_s", keep_alive_s)):
         if not is_number(value) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
     if not is_number(max_header_bytes, int) or max_header_bytes < 1024:
-        raise ValueError(f"max_header_bytes must be an int of at least 1024, got {max_header_bytes!r}")
+        raise UsageError(f"max_header_bytes must be an int of at least 1024, got {max_header_bytes!r}")
 
 
 def server_config(

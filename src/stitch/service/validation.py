@@ -12,11 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from stitch.errors import UsageError
+
 # Whitespace controls a sentence may hold (the tokenizer treats them as spaces); any other C0/C1 control is refused.
 ALLOWED_CONTROLS = frozenset("\t\n\r\x0b\x0c")
 
 
-class QueryError(ValueError):
+class QueryError(UsageError):
     """The query itself is unusable: the fault of the request that sent it, never of its batch."""
 
 

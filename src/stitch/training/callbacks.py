@@ -10,6 +10,8 @@ import math
 import sys
 from pathlib import Path
 
+from stitch.errors import UsageError
+
 
 class TrainingDiverged(ValueError):
     """An epoch produced a non-finite loss or dev metric: no later number could be trusted."""
@@ -105,7 +107,7 @@ class TensorBoardLogger(Callback):
 
     def __init__(self, run_dir: Path | None) -> None:
         if run_dir is None:
-            raise ValueError("tensorboard logging needs a run folder (--out)")
+            raise UsageError("tensorboard logging needs a run folder (--out)")
         self.check_available()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -116,7 +118,7 @@ class TensorBoardLogger(Callback):
         try:
             import tensorboard  # noqa: F401
         except ImportError as err:
-            raise ValueError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+            raise UsageError("tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
 
     def on_epoch_end(self, trainer, state, row: dict) -> None:
         for key, value in row.items():

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from stitch.errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A configuration value or key is invalid."""
 
 

@@ -6,13 +6,15 @@ import contextlib
 
 import torch
 
+from stitch.errors import StateError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here; use device=auto or cpu")
+        raise StateError(f"device {name!r} asked for, but CUDA is not available here; use device=auto or cpu")
     return device
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stitch.errors import UsageError
+
 TIMEOUT = datetime.timedelta(minutes=10)  # a rank that died makes the others fail after this, not hang
 
 
@@ -67,7 +69,7 @@ class Distributed:
     def local_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch (its size must divide by the world size)."""
         if len(rows) % self.world_size:
-            raise ValueError(f"a global batch of {len(rows)} does not split evenly over {self.world_size} ranks")
+            raise UsageError(f"a global batch of {len(rows)} does not split evenly over {self.world_size} ranks")
         share = len(rows) // self.world_size
         return rows[self.rank * share : (self.rank + 1) * share]
 

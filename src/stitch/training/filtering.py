@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from stitch.data.shards import ShardList
+from stitch.errors import UsageError
 from stitch.translators.moments import PairMoments
 
 
@@ -34,7 +35,7 @@ def drop_least_consistent(train: ShardList, scores: np.ndarray, fraction: float)
     """The training view without its ``fraction`` lowest-scoring pairs, and what was dropped."""
     n_drop = int(round(fraction * len(scores)))
     if n_drop >= len(scores):
-        raise ValueError(f"filter_fraction {fraction} would drop all {len(scores)} training pairs")
+        raise UsageError(f"filter_fraction {fraction} would drop all {len(scores)} training pairs")
     keep = np.ones(len(scores), dtype=bool)
     keep[np.argsort(scores, kind="stable")[:n_drop]] = False
     views = []

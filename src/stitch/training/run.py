@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from stitch.errors import StitchError
 from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.retrieval.scorer import Scorer
 from stitch.training.config import ConfigError, TrainConfig, config_from_dict
@@ -35,7 +36,7 @@ BANK = "bank.safetensors"
 RUN_FILES = (WEIGHTS, CONFIG, METRICS, CHECKPOINT, SUMMARY, BANK)
 
 
-class RunError(ValueError):
+class RunError(StitchError, ValueError):
     """A run folder is missing, incomplete, or does not fit what was asked of it."""
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.errors import ModelOutputError, UsageError
 from stitch.registries import IMAGE_TARGETS
 from stitch.translators.moments import PairMoments
 from stitch.translators.space import Standardizer
@@ -20,11 +21,11 @@ from stitch.translators.space import Standardizer
 def check_target(target: str) -> str:
     """``target`` if it names an image-space output (:data:`IMAGE_TARGETS`), else a ValueError naming it."""
     if target not in IMAGE_TARGETS:
-        raise ValueError(f"target must be one of {list(IMAGE_TARGETS)}, got {target!r}")
+        raise UsageError(f"target must be one of {list(IMAGE_TARGETS)}, got {target!r}")
     return target
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(ModelOutputError):
     """A model produced NaN or Inf: the numbers after it would be silently wrong."""
 
 
@@ -108,7 +109,7 @@ class Translator(nn.Module):
         ``direction`` (the default): the vector a competition grader, which ranks raw image embeddings by
         cosine, ranks as the model does. ``point``: the regression point, the predicted image feature itself
         (its cosine ranking is not the model's when the run scores in a z-scored space)."""
-        raise ValueError(
+        raise UsageError(
             f"this run ({type(self).__name__}) scores in a learnt shared space: it has no image-space "
             "predictions for a submission; use a translator recipe (ridge, procrustes, mlp, resmlp, set)"
         )

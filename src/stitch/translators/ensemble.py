@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.errors import UsageError
 from stitch.translators.base import Translator
 
 
@@ -17,28 +18,28 @@ def check_weights(weights: list[float] | None, count: int) -> list[float]:
     if weights is None:
         return [1.0] * count
     if len(weights) != count:
-        raise ValueError(f"{len(weights)} ensemble weights for {count} runs")
+        raise UsageError(f"{len(weights)} ensemble weights for {count} runs")
     if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"ensemble weights must be finite, non-negative and not all zero, got {weights}")
+        raise UsageError(f"ensemble weights must be finite, non-negative and not all zero, got {weights}")
     return [float(w) for w in weights]
 
 
 class Ensemble(Translator):
     def __init__(self, members: list[Translator], weights: list[float] | None = None) -> None:
         if not members:
-            raise ValueError("an ensemble needs at least one member")
+            raise UsageError("an ensemble needs at least one member")
         first = members[0]
         super().__init__(first.text_dim, first.image_dim)
         for other in members:
             if not other.has_image_space:
-                raise ValueError("dual-head runs learn their own gallery space and cannot be averaged")
+                raise UsageError("dual-head runs learn their own gallery space and cannot be averaged")
             if (other.text_dim, other.image_dim) != (first.text_dim, first.image_dim):
-                raise ValueError("ensemble members must share text and image dimensions")
+                raise UsageError("ensemble members must share text and image dimensions")
             same = torch.allclose(other.space.mean, first.space.mean) and torch.allclose(
                 other.space.std, first.space.std
             )
             if not same:
-                raise ValueError("ensemble members must score in the same space (trained on the same data split)")
+                raise UsageError("ensemble members must score in the same space (trained on the same data split)")
         self.members = nn.ModuleList(members)
         weights = check_weights(weights, len(members))
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights))
@@ -77,12 +78,12 @@ class Fusion(Translator):
 
     def __init__(self, members: list[Translator], weights: list[float] | None = None) -> None:
         if not members:
-            raise ValueError("a fusion needs at least one member")
+            raise UsageError("a fusion needs at least one member")
         first = members[0]
         super().__init__(first.query_dim, first.gallery_dim)
         for other in members:
             if (other.query_dim, other.gallery_dim) != (first.query_dim, first.gallery_dim):
-                raise ValueError("fused runs must take the same caption and image features")
+                raise UsageError("fused runs must take the same caption and image features")
         self.members = nn.ModuleList(members)
         weights = check_weights(weights, len(members))
         self.register_buffer("scales", torch.tensor(weights, dtype=torch.float32).div(sum(weights)).sqrt())

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.errors import UsageError
 from stitch.translators.base import Translator, check_target
 from stitch.translators.closed_form import LinearMap, closed_form_solution
 from stitch.translators.mlp import MLP, ResidualMLP
@@ -114,7 +115,7 @@ class GradedTranslator(ResidualTranslator):
 
     def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
         if check_target(target) == "point":
-            raise ValueError(
+            raise UsageError(
                 "a graded run (model.name=graded) predicts directions scored against unit raw images, not image "
                 "features: it has no regression point; use target direction"
             )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stitch.errors import UsageError
+
 
 def _merged(parts: Iterable, what: str):
     """Every part merged into one (in order)."""
@@ -21,7 +23,7 @@ def _merged(parts: Iterable, what: str):
     for part in parts:
         total = part if total is None else total.merge(part)
     if total is None:
-        raise ValueError(f"no {what} to take moments of")
+        raise UsageError(f"no {what} to take moments of")
     return total
 
 
@@ -69,7 +71,7 @@ class PairMoments:
     def of(cls, x: np.ndarray, y: np.ndarray) -> PairMoments:
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need the same non-zero number of rows on both sides, got {len(x)} and {len(y)}")
+            raise UsageError(f"need the same non-zero number of rows on both sides, got {len(x)} and {len(y)}")
         x_mean, y_mean = x.mean(0), y.mean(0)
         xc = x - x_mean
         return cls(len(x), x_mean, y_mean, xc.T @ xc, xc.T @ (y - y_mean))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stitch.errors import UsageError
 from stitch.translators.base import Translator, check_target
 from stitch.translators.closed_form import closed_form_solution
 from stitch.translators.moments import PairMoments
@@ -31,7 +32,7 @@ class SetPredictionHead(Translator):
     ) -> None:
         super().__init__(text_dim, image_dim)
         if aggregation not in ("winner", "mean"):
-            raise ValueError(f"model.aggregation must be winner or mean, got {aggregation!r}")
+            raise UsageError(f"model.aggregation must be winner or mean, got {aggregation!r}")
         self.slots, self.aggregation = slots, aggregation
         self.vectors_per_query = slots if aggregation == "winner" else 1
         self.global_map = nn.Linear(text_dim, image_dim)
