@@ -115,7 +115,7 @@ def assert_served_top10_equals_evaluation(data_path: Path, tmp_path: Path) -> No
     from fastapi.testclient import TestClient
 
     from stitch import api
-    from stitch.service.app import build_app
+    from stitch.apps.service.app import build_app
 
     data = api.load(data_path)
     run = tmp_path / "run"

@@ -31,7 +31,7 @@ def running(app, **limits):
     keep_alive_s, max_header_bytes); yields its base URL and stops it afterwards."""
     import uvicorn
 
-    from stitch.service.server import server_config
+    from stitch.apps.service.server import server_config
 
     port = free_port()
     server = uvicorn.Server(server_config(app, "127.0.0.1", port, **limits))
@@ -117,7 +117,7 @@ def fake_app(images_dir: str | Path, title: str = "fake-run", delay_s: float = 0
     """A service app over :class:`FakeSearcher` and :class:`FakeTextEncoder` (``limits``: Limits fields;
     ``cors_origins``: as ``create_app`` takes them); the fakes are on ``app.state.searcher`` and
     ``app.state.encoder``."""
-    from stitch.service.app import Limits, create_app
+    from stitch.apps.service.app import Limits, create_app
 
     searcher = FakeSearcher()
     encoder = FakeTextEncoder(dim=searcher.text_dim, delay_s=delay_s)
@@ -130,7 +130,7 @@ SERVER_SCRIPT = """
 import sys, uvicorn
 sys.path.insert(0, {tests!r})
 from service_util import fake_app
-from stitch.service.server import server_config
+from stitch.apps.service.server import server_config
 limits = {limits!r}
 app = fake_app({images!r}, **limits.pop("app"))
 uvicorn.Server(server_config(app, "127.0.0.1", {port}, **limits)).run()

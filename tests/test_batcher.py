@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from stitch.service.batcher import MicroBatcher
-from stitch.service.validation import QueryError
+from stitch.apps.service.batcher import MicroBatcher
+from stitch.apps.service.validation import QueryError
 
 
 class SlowEncoder:

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from stitch.bench import run_bench
+from stitch.apps.bench import run_bench
 from stitch.recipes import RECIPES
 from stitch.registries import MODELS
 from stitch.training import load_config

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import write_flickr_like
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.outputs.submission import read_csv_submission
 
 
@@ -146,13 +146,13 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = "import sys; from stitch.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from stitch.apps.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_quick_demo_is_labelled_synthetic_and_the_default_beats_ridge(capsys):
-    from stitch.demo import run_demo
+    from stitch.apps.demo import run_demo
 
     results = run_demo(quick=True)
     out = capsys.readouterr().out

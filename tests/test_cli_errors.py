@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stitch.cli import main
+from stitch.apps.cli import main
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
@@ -126,7 +126,7 @@ def test_old_spellings_still_work_with_a_deprecation_warning(files, capsys, tmp_
 def test_only_anticipated_errors_become_one_line_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """Every error stitch raises on purpose is a StitchError (one line, exit 2); a ValueError from anywhere else
     is a bug and must not be hidden behind a one-line message."""
-    from stitch import cli
+    from stitch.apps import cli
     from stitch.errors import StitchError, UsageError
 
     def anticipated(args):

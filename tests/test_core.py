@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.recipes import RECIPES, recipe_overrides
 from stitch.retrieval.index import IndexFileError
 from stitch.retrieval.ranks import text_to_image_ranks

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_flickr_like
-from stitch.curve import nested_image_subsets
+from stitch.apps.curve import nested_image_subsets
 from stitch.data import DataError, make_synthetic, train_dev_split
 
 SHAPE = {"n_images": 500, "captions_per_image": 4, "text_dim": 16, "image_dim": 24, "latent_dim": 6}
@@ -50,7 +50,7 @@ def test_the_curve_command_writes_one_row_per_method_and_size(tmp_path):
 
 
 def test_an_existing_curve_is_not_replaced_unasked(tmp_path):
-    from stitch.curve import learning_curve
+    from stitch.apps.curve import learning_curve
 
     (tmp_path / "curve.csv").write_text("mine")
     with pytest.raises(FileExistsError):

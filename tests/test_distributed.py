@@ -172,7 +172,7 @@ def test_stitch_train_nproc_streams_shards_on_disk_to_the_weights_of_one_process
 
 DYING_RANK = """
 import os, sys
-from stitch import cli
+from stitch.apps import cli
 from stitch.training import trainer
 
 real = trainer.Trainer.train_epoch

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.data.splits import image_folds
 from stitch.training import RunError, open_run
 from stitch.training.ensemble import ENSEMBLE, EnsembleRun, read_ensemble, write_ensemble

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import FLICKR
 from stitch import api
+from stitch.apps.export import CLASS_REF, export_sentence_transformers
 from stitch.data import PairedEmbeddings
 from stitch.io.atomic import OutputExistsError
-from stitch.outputs.export import CLASS_REF, export_sentence_transformers
 from stitch.training import write_ensemble
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading must never need the network (local_files_only too)
@@ -172,7 +172,7 @@ def test_export_needs_the_text_model_of_the_captions(small_data, minilm, tmp_pat
 
 
 def test_the_export_command_writes_and_refuses_to_overwrite(tiny_runs, tmp_path, capsys):
-    from stitch.cli import main
+    from stitch.apps.cli import main
 
     runs, embeddings = tiny_runs
     out = tmp_path / "st"

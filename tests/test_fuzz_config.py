@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.training.config import RANGES, ConfigError, TrainConfig, load_config
 
 

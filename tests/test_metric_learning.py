@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from stitch.cli import main
-from stitch.data import DataError
-from stitch.metric_learning import (
+from stitch.apps.cli import main
+from stitch.apps.metric_learning import (
     EmbeddingConfig,
     LabelledVectors,
     digits,
@@ -21,6 +20,7 @@ from stitch.metric_learning import (
     stratified_split,
     train_embedding,
 )
+from stitch.data import DataError
 
 
 def clustered(seed=0, n=300, d=12, classes=6):

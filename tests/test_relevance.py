@@ -289,8 +289,8 @@ def test_digits_as_class_level_relevance_give_the_map_at_r_of_stitch_metric():
     """The retrieval evaluator with every same-class training digit relevant reproduces MAP@R and
     precision@1 as `stitch metric` computes them (raw pixel space, cosine)."""
     pytest.importorskip("sklearn", reason="the digits data ship with scikit-learn (stitch[metric])")
-    from stitch.metric_learning.data import digits, stratified_split
-    from stitch.metric_learning.run import score_space
+    from stitch.apps.metric_learning.data import digits, stratified_split
+    from stitch.apps.metric_learning.run import score_space
     from stitch.retrieval.evaluate import evaluate_embeddings
 
     train, test = stratified_split(digits(), 0.5, 0)
@@ -306,7 +306,7 @@ def test_digits_as_class_level_relevance_give_the_map_at_r_of_stitch_metric():
 
 def test_evaluate_can_merge_identical_caption_texts(tmp_path, capsys):
     from conftest import write_flickr_like
-    from stitch.cli import main
+    from stitch.apps.cli import main
 
     shape = {"n_images": 100, "captions_per_image": 2, "text_dim": 8, "image_dim": 8, "latent_dim": 4}
     data = make_synthetic(**shape)
@@ -327,7 +327,7 @@ def test_evaluate_can_merge_identical_caption_texts(tmp_path, capsys):
 def test_report_grids_frame_every_relevant_image(monkeypatch):
     import torch
 
-    from stitch.outputs import report
+    from stitch.apps import report
 
     monkeypatch.setattr(report, "_thumb", lambda folder, name: f"data:image/png;base64,{name}")
     relevance = Relevance.from_lists([[0, 2], [1]], 4)

@@ -9,7 +9,7 @@ import pytest
 from browser import headless_chromium, save_screenshot
 from conftest import FLICKR, SHARED, need
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
 
 
 @pytest.fixture(scope="module")

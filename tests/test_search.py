@@ -10,7 +10,7 @@ import torch
 
 from conftest import write_flickr_like
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
 from stitch.retrieval.hubness import build_rescorer
 from stitch.retrieval.index import IndexFileError, load_index
 from stitch.retrieval.ranks import cosine_ready, dot

@@ -25,7 +25,7 @@ IMAGES = SHARED / "data" / "flickr8k" / "images"
 @pytest.fixture(scope="module")
 def ridge_service(tmp_path_factory):
     from stitch import api
-    from stitch.service.app import build_app
+    from stitch.apps.service.app import build_app
 
     data = api.load(need(FLICKR))
     run = tmp_path_factory.mktemp("svc") / "ridge"
@@ -186,7 +186,7 @@ def test_served_top10_equals_the_evaluator_top10_for_the_default_run(default_fli
     import torch
 
     from stitch import api
-    from stitch.service.app import build_app
+    from stitch.apps.service.app import build_app
 
     data = api.load(FLICKR)
     dev = data.split("dev")

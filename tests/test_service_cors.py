@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service_util import fake_app, running
-from stitch.service.cors import check_cors_origins
+from stitch.apps.service.cors import check_cors_origins
 
 pytest.importorskip("fastapi")
 
@@ -146,7 +146,7 @@ def test_unusable_origins_are_refused(given, images):
 
 
 def test_serve_refuses_bad_origins_before_loading_anything(tmp_path):
-    from stitch.service.app import serve
+    from stitch.apps.service.app import serve
 
     with pytest.raises(ValueError, match="origin"):
         serve("no-such-run", "no-such-data.npz", tmp_path, cors_origins=["a.example"])

@@ -243,8 +243,8 @@ def test_oversized_request_headers_get_400(strict_service):
 def test_a_body_at_the_default_cap_parses_without_holding_the_loop():
     """Bodies are parsed on the event loop, so the cap bounds how long one can hold it: the slowest body
     that fits the default 64 KiB cap (32k zeros, each a list item to validate) takes ~2 ms, not seconds."""
-    from stitch.service.app import SearchRequest
-    from stitch.service.guard import DEFAULT_MAX_BODY_BYTES
+    from stitch.apps.service.app import SearchRequest
+    from stitch.apps.service.guard import DEFAULT_MAX_BODY_BYTES
 
     zeros = (DEFAULT_MAX_BODY_BYTES - 20) // 2
     worst = '{"embedding": [' + ",".join(["0"] * zeros) + "]}"
@@ -260,7 +260,7 @@ def test_a_body_at_the_default_cap_parses_without_holding_the_loop():
 
 def test_the_cap_grows_for_wide_embeddings(tmp_path):
     """A raw 4096-d embedding is ~90 KB of JSON: the default cap makes room for the run's own queries."""
-    from stitch.service.app import Limits
+    from stitch.apps.service.app import Limits
 
     assert Limits().body_cap(384) == 64 * 1024
     cap = Limits().body_cap(4096)
@@ -323,7 +323,7 @@ def recording_app(seen: dict):
     ],
 )
 def test_the_middleware_answers_before_the_app_reads(headers, messages, status, reaches_app):
-    from stitch.service.guard import BodyLimit
+    from stitch.apps.service.guard import BodyLimit
 
     seen: dict = {}
     got = drive(BodyLimit(recording_app(seen), max_body_bytes=10), headers, messages)
@@ -334,7 +334,7 @@ def test_the_middleware_answers_before_the_app_reads(headers, messages, status, 
 
 
 def test_the_middleware_times_out_a_stalled_body():
-    from stitch.service.guard import BodyLimit
+    from stitch.apps.service.guard import BodyLimit
 
     seen: dict = {}
     start = time.monotonic()

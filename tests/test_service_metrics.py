@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service_util import fake_app, running
-from stitch.service.metrics import Counter, Histogram, ServiceMetrics, escape_label, powers_of_two
+from stitch.apps.service.metrics import Counter, Histogram, ServiceMetrics, escape_label, powers_of_two
 
 pytest.importorskip("fastapi")
 

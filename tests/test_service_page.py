@@ -10,7 +10,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from service_util import fake_app  # noqa: E402
-from stitch.service.page import render_page  # noqa: E402
+from stitch.apps.service.page import render_page  # noqa: E402
 
 EVIL = "</title><script>alert(\"run\")</script><b a='x'>"
 

@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from stitch import cli  # noqa: E402
-from stitch.service import app as service  # noqa: E402
-from stitch.service.server import HeaderTimeoutProtocol, check_port  # noqa: E402
+from stitch.apps import cli  # noqa: E402
+from stitch.apps.service import app as service  # noqa: E402
+from stitch.apps.service.server import HeaderTimeoutProtocol, check_port  # noqa: E402
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
     import uvicorn
 
     from service_util import fake_app
-    from stitch.service.guard import BodyLimit
+    from stitch.apps.service.guard import BodyLimit
 
     built: dict = {}
 
@@ -156,11 +156,11 @@ def _serve_policy(env_policy: str | None, import_torch_first: bool = False) -> s
     code = (
         ("import torch\n" if import_torch_first else "")
         + "import os, sys\n"
-        + "import stitch.service.app as app\n"
+        + "import stitch.apps.service.app as app\n"
         + "seen = {}\n"
         + "app.serve = lambda *a, **k: seen.update(policy=os.environ.get('OMP_WAIT_POLICY'),"
         + " torch_before='torch' in sys.modules)\n"
-        + "from stitch.cli import main\n"
+        + "from stitch.apps.cli import main\n"
         + "main(['serve', '--run', 'r', '--data', 'd', '--image-dir', '.'])\n"
         + "print(seen['policy'], seen['torch_before'])\n"
     )

@@ -9,8 +9,7 @@ import yaml
 
 pytest.importorskip("optuna")
 
-from stitch.training import ConfigError, load_config  # noqa: E402
-from stitch.tuning import (  # noqa: E402
+from stitch.apps.tuning import (  # noqa: E402
     Confirmation,
     SearchSpace,
     confirm,
@@ -19,6 +18,7 @@ from stitch.tuning import (  # noqa: E402
     tune,
     validate_space,
 )
+from stitch.training import ConfigError, load_config  # noqa: E402
 
 FAST = ["optim.epochs=3", "model.hidden=32", "optim.batch_size=128", "inference.bank_size=200"]
 

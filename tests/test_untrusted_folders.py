@@ -314,8 +314,8 @@ SPACE_EDITS = {
 def test_a_bad_tuning_space_is_refused_in_one_line_before_any_trial(tmp_path, case):
     import yaml
 
+    from stitch.apps.tuning import load_space
     from stitch.training import ConfigError
-    from stitch.tuning import load_space
 
     edit, message = SPACE_EDITS[case]
     body = edit if isinstance(edit, list) else {"params": {"optim.lr": LR}, **edit}
@@ -327,7 +327,7 @@ def test_a_bad_tuning_space_is_refused_in_one_line_before_any_trial(tmp_path, ca
 
 
 def test_a_good_tuning_space_still_loads_with_yaml_1_1_exponents(tmp_path):
-    from stitch.tuning import load_space
+    from stitch.apps.tuning import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text("baseline: false\nparams:\n  optim.lr: {type: float, low: 1e-4, high: 3e-3, log: true}\n")
@@ -337,7 +337,7 @@ def test_a_good_tuning_space_still_loads_with_yaml_1_1_exponents(tmp_path):
 
 def test_convert_force_in_the_cli_keeps_a_users_file_and_says_so_in_one_line(tmp_path, capsys):
     from conftest import write_flickr_like
-    from stitch.cli import main
+    from stitch.apps.cli import main
 
     source = write_flickr_like(tmp_path / "data.npz", _pairs())
     target = tmp_path / "DIR"

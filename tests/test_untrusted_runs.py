@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from conftest import FORMATS, need, write_flickr_like
 from stitch import api
-from stitch.cli import main
+from stitch.apps.cli import main
+from stitch.apps.export import CLASS_REF, ExportError, check_export, export_sentence_transformers, load_export
 from stitch.data import DataError, PairedEmbeddings, make_synthetic
 from stitch.data.sharded import ShardedPairs, open_sharded, write_sharded
 from stitch.data.splits import SEEDED_SPLIT
-from stitch.outputs.export import CLASS_REF, ExportError, check_export, export_sentence_transformers, load_export
 
 RIDGE = ["model.name=ridge"]
 

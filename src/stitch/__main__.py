@@ -2,6 +2,6 @@
 
 import sys
 
-from stitch.cli import main
+from stitch.apps.cli import main
 
 sys.exit(main())

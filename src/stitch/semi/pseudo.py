@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stitch.errors import UsageError
+
 DEFAULT_CHUNK = 4096
 
 
@@ -59,15 +61,15 @@ def check_pool(name: str, x: np.ndarray, dim: int | None = None) -> np.ndarray:
     nearest neighbour (or poison a Sinkhorn plan), so it is refused with where it sits."""
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (rows x dims), got shape {x.shape}")
+        raise UsageError(f"{name}: expected a 2-D array (rows x dims), got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name}: rows have {x.shape[1]} dims, expected {dim}")
+        raise UsageError(f"{name}: rows have {x.shape[1]} dims, expected {dim}")
     if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{name}: expected numbers, got dtype {x.dtype}")
+        raise UsageError(f"{name}: expected numbers, got dtype {x.dtype}")
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}: row {row} holds NaN or Inf ({int(bad.sum())} such rows)")
+        raise UsageError(f"{name}: row {row} holds NaN or Inf ({int(bad.sum())} such rows)")
     return x
 
 
@@ -80,7 +82,7 @@ def _unit(x: np.ndarray) -> torch.Tensor:
 def _as_tensors(queries: np.ndarray, items: np.ndarray, normalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
     queries, items = check_pool("queries", queries), check_pool("items", items)
     if queries.shape[1] != items.shape[1]:
-        raise ValueError(f"items: rows have {items.shape[1]} dims, expected {queries.shape[1]} (the queries')")
+        raise UsageError(f"items: rows have {items.shape[1]} dims, expected {queries.shape[1]} (the queries')")
     if normalized:
         return torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(items, dtype=torch.float32)
     return _unit(queries), _unit(items)
@@ -170,7 +172,7 @@ def sinkhorn_pairs(
     if n == 0 or m == 0:
         return PseudoPairs.empty()
     if epsilon <= 0:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
+        raise UsageError(f"epsilon must be positive, got {epsilon}")
     logits = [(q[start:stop] @ x.T) / epsilon for start, stop in _chunks(n, chunk)]
     log_a, log_b = -np.log(n), -np.log(m)
     u = torch.zeros(n, dtype=torch.float64)
@@ -204,5 +206,5 @@ def pair_precision(pairs: PseudoPairs, truth: np.ndarray) -> float:
     if len(pairs) == 0:
         return float("nan")
     if pairs.rows.max() >= len(truth):
-        raise ValueError(f"truth: has {len(truth)} rows, but a pseudo-pair names query row {int(pairs.rows.max())}")
+        raise UsageError(f"truth: has {len(truth)} rows, but a pseudo-pair names query row {int(pairs.rows.max())}")
     return float(np.mean(truth[pairs.rows] == pairs.cols))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stitch.errors import UsageError
 from stitch.semi.pseudo import DEFAULT_CHUNK, PseudoPairs, check_pool, csls_mutual_pairs, pair_precision, sinkhorn_pairs
 from stitch.translators.moments import ColumnMoments, PairMoments
 
@@ -56,7 +57,7 @@ def fit_linear(moments: PairMoments, method: str, alpha: float) -> tuple[np.ndar
         return moments.ridge(alpha)
     if method == "procrustes":
         return moments.procrustes()
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    raise UsageError(f"method must be one of {METHODS}, got {method!r}")
 
 
 def zscore_stats(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +94,7 @@ def draw_pairs(
         return csls_mutual_pairs(a, b, normalized=True, **options)
     if matcher == "sinkhorn":
         return sinkhorn_pairs(a, b, normalized=True, **options)
-    raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
+    raise UsageError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
 
 
 def _check_inputs(seed_x, seed_y, pool_x, pool_y, truth):
@@ -109,14 +110,35 @@ def _check_inputs(seed_x, seed_y, pool_x, pool_y, truth):
         pool_x = check_pool("caption pool", pool_x, seed_x.shape[1])
         pool_y = check_pool("image pool", pool_y, seed_y.shape[1])
     if len(seed_x) != len(seed_y):
-        raise ValueError(f"seed pairs: {len(seed_x)} captions but {len(seed_y)} images")
+        raise UsageError(f"seed pairs: {len(seed_x)} captions but {len(seed_y)} images")
     if truth is not None:
         truth = np.asarray(truth)
         if truth.shape != (len(pool_x),):
-            raise ValueError(f"truth: expected one entry per caption pool row ({len(pool_x)}), got shape {truth.shape}")
+            raise UsageError(f"truth: expected one entry per caption pool row ({len(pool_x)}), got shape {truth.shape}")
         if truth.max(initial=-1) >= len(pool_y) or truth.min(initial=-1) < -1:
-            raise ValueError(f"truth: entries must be image pool rows (0..{len(pool_y) - 1}) or -1")
+            raise UsageError(f"truth: entries must be image pool rows (0..{len(pool_y) - 1}) or -1")
     return seed_x, seed_y, pool_x, pool_y, truth
+
+
+def _start_map(init, seed_moments: PairMoments | None, method: str, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The map round 1 translates with: ``init`` when given, else the fit on the seed pairs."""
+    if init is not None:
+        weight, bias = (np.asarray(p, dtype=np.float64) for p in init)
+        return weight, bias
+    if seed_moments is None:
+        raise UsageError("self-learning needs seed pairs or an initial map (init)")
+    return fit_linear(seed_moments, method, alpha)
+
+
+def _round_log(r: int, pairs: PseudoPairs, truth: np.ndarray | None, started: float) -> dict:
+    """One round's line of the log: how many pseudo-pairs, how precise (when the truth is known)."""
+    return {
+        "round": r,
+        "pseudo_pairs": len(pairs),
+        "precision": pair_precision(pairs, truth) if truth is not None else float("nan"),
+        "mean_score": float(pairs.scores.mean()) if len(pairs) else float("nan"),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def self_learn(
@@ -152,22 +174,17 @@ def self_learn(
     pseudo-pairs' precision. The log's round 0 is the start map (no pseudo-pairs)."""
     seed_x, seed_y, pool_x, pool_y, truth = _check_inputs(seed_x, seed_y, pool_x, pool_y, truth)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise UsageError(f"method must be one of {METHODS}, got {method!r}")
     if matcher not in MATCHERS:
-        raise ValueError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
+        raise UsageError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
     if pseudo_weight <= 0:
-        raise ValueError(f"pseudo_weight must be positive, got {pseudo_weight}")
+        raise UsageError(f"pseudo_weight must be positive, got {pseudo_weight}")
     rng = np.random.default_rng(seed)
     mean, std = zscore_stats([seed_y, pool_y] if zscore_with_pool else [seed_y])
     seed_z = (np.asarray(seed_y, dtype=np.float64) - mean) / std
     pool_z = (np.asarray(pool_y, dtype=np.float64) - mean) / std
     seed_moments = PairMoments.of(seed_x, seed_z) if len(seed_x) else None
-    if init is not None:
-        weight, bias = (np.asarray(p, dtype=np.float64) for p in init)
-    elif seed_moments is not None:
-        weight, bias = fit_linear(seed_moments, method, alpha)
-    else:
-        raise ValueError("self-learning needs seed pairs or an initial map (init)")
+    weight, bias = _start_map(init, seed_moments, method, alpha)
     log = [{"round": 0, "pseudo_pairs": 0, "precision": float("nan"), "mean_score": float("nan"), "seconds": 0.0}]
     options = {"max_pairs": max_pairs, "threshold": threshold, "chunk": chunk}
     options.update({"k": k} if matcher == "csls" else {"epsilon": epsilon, "iterations": sinkhorn_iterations})
@@ -182,11 +199,5 @@ def self_learn(
             pseudo = weighted_moments(pool_x[pairs.rows], pool_z[pairs.cols], pseudo_weight)
             moments = pseudo if seed_moments is None else seed_moments.merge(pseudo)
             weight, bias = fit_linear(moments, method, alpha)
-        log.append({
-            "round": r,
-            "pseudo_pairs": len(pairs),
-            "precision": pair_precision(pairs, truth) if truth is not None else float("nan"),
-            "mean_score": float(pairs.scores.mean()) if len(pairs) else float("nan"),
-            "seconds": time.perf_counter() - started,
-        })
+        log.append(_round_log(r, pairs, truth, started))
     return SelfLearningResult(weight, bias, mean, std, log)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from stitch.errors import UsageError
 from stitch.semi.pseudo import DEFAULT_CHUNK, check_pool
 from stitch.semi.self_learning import SelfLearningResult, self_learn, zscore_stats
 from stitch.translators.moments import PairMoments
@@ -52,7 +53,7 @@ def kmeans(
     centroids to correspond, and a local optimum in one space breaks that."""
     x = np.asarray(x, dtype=np.float64)
     if not 1 <= k <= len(x):
-        raise ValueError(f"k-means: need 1 <= k <= rows ({len(x)}), got k={k}")
+        raise UsageError(f"k-means: need 1 <= k <= rows ({len(x)}), got k={k}")
     rng = np.random.default_rng(seed)
     best = (np.inf, None, None)
     for _ in range(restarts):
@@ -91,7 +92,7 @@ def match_structures(a: np.ndarray, b: np.ndarray, refinements: int = 20) -> np.
     partners with a Hungarian re-matching of the rotated rows, until the matching stops changing.
     (A quadratic-assignment solver (FAQ) on the Gram matrices stalled after two steps in trials.)"""
     if len(a) != len(b):
-        raise ValueError(f"structures to match need the same number of rows, got {len(a)} and {len(b)}")
+        raise UsageError(f"structures to match need the same number of rows, got {len(a)} and {len(b)}")
     da, db = (-np.sort(-(m @ m.T), axis=1) for m in (a, b))
     _, perm = linear_sum_assignment(_sq_distances(da, db, DEFAULT_CHUNK))
     for _ in range(refinements):

@@ -286,7 +286,20 @@ def train(
         state = TrainState(0, best_epoch=0, history=[])
         return _finish(run, state, train_set, dev_set, device, how, None, world.is_main)
     task = Task.for_config(run.model, config, world, _teacher(teacher, config, data, device)).to(device)
-    batches = CaptionBatches(
+    batches = _batches(train_set, config, task, device, world)
+    evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
+    callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
+    trainer = Trainer(task, batches, config, device, evaluator, callbacks)
+    state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
+    if resume and world.is_main:
+        run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
+    state = trainer.fit(state)
+    return _finish(run, state, train_set, dev_set, device, how, task.temperature, world.is_main)
+
+
+def _batches(train_set: ShardList, config: TrainConfig, task: Task, device, world: Distributed) -> CaptionBatches:
+    """The training passes over ``train_set`` the config asks for (order, size, share of this rank)."""
+    return CaptionBatches(
         train_set,
         config.optim.batch_size,
         device,
@@ -296,14 +309,6 @@ def train(
         samples_per_epoch=config.optim.samples_per_epoch,
         sampler=config.optim.sampler,
     )
-    evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
-    callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
-    trainer = Trainer(task, batches, config, device, evaluator, callbacks)
-    state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
-    if resume and world.is_main:
-        run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
-    state = trainer.fit(state)
-    return _finish(run, state, train_set, dev_set, device, how, task.temperature, world.is_main)
 
 
 def _teacher(teacher: Translator | None, config: TrainConfig, data, device) -> Translator | None:

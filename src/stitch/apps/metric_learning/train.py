@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from stitch.apps.metric_learning.data import LabelledVectors
 from stitch.errors import UsageError
 from stitch.losses import ContrastiveLoss, TripletMarginLoss, build_miner
-from stitch.metric_learning.data import LabelledVectors
 
 
 @dataclass

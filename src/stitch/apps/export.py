@@ -181,6 +181,8 @@ class StitchTranslator(_Base):
 
 
 CLASS_REF = f"{StitchTranslator.__module__}.{StitchTranslator.__name__}"
+#: where the class lived before the applications moved to ``stitch.apps``: folders exported then still load
+STITCH_REFS = (CLASS_REF, "stitch.outputs.export.StitchTranslator")
 
 
 def export_sentence_transformers(
@@ -271,7 +273,7 @@ vectors in the raw image-feature space: the directions a cosine with raw image e
 ranks (what `stitch predict` gives; not normalised). Compare them with raw image embeddings by cosine.
 
 ```python
-from stitch.outputs.export import load_export
+from stitch.apps.export import load_export
 
 model = load_export("path/to/this/folder")  # needs stitch installed
 predictions = model.encode(["a dog runs on the beach"])
@@ -310,7 +312,7 @@ def load_export(path: str | Path, device: str = "cpu", **kwargs: Any):
     pinned = getattr(SentenceTransformer, "_load_with_module_classes", None)  # sentence-transformers >= 6
     if pinned is None:  # older releases import an installed class from a local folder without the flag
         return SentenceTransformer(str(folder), device=device, trust_remote_code=False, **kwargs)
-    classes = {CLASS_REF: StitchTranslator}
+    classes = dict.fromkeys(STITCH_REFS, StitchTranslator)
     return pinned(str(folder), classes, device=device, trust_remote_code=False, **kwargs)
 
 
@@ -332,7 +334,7 @@ def check_export(path: str | Path) -> Path:
     repeated = first_repeat([entry["name"] for entry in entries])
     if repeated is not None:
         raise ExportError(f"{where}: module name {repeated!r} appears twice")
-    if entries[-1]["type"] != CLASS_REF or [e["type"] for e in entries].count(CLASS_REF) != 1:
+    if entries[-1]["type"] not in STITCH_REFS or sum(e["type"] in STITCH_REFS for e in entries) != 1:
         raise ExportError(f"{where}: the last module, and only it, must be {CLASS_REF}: not a stitch export")
     return folder
 
@@ -362,7 +364,7 @@ def allowed_module(type_ref: object, folder: Path, where: str) -> type:
     """The class ``type_ref`` names when it is StitchTranslator or a module class of the installed
     sentence-transformers (imported from its package, never from ``folder``); anything else is refused
     before any import."""
-    if type_ref == CLASS_REF:
+    if type_ref in STITCH_REFS:
         return StitchTranslator
     ours = isinstance(type_ref, str) and _DOTTED.fullmatch(type_ref) and type_ref.startswith(ST_NAMESPACE + ".")
     if not ours:
@@ -396,7 +398,7 @@ def _installed(cls: type, folder: Path) -> bool:
 def _is_export(path: Path) -> bool:
     try:
         entries = json.loads((path / "modules.json").read_text())
-        return any(isinstance(e, dict) and e.get("type") == CLASS_REF for e in entries)
+        return any(isinstance(e, dict) and e.get("type") in STITCH_REFS for e in entries)
     except (OSError, ValueError):
         return False
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stitch.apps.metric_learning.data import load_labelled, stratified_split
+from stitch.apps.metric_learning.evaluate import knn_accuracy, knn_position_error, map_at_r, precision_at_1
+from stitch.apps.metric_learning.train import EmbeddingConfig, embed, train_embedding
 from stitch.io.atomic import atomic_write, atomic_write_text
-from stitch.metric_learning.data import load_labelled, stratified_split
-from stitch.metric_learning.evaluate import knn_accuracy, knn_position_error, map_at_r, precision_at_1
-from stitch.metric_learning.train import EmbeddingConfig, embed, train_embedding
 
 
 def score_space(train_x, train, test_x, test, k: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ last batch held one query); when load drops, one batch waits at most ``regather_
 ``max_wait_ms > 0`` holds every batch open that long for more arrivals.
 
 One request must not break its neighbours: each query is checked on its own before it joins a batch
-(:mod:`stitch.service.validation`), and a batch whose shared call still fails is split in halves and
+(:mod:`stitch.apps.service.validation`), and a batch whose shared call still fails is split in halves and
 retried until the error reaches only the query at fault (``log2(batch)`` extra calls for one bad query).
 
 Encoded queries are kept in a small LRU cache (``cache_size`` texts): repeated searches — a page
@@ -34,10 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from stitch.apps.service.metrics import Histogram, powers_of_two
+from stitch.apps.service.server import is_number
+from stitch.apps.service.validation import QueryError, check_embedding, check_text
 from stitch.errors import UsageError
-from stitch.service.metrics import Histogram, powers_of_two
-from stitch.service.server import is_number
-from stitch.service.validation import QueryError, check_embedding, check_text
 
 # Long enough for the callers of a batch of 20 to read their answers and send again over loopback (~7 ms
 # of event-loop time on the 2-core benchmark machine), short beside a MiniLM batch (~60 ms).

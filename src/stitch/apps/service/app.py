@@ -5,11 +5,11 @@
 - ``GET /images/{name}``: a gallery picture, served from the image folder only (names are checked
   against the gallery, so no path can escape the folder);
 - ``GET /health``; ``GET /``: a page with a search box and a grid of result thumbnails;
-- ``GET /metrics``: Prometheus metrics (:mod:`stitch.service.metrics`).
+- ``GET /metrics``: Prometheus metrics (:mod:`stitch.apps.service.metrics`).
 Input limits answer with 4xx and a message, never a 500; one bad request fails alone, never its batch
-(:mod:`stitch.service.batcher`). Bodies are capped and timed (:mod:`stitch.service.guard`), connections
-too (:mod:`stitch.service.server`), and :func:`serve` checks its arguments before loading any model.
-Browsers on other sites may call it only for the origins given (:mod:`stitch.service.cors`; none by default).
+(:mod:`stitch.apps.service.batcher`). Bodies are capped and timed (:mod:`stitch.apps.service.guard`), connections
+too (:mod:`stitch.apps.service.server`), and :func:`serve` checks its arguments before loading any model.
+Browsers on other sites may call it only for the origins given (:mod:`stitch.apps.service.cors`; none by default).
 """
 
 from __future__ import annotations
@@ -30,15 +30,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
-from stitch.data.synthetic import SYNTHETIC_ENCODER
-from stitch.errors import ModelOutputError, UsageError
-from stitch.io.atomic import safe_member
-from stitch.service.batcher import DEFAULT_REGATHER_MS, MicroBatcher, check_wait_ms
-from stitch.service.cors import add_cors, check_cors_origins
-from stitch.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
-from stitch.service.metrics import CONTENT_TYPE, Reading, RequestMetrics, ServiceMetrics
-from stitch.service.page import render_page
-from stitch.service.server import (
+from stitch.apps.service.batcher import DEFAULT_REGATHER_MS, MicroBatcher, check_wait_ms
+from stitch.apps.service.cors import add_cors, check_cors_origins
+from stitch.apps.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
+from stitch.apps.service.metrics import CONTENT_TYPE, Reading, RequestMetrics, ServiceMetrics
+from stitch.apps.service.page import render_page
+from stitch.apps.service.server import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_S,
     DEFAULT_MAX_HEADER_BYTES,
@@ -47,7 +44,10 @@ from stitch.service.server import (
     is_number,
     server_config,
 )
-from stitch.service.validation import QueryError, check_text
+from stitch.apps.service.validation import QueryError, check_text
+from stitch.data.synthetic import SYNTHETIC_ENCODER
+from stitch.errors import ModelOutputError, UsageError
+from stitch.io.atomic import safe_member
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Its httptools parser has no header-size limit either. So the service runs on h11
 400, connection closed; a head that arrives whole in one socket read, at most 256 KiB, is still parsed),
 through :class:`HeaderTimeoutProtocol`, which closes a connection whose request headers are not complete
 ``header_timeout_s`` after the connection opened or after the request's first byte arrived. Body size and
-body read time are :class:`stitch.service.guard.BodyLimit`'s job; idle keep-alive connections close after
+body read time are :class:`stitch.apps.service.guard.BodyLimit`'s job; idle keep-alive connections close after
 ``timeout_keep_alive``.
 
 Not covered: a client that reads the *response* very slowly (uvicorn has no write timeout), and the number

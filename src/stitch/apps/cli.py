@@ -297,7 +297,7 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from stitch.bench import run_bench
+    from stitch.apps.bench import run_bench
 
     data = _load_data(args)
     run_bench(
@@ -312,7 +312,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_curve(args) -> int:
-    from stitch.curve import DEFAULT_SIZES, learning_curve
+    from stitch.apps.curve import DEFAULT_SIZES, learning_curve
 
     data = _load_data(args).select(None)
     sizes = args.sizes or list(DEFAULT_SIZES)
@@ -322,8 +322,8 @@ def cmd_curve(args) -> int:
 
 
 def cmd_metric(args) -> int:
-    from stitch.metric_learning.run import run_metric_learning
-    from stitch.metric_learning.train import EmbeddingConfig
+    from stitch.apps.metric_learning.run import run_metric_learning
+    from stitch.apps.metric_learning.train import EmbeddingConfig
 
     config = EmbeddingConfig(loss=args.loss, miner=args.miner, margin=args.margin, epochs=args.epochs, seed=args.seed)
     run_metric_learning(
@@ -360,10 +360,10 @@ def cmd_encode(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from stitch.service.threads import prefer_passive_waiting
+    from stitch.apps.service.threads import prefer_passive_waiting
 
     prefer_passive_waiting()  # before torch loads: OpenMP reads it once
-    from stitch.service.app import serve
+    from stitch.apps.service.app import serve
 
     serve(
         args.run,
@@ -386,8 +386,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from stitch.apps.tuning import confirm, load_space, tune
     from stitch.packaged import resolve
-    from stitch.tuning import confirm, load_space, tune
 
     space = load_space(resolve(args.space, "space"))
     if args.print_space:
@@ -429,7 +429,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from stitch.outputs.report import build_report
+    from stitch.apps.report import build_report
 
     split = None if args.split == "none" else args.split
     path = build_report(
@@ -493,16 +493,16 @@ def cmd_distill_encoder(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from stitch.outputs.export import export_sentence_transformers
+    from stitch.apps.export import export_sentence_transformers
 
     path = export_sentence_transformers(args.run, args.out, text_model=args.text_model, force=args.force)
-    print(f"wrote {path}; load it with stitch.outputs.export.load_export({str(path)!r}), which checks modules.json")
+    print(f"wrote {path}; load it with stitch.apps.export.load_export({str(path)!r}), which checks modules.json")
     print("(SentenceTransformer(..., trust_remote_code=True) loads it too, but imports whatever modules.json names)")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from stitch.demo import run_demo
+    from stitch.apps.demo import run_demo
 
     run_demo(out=args.out, quick=args.quick)
     return 0
@@ -872,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the boundary: anticipated errors become one line
-        from stitch.errors import one_line
+        from stitch.apps.boundary import one_line
 
         message = one_line(err)
         if message is None:

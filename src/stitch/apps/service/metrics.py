@@ -25,8 +25,8 @@ from typing import Any
 
 from starlette.routing import Match
 
+from stitch.apps.service.guard import ASGIApp, Message, Receive, Scope, Send
 from stitch.errors import UsageError
-from stitch.service.guard import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # seconds, from 1 ms (a cached query on a small gallery) to 10 s (a client's usual give-up point)
