@@ -20,6 +20,7 @@ from stitch.data.shards import CHUNK_ROWS
 from stitch.data.splits import SEEDED_SPLIT, select_split
 from stitch.errors import UsageError
 from stitch.outputs import submission
+from stitch.recipes import recipe_overrides
 from stitch.retrieval.evaluate import AS_SUBMITTED, DirectionReport, evaluate_embeddings
 from stitch.retrieval.graded import graded_reports
 from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
@@ -91,11 +92,18 @@ def train(
     config: TrainConfig | str | Path | None = None,
     out: str | Path | None = None,
     overrides: list[str] | dict | None = None,
+    recipe: str | None = None,
     **kwargs,
 ) -> TrainResult:
-    """Train a translator; ``config`` is a TrainConfig, a YAML path, or None for the default recipe.
+    """Train a translator; ``config`` is a TrainConfig, a YAML path, or None for the default recipe;
+    ``recipe`` names a recipe (``stitch recipes``) whose settings come before ``overrides``. Without ``out``
+    the run stays in memory (the result holds it); with it, the folder holds everything to reopen it.
 
     With ``resume=True`` and no config or overrides, the run continues with its own config."""
+    if recipe is not None:
+        if isinstance(overrides, dict):
+            raise UsageError("with recipe=, give overrides as a list of key=value strings")
+        overrides = [*recipe_overrides(recipe), *(overrides or [])]
     resuming_as_is = kwargs.get("resume") and config is None and not overrides
     if not isinstance(config, TrainConfig) and not resuming_as_is:
         config = load_config(config, overrides)

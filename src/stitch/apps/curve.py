@@ -137,10 +137,10 @@ def _figure(value: float | None) -> str:
 
 
 def _plot(points: list[CurvePoint], path: Path, protocol: str) -> None:
-    from stitch.outputs.plots import _pyplot
+    from stitch.outputs.plots import new_figure
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    fig = new_figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3, sharey=True)
     panels = ((axes[0], "mrr", "the run's own scoring"), (axes[1], "plain_mrr", "plain cosine"))
     for ax, field, title in (*panels, (axes[2], "submitted_mrr", "as submitted (graded)")):
         for method in dict.fromkeys(p.method for p in points):
@@ -157,4 +157,3 @@ def _plot(points: list[CurvePoint], path: Path, protocol: str) -> None:
     fig.suptitle(protocol, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)

@@ -35,9 +35,6 @@ pre{background:#f6f6f4;padding:12px;overflow:auto;font-size:12px}img.fig{max-wid
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -77,14 +74,14 @@ def _metrics_table(reports) -> str:
 
 
 def _curves(history: list[dict]) -> str | None:
-    if not history or all(not str(r.get("train_loss", "")).strip() for r in history):
+    if not history or all(r.get("train_loss") in (None, "") for r in history):
         return None
-    from stitch.outputs.plots import _pyplot
+    from stitch.outputs.plots import new_figure
     from stitch.training.trainer import SCORED_MRR_PREFIX, scored_mrr_key
 
-    plt = _pyplot()
     keys = [k for k in ("train_loss", "dev_mrr", "dev_recall@1", "temperature") if k in history[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8))
+    fig = new_figure(figsize=(3.4 * len(keys), 2.8))
+    axes = fig.subplots(1, len(keys))
     axes = np.atleast_1d(axes)
     epochs = [int(r["epoch"]) for r in history]
     scored = scored_mrr_key(history[0])  # dev MRR under the run's own scoring
@@ -101,10 +98,10 @@ def _curves(history: list[dict]) -> str | None:
 
 
 def _rank_histogram(ranks: np.ndarray, gallery: int) -> str:
-    from stitch.outputs.plots import _pyplot
+    from stitch.outputs.plots import new_figure
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 2.8))
+    fig = new_figure(figsize=(6.5, 2.8))
+    ax = fig.subplots()
     bins = np.unique(np.geomspace(1, gallery + 1, 30).astype(int))
     ax.hist(ranks, bins=bins, color="#4c72b0")
     ax.set_xscale("log")
@@ -116,11 +113,11 @@ def _rank_histogram(ranks: np.ndarray, gallery: int) -> str:
 
 
 def _map(queries: np.ndarray, gallery: np.ndarray, projection: str, seed: int) -> str:
-    from stitch.outputs.plots import _pyplot, project_2d
+    from stitch.outputs.plots import new_figure, project_2d
 
-    plt = _pyplot()
     points = project_2d(np.concatenate([queries, gallery]), projection, seed)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = new_figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     ax.scatter(points[len(queries) :, 0], points[len(queries) :, 1], s=10, c="#dd8452", label="images", alpha=0.7)
     ax.scatter(
         points[: len(queries), 0], points[: len(queries), 1], s=6, c="#4c72b0", label="translated captions", alpha=0.6

@@ -106,6 +106,18 @@ class PairedEmbeddings:
     allow_images_without_captions: bool = False
     relevance: Relevance | None = None  # every image each caption is relevant to; None: just caption_image
 
+    def __repr__(self) -> str:
+        """A summary a notebook can show (counts, dimensions, splits), not the arrays."""
+        splits = ""
+        if self.image_split is not None:
+            names, counts = np.unique(np.asarray(self.image_split).astype(str), return_counts=True)
+            splits = ", images by split: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts))
+        encoders = f", encoders {self.encoders}" if self.encoders else ""
+        return (
+            f"PairedEmbeddings({len(self.captions)} captions x {self.captions.shape[1]}, "
+            f"{len(self.images)} images x {self.images.shape[1]}{splits}{encoders})"
+        )
+
     def __post_init__(self) -> None:
         captions = check_matrix("caption embeddings", self.captions)
         images = check_matrix("image embeddings", self.images)

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from stitch.io.atomic import atomic_write, atomic_write_text
+from stitch.outputs.plots import new_figure
 
 COLUMNS = (
     "method",
@@ -52,15 +53,11 @@ def to_csv(rows: list[dict], protocol: str) -> str:
 
 
 def bar_plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["method"] for r in rows][::-1]
     plain = [r["MRR"] for r in rows][::-1]
     rescored = [r["MRR +IS"] for r in rows][::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    fig = new_figure(figsize=(8, 0.45 * len(rows) + 1.2))
+    ax = fig.subplots()
     ys = range(len(names))
     ax.barh([y + 0.2 for y in ys], plain, height=0.4, label="cosine", color="#4c72b0")
     ax.barh([y - 0.2 for y in ys], rescored, height=0.4, label="+ inverted softmax", color="#dd8452")
@@ -70,7 +67,6 @@ def bar_plot(rows: list[dict], path: Path, title: str) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
 
 
 def write_leaderboard(rows: list[dict], out_dir: Path, protocol: str) -> dict[str, Path]:

@@ -1,4 +1,8 @@
-"""Plots people would rather look at than read (matplotlib, imported lazily, Agg backend)."""
+"""Plots people would rather look at than read (matplotlib, imported lazily).
+
+Figures are made with matplotlib's object API (:func:`new_figure`), never through pyplot's global state:
+writing a plot to a file neither switches the backend nor opens a window, so a notebook that used stitch
+still shows its own figures inline."""
 
 from __future__ import annotations
 
@@ -10,13 +14,17 @@ from stitch.errors import UsageError
 from stitch.io.atomic import atomic_write
 
 
-def _pyplot():
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot (``kwargs`` as ``Figure``'s, e.g. ``figsize``)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def colormap(name: str):
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def project_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
@@ -39,11 +47,11 @@ def project_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray
 
 def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | Path, title: str) -> Path:
     """One colour per label (legend when there are few labels)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = new_figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     labels = np.asarray(labels)
     values = np.unique(labels)
-    cmap = plt.get_cmap("tab10" if len(values) <= 10 else "tab20")
+    cmap = colormap("tab10" if len(values) <= 10 else "tab20")
     for i, value in enumerate(values):
         rows = labels == value
         ax.scatter(points[rows, 0], points[rows, 1], s=8, color=cmap(i % cmap.N), label=str(value), alpha=0.8)
@@ -54,5 +62,4 @@ def scatter_2d(points: np.ndarray, labels: np.ndarray, path: str | Path, title: 
     ax.set_yticks([])
     fig.tight_layout()
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
     return Path(path)

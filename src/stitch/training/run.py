@@ -33,7 +33,8 @@ METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 BANK = "bank.safetensors"
-RUN_FILES = (WEIGHTS, CONFIG, METRICS, CHECKPOINT, SUMMARY, BANK)
+CARD = "README.md"  # the model card (stitch.training.card)
+RUN_FILES = (WEIGHTS, CONFIG, METRICS, CHECKPOINT, SUMMARY, BANK, CARD)
 
 
 class RunError(StitchError, ValueError):
@@ -159,11 +160,17 @@ class Run:
 
     @property
     def metrics(self) -> list[dict]:
-        """Per-epoch rows of ``metrics.csv`` (empty in memory or before the first epoch)."""
+        """Per-epoch rows of ``metrics.csv`` as numbers (``pandas.DataFrame(run.metrics)`` plots them); empty
+        in memory or before the first epoch; a blank cell is None."""
         if self.path is None or not (self.path / METRICS).exists():
             return []
         with (self.path / METRICS).open() as handle:
-            return list(csv.DictReader(handle))
+            return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path is not None else "in memory"
+        kind, dims = self.config.model.name, f"{self.info.text_dim}->{self.info.image_dim}"
+        return f"Run({where!r}, model {kind} {dims}, scoring {self.config.inference.rerank})"
 
     @property
     def run_id(self) -> str:
@@ -223,6 +230,17 @@ def is_unfinished(path: Path) -> bool:
     ``config.json``, TensorBoard logs): nothing to resume or keep, so a re-run may start afresh there."""
     names = {entry.name for entry in path.iterdir()}
     return not names & {WEIGHTS, CHECKPOINT} and names <= UNFINISHED_FILES
+
+
+def _number(cell: str | None) -> int | float | str | None:
+    """A metrics.csv cell as the number it holds (int where whole, as epochs are); other text as it is."""
+    if cell is None or cell == "":
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    return int(value) if value.is_integer() and "." not in cell and "e" not in cell.lower() else value
 
 
 def read_resume_config(path: str | Path, overrides: TrainConfig | None, force_config: bool) -> TrainConfig:

@@ -19,6 +19,7 @@ from stitch.data import PairedEmbeddings
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import ShardList
 from stitch.data.splits import SEEDED_SPLIT, is_seeded, split_record
+from stitch.io.atomic import atomic_write_text
 from stitch.registries import MODELS, RESCORERS
 from stitch.retrieval.evaluate import (
     DirectionReport,
@@ -26,6 +27,7 @@ from stitch.retrieval.evaluate import (
     text_to_image_link_ranks,
     text_to_image_metrics,
 )
+from stitch.retrieval.graded import graded_reports
 from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
 from stitch.training.batching import CaptionBatches
@@ -37,14 +39,15 @@ from stitch.training.callbacks import (
     RunWriter,
     TensorBoardLogger,
 )
+from stitch.training.card import card_text
 from stitch.training.config import TrainConfig
 from stitch.training.device import autocast, resolve_device
 from stitch.training.distributed import Distributed
 from stitch.training.filtering import consistency_scores, drop_least_consistent
 from stitch.training.hub_bias import fold_hub_bias
-from stitch.training.run import Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
+from stitch.training.run import CARD, Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
-from stitch.translators import Translator, build_model
+from stitch.translators import Translator, build_model, embed_rows
 from stitch.translators.moments import ColumnMoments, PairMoments
 
 # per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
@@ -416,13 +419,30 @@ def _finish(
     fitted = not state.history  # closed-form fits have one row, epoch 0
     if fitted:
         state.history = [{"epoch": 0, "train_loss": "", "dev_mrr": plain["mrr"], "dev_recall@1": plain["recall@1"]}]
+    graded = graded_dev_report(run, dev_set, device)
     if run.path is not None and writes:
         if fitted or run.model.folds_hub_bias:
             run.save_weights()
+        if fitted:
             run.append_metrics(state.history[0])
-        run.write_summary(run_summary(state.best_epoch, reports[0].metrics, how, scoring))
+        summary = run_summary(state.best_epoch, reports[0].metrics, how, scoring)
+        run.write_summary({**summary, **({"as_submitted": graded.metrics} if graded is not None else {})})
         run.save_bank()
+        atomic_write_text(run.path / CARD, card_text(run, reports, plain, graded, how))
     return TrainResult(run, state.best_epoch, plain, state.history, how, reports)
+
+
+@torch.no_grad()
+def graded_dev_report(run: Run, dev_set, device) -> DirectionReport | None:
+    """What a grader gives the run's submission on the dev images (None: the run cannot be submitted)."""
+    if not run.model.has_image_space:
+        return None
+
+    def translate(captions):
+        return run.model.to_image_space(captions)
+
+    predictions = embed_rows(translate, dev_set.captions, device, what="image-space predictions")
+    return graded_reports(predictions, dev_set.images, dev_set.relevant, chunk=run.config.eval_chunk, device=device)[0]
 
 
 @torch.no_grad()
