@@ -214,7 +214,7 @@ def test_graded_run_folds_a_hubness_bias_that_travels_in_the_vector(small_data, 
     dev = small_data.split("dev")
     with torch.no_grad():
         x = torch.as_tensor(dev.captions[:8])
-        expected = torch.nn.functional.normalize(model.translator(x), dim=-1) - model.hub_bias
+        expected = torch.nn.functional.normalize(model.space.direction(model.translator(x)), dim=-1) - model.hub_bias
     assert np.allclose(api.predict(run, dev.captions[:8], device="cpu"), expected.numpy(), atol=1e-6)
 
 
