@@ -151,10 +151,21 @@ def test_help_is_fast_and_imports_no_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_quick_demo_is_labelled_synthetic_and_the_default_beats_ridge(capsys):
+def test_quick_demo_is_labelled_synthetic_and_the_default_beats_ridge(capsys, tmp_path):
     from stitch.apps.demo import run_demo
 
-    results = run_demo(quick=True)
+    results = run_demo(out=tmp_path / "demo", quick=True)
     out = capsys.readouterr().out
-    assert "SYNTHETIC" in out and "full gallery of" in out
+    assert "SYNTHETIC" in out and "full gallery of" in out and "MRR submitted" in out
     assert results["default (resmlp + InfoNCE)"]["mrr"] > results["ridge"]["mrr"]
+    # the runs it announces are there to open afterwards, each with its model card
+    assert f"The runs are in {tmp_path / 'demo'}/" in out and (tmp_path / "demo" / "default" / "README.md").exists()
+
+
+def test_q_after_a_subcommand_means_what_it_means_before_one():
+    from stitch.apps.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "-q", "--data", "x"]).quiet
+    assert parser.parse_args(["index", "build", "-q", "--run", "r", "--out", "o"]).quiet
+    assert parser.parse_args(["-q", "recipes"]).silent and not parser.parse_args(["recipes"]).quiet

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from stitch import registries
@@ -451,7 +452,8 @@ def cmd_recipes(args) -> int:
 
     print("recipes (stitch train --recipe NAME, stitch bench --methods NAME ...):")
     for recipe in RECIPES.values():
-        print(f"  {recipe.name:<16} {recipe.reference:<28} {recipe.notes.split(';')[0][:70]}")
+        first = f"  {recipe.name:<14} "
+        print("\n".join(textwrap.wrap(recipe.notes, width=100, initial_indent=first, subsequent_indent=" " * 17)))
     print(f"shipped configs (--config NAME): {', '.join(packaged_names('config'))}")
     print(f"tuning spaces (stitch tune --space NAME): {', '.join(packaged_names('space'))}")
     return 0
@@ -851,7 +853,27 @@ def build_parser() -> argparse.ArgumentParser:
         _parser_demo,
     ):
         add(sub)
+    for command in sub.choices.values():
+        _quiet_everywhere(command)
     return parser
+
+
+def _quiet_everywhere(command: argparse.ArgumentParser) -> None:
+    """``-q`` after a subcommand means what it means before one (warnings and errors only, no progress bars),
+    so ``stitch train -q`` and ``stitch -q train`` are the same; ``--quiet`` is its long form."""
+    nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+    if nested:
+        for inner in nested[0].choices.values():
+            _quiet_everywhere(inner)
+        return
+    for action in command._actions:
+        if "--quiet" in action.option_strings:
+            if "-q" not in action.option_strings:
+                action.option_strings.insert(0, "-q")
+                command._option_string_actions["-q"] = action
+            action.help = "warnings and errors only, no progress bars"
+            return
+    command.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -865,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    _configure_logging(args.verbose, args.silent)
+    args.quiet = getattr(args, "quiet", False) or args.silent
+    _configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
     except KeyboardInterrupt:

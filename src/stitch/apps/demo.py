@@ -6,15 +6,18 @@ recipes compare on a known structure, nothing about real encoders.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from stitch import api
 from stitch.data import make_synthetic
 from stitch.retrieval.evaluate import format_reports
 
+DEMO_DIR = Path("runs") / "demo"
+
 
 def run_demo(out: str | Path | None = None, quick: bool = False) -> dict[str, dict]:
+    """Train ridge and the default recipe on synthetic data into ``out`` (``runs/demo``), evaluate both, and
+    print a summary with the figures a grader would give their submissions."""
     data = make_synthetic(n_images=800 if quick else 4000, seed=0)
     print(
         f"SYNTHETIC data (seeded, made in memory): {data.n_captions} captions ({data.text_dim}-d) -> "
@@ -25,22 +28,26 @@ def run_demo(out: str | Path | None = None, quick: bool = False) -> dict[str, di
     if quick:
         recipes["default (resmlp + InfoNCE)"] = ["optim.epochs=3"]
     results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(out) if out else Path(scratch)
-        for name, overrides in recipes.items():
-            run_dir = root / name.split()[0]
-            print(f"\n== {name}: training -> {run_dir}")
-            api.train(data, None, out=run_dir, overrides=overrides, force=True)
-            reports = api.evaluate(run_dir, data, split="dev")
-            print(format_reports(reports))
-            results[name] = reports[0].metrics
-            results[name]["plain_mrr"] = api.evaluate(run_dir, data, split="dev", rerank="none")[0].metrics["mrr"]
+    root = Path(out) if out else DEMO_DIR
+    for name, overrides in recipes.items():
+        run_dir = root / name.split()[0]
+        print(f"\n== {name}: training -> {run_dir}")
+        api.train(data, None, out=run_dir, overrides=overrides, force=True)
+        reports = api.evaluate(run_dir, data, split="dev")
+        print(format_reports(reports))
+        results[name] = reports[0].metrics
+        results[name]["plain_mrr"] = api.evaluate(run_dir, data, split="dev", rerank="none")[0].metrics["mrr"]
+        graded = api.evaluate(run_dir, data, split="dev", as_submitted=True)[0].metrics
+        results[name]["submitted_mrr"] = graded["mrr"]
     n_dev = int((data.image_split == "dev").sum())
     print(
         f"\nSummary (SYNTHETIC data; dev split, text->image, full gallery of {n_dev} images; scored with "
-        "inverted softmax over each run's training-caption bank, plain cosine MRR alongside):"
+        "inverted softmax over each run's training-caption bank, plain cosine MRR and the MRR a grader gives each "
+        "run's submission alongside):"
     )
-    print(f"  {'recipe':<28} {'R@1':>7} {'R@10':>7} {'MRR':>7} {'MRR plain':>10}")
+    print(f"  {'recipe':<28} {'R@1':>7} {'R@10':>7} {'MRR':>7} {'MRR plain':>10} {'MRR submitted':>14}")
     for name, m in results.items():
-        print(f"  {name:<28} {m['recall@1']:>7.3f} {m['recall@10']:>7.3f} {m['mrr']:>7.3f} {m['plain_mrr']:>10.3f}")
+        figures = f"{m['recall@1']:>7.3f} {m['recall@10']:>7.3f} {m['mrr']:>7.3f} {m['plain_mrr']:>10.3f}"
+        print(f"  {name:<28} {figures} {m['submitted_mrr']:>14.3f}")
+    print(f"\nThe runs are in {root}/ (each with a README.md model card): stitch evaluate --run {root / 'default'} ...")
     return results
