@@ -10,10 +10,17 @@ import math
 import sys
 from pathlib import Path
 
-from stitch.errors import UsageError
+from stitch.errors import StitchError, UsageError
+
+SCORED_MRR_PREFIX = "dev_mrr_"
 
 
-class TrainingDiverged(ValueError):
+def scored_mrr_key(row: dict) -> str | None:
+    """The key of a metrics row's dev MRR under the run's own scoring, if it has one."""
+    return next((k for k in row if k.startswith(SCORED_MRR_PREFIX)), None)
+
+
+class TrainingDiverged(StitchError, ValueError):
     """An epoch produced a non-finite loss or dev metric: no later number could be trusted."""
 
 
@@ -90,9 +97,17 @@ class ProgressBar(Callback):
             self.bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", dev_mrr=f"{max(state.best, 0):.4f}")
 
     def on_epoch_end(self, trainer, state, row: dict) -> None:
-        if self.enabled and self.bar is None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            scored = scored_mrr_key(row)
+            own = f", {scored[len(SCORED_MRR_PREFIX) :]} {row[scored]:.4f}" if scored else ""
+            line = f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, dev MRR cosine {row['dev_mrr']:.4f}{own}"
+            print(line, file=sys.stderr, flush=True)
+        if state.stop:
             print(
-                f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, dev MRR (cosine) {row['dev_mrr']:.4f}",
+                f"early stop after epoch {row['epoch']}: no gain in dev MRR (cosine) for {state.stale} epochs; "
+                f"keeping epoch {state.best_epoch} (dev MRR {state.best:.4f})",
                 file=sys.stderr,
                 flush=True,
             )

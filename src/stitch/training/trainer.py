@@ -32,6 +32,7 @@ from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
 from stitch.training.batching import CaptionBatches
 from stitch.training.callbacks import (
+    SCORED_MRR_PREFIX,
     Callback,
     EarlyStopping,
     EpochHook,
@@ -50,15 +51,8 @@ from stitch.training.tasks import Task
 from stitch.translators import Translator, build_model, embed_rows
 from stitch.translators.moments import ColumnMoments, PairMoments
 
+
 # per-epoch dev MRR under the run's own scoring is logged as SCORED_MRR_PREFIX + the method (dev_mrr_is)
-SCORED_MRR_PREFIX = "dev_mrr_"
-
-
-def scored_mrr_key(row: dict) -> str | None:
-    """The key of a metrics row's dev MRR under the run's own scoring, if it has one."""
-    return next((k for k in row if k.startswith(SCORED_MRR_PREFIX)), None)
-
-
 @dataclass
 class TrainResult:
     run: Run
