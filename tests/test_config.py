@@ -65,3 +65,22 @@ def test_shipped_default_yaml_is_the_built_in_default():
 
     shipped = resolve("default", "config")
     assert load_config(shipped, []).to_dict() == load_config(None, []).to_dict()
+
+
+def test_a_setting_the_model_kind_does_not_read_is_named_not_silently_dropped(caplog):
+    """Each model kind declares the model.* settings it reads (registry tag config_keys); one it does not read,
+    changed from its default, is named in a warning. Named recipes pin only what their kind reads."""
+    import logging
+
+    from stitch.recipes import RECIPES
+    from stitch.training.config import load_config
+
+    with caplog.at_level(logging.WARNING):
+        load_config(None, ["model.name=resmlp", "model.slots=4"])
+    assert "model.name=resmlp does not use model.slots: ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_config(None, ["model.name=set", "model.slots=4"])
+        for recipe in RECIPES.values():
+            load_config(None, list(recipe.overrides))
+    assert "ignored" not in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stitch.errors import UsageError
+from stitch.registries import MODELS
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,15 @@ _SEED003 = (
     "optim.epochs=50",
 )
 
+def _pinned(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """The pre-tuning defaults a recipe pins: only the model.* settings its model kind reads."""
+    kind = next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), "resmlp")
+    used = MODELS.tag(kind, "config_keys", ())
+    return tuple(o for o in _BEFORE_TUNING if not o.startswith("model.") or o.split("=")[0][6:] in used)
+
+
 RECIPES: dict[str, Recipe] = {
-    r.name: r if r.name == "default" else Recipe(r.name, r.reference, (*_BEFORE_TUNING, *r.overrides), r.notes)
+    r.name: r if r.name == "default" else Recipe(r.name, r.reference, (*_pinned(r.overrides), *r.overrides), r.notes)
     for r in [
         Recipe(
             "default",

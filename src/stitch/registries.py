@@ -62,30 +62,61 @@ class Registry:
 _T = "stitch.translators"
 # tags: task = the training task that owns the loss; losses = loss kinds it accepts; image_space = has
 # predictions in the raw image space (submissions); closed_form = fitted, not trained.
+_MLP_KEYS = ("hidden", "depth", "dropout", "activation", "standardize_target")
+_START_KEYS = ("init", "ridge_alpha")
+# config_keys: the model.* settings a kind reads (as sentence-transformers modules declare theirs); any other
+# model.* setting changed from its default is reported as ignored
 MODELS = Registry(
     "model",
     {
         "ridge": Entry(
-            f"{_T}.mapped:RidgeTranslator", "closed-form ridge map", {"task": "translate", "closed_form": True}
+            f"{_T}.mapped:RidgeTranslator",
+            "closed-form ridge map",
+            {"task": "translate", "closed_form": True, "config_keys": ("ridge_alpha", "standardize_target")},
         ),
         "procrustes": Entry(
             f"{_T}.mapped:ProcrustesTranslator",
             "closed-form orthogonal map",
-            {"task": "translate", "closed_form": True},
+            {"task": "translate", "closed_form": True, "config_keys": ("standardize_target",)},
         ),
-        "mlp": Entry(f"{_T}.mapped:MLPTranslator", "MLP into image space", {"task": "translate"}),
+        "mlp": Entry(
+            f"{_T}.mapped:MLPTranslator", "MLP into image space", {"task": "translate", "config_keys": _MLP_KEYS}
+        ),
         "resmlp": Entry(
-            f"{_T}.mapped:ResidualTranslator", "residual MLP on a closed-form start", {"task": "translate"}
+            f"{_T}.mapped:ResidualTranslator",
+            "residual MLP on a closed-form start",
+            {"task": "translate", "config_keys": (*_MLP_KEYS, *_START_KEYS)},
         ),
         "graded": Entry(
             f"{_T}.mapped:GradedTranslator",
             "residual MLP scored as a grader scores a submission (unit raw image)",
-            {"task": "translate"},
+            {"task": "translate", "config_keys": (*_MLP_KEYS, *_START_KEYS, "hub_bias")},
         ),
-        "dual": Entry(f"{_T}.heads:DualEncoder", "text and image towers into a shared space", {"task": "dual"}),
-        "set": Entry(f"{_T}.set_head:SetPredictionHead", "K candidate image embeddings per caption", {"task": "set"}),
+        "dual": Entry(
+            f"{_T}.heads:DualEncoder",
+            "text and image towers into a shared space",
+            {
+                "task": "dual",
+                "config_keys": (
+                    *_MLP_KEYS, "text_tower", "image_tower", "shared_dim", "freeze_image", "momentum",
+                    "distill_weight", "distill_temperature",
+                ),
+            },
+        ),
+        "set": Entry(
+            f"{_T}.set_head:SetPredictionHead",
+            "K candidate image embeddings per caption",
+            {
+                "task": "set",
+                "config_keys": (
+                    "hidden", "standardize_target", *_START_KEYS, "slots", "slot_dropout", "aggregation",
+                    "diversity_weight", "diversity_margin", "global_weight", "global_margin", "mmd_weight",
+                    "uniformity_weight",
+                ),
+            },
+        ),
     },
-)
+)  # fmt: skip
 
 TASKS = Registry(
     "task",

@@ -287,9 +287,27 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
     _check_task(config)
     _check_ingredients(config)
+    _warn_ignored(config.model)
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     return config
+
+
+def _warn_ignored(model: ModelConfig) -> None:
+    """A model.* setting the chosen kind does not read (registry tag ``config_keys``), changed from its
+    default, is named in a warning: a set-head setting on a residual MLP would otherwise be silently ignored."""
+    import logging
+
+    from stitch.registries import MODELS
+
+    used = set(MODELS.tag(model.name, "config_keys", ())) | {"name"}
+    defaults = ModelConfig()
+    changed = [f.name for f in fields(model) if getattr(model, f.name) != getattr(defaults, f.name)]
+    ignored = [name for name in changed if name not in used]
+    if ignored:
+        logging.getLogger(__name__).warning(
+            "model.name=%s does not use %s: ignored", model.name, ", ".join(f"model.{k}" for k in ignored)
+        )
 
 
 def _check_task(config: TrainConfig) -> None:
