@@ -80,7 +80,7 @@ def test_a_setting_the_model_kind_does_not_read_is_named_not_silently_dropped(ca
     assert "model.name=resmlp does not use model.slots: ignored" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        load_config(None, ["model.name=set", "model.slots=4"])
+        load_config(None, ["model.name=set", "loss.name=set-infonce", "model.slots=4"])
         for recipe in RECIPES.values():
             load_config(None, list(recipe.overrides))
     assert "ignored" not in caplog.text
