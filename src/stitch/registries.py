@@ -205,14 +205,26 @@ RESCORERS = Registry(
     },
 )
 
+_I = "stitch.retrieval.index"
+# defaults: the kind's parameters (each bounded by stitch.retrieval.index.PARAM_BOUNDS); the entry is its backend
 INDEX_KINDS = Registry(
     "index kind",
     {
-        "exact": Entry("stitch.retrieval.index:build_index", "chunked exact search, no dependency"),
-        "flat": Entry("stitch.retrieval.index:build_index", "FAISS exact inner product", {"faiss": True}),
-        "ivf": Entry("stitch.retrieval.index:build_index", "FAISS IVF-Flat", {"faiss": True}),
-        "hnsw": Entry("stitch.retrieval.index:build_index", "FAISS HNSW graph", {"faiss": True}),
-        "ivfpq": Entry("stitch.retrieval.index:build_index", "FAISS IVF-PQ + exact re-rank", {"faiss": True}),
+        "exact": Entry(f"{_I}:ExactBackend", "chunked exact search, no dependency", {"defaults": {}}),
+        "flat": Entry(f"{_I}:FaissBackend", "FAISS exact inner product", {"faiss": True, "defaults": {}}),
+        "ivf": Entry(
+            f"{_I}:FaissBackend", "FAISS IVF-Flat", {"faiss": True, "defaults": {"nlist": 1024, "nprobe": 32}}
+        ),
+        "hnsw": Entry(
+            f"{_I}:FaissBackend",
+            "FAISS HNSW graph",
+            {"faiss": True, "defaults": {"m": 32, "ef_construction": 200, "ef_search": 128}},
+        ),
+        "ivfpq": Entry(
+            f"{_I}:FaissBackend",
+            "FAISS IVF-PQ + exact re-rank",
+            {"faiss": True, "defaults": {"nlist": 1024, "nprobe": 32, "m": 32, "nbits": 8, "refine_factor": 10}},
+        ),
     },
 )
 

@@ -39,13 +39,8 @@ from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.io.untrusted import read_json, regular_file
 from stitch.registries import INDEX_KINDS
 
-DEFAULT_PARAMS = {
-    "exact": {},
-    "flat": {},
-    "ivf": {"nlist": 1024, "nprobe": 32},
-    "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
-    "ivfpq": {"nlist": 1024, "nprobe": 32, "m": 32, "nbits": 8, "refine_factor": 10},
-}
+# each kind's parameters and their defaults: a tag of its registry entry (the one place kinds are named)
+DEFAULT_PARAMS = {kind: dict(INDEX_KINDS.tag(kind, "defaults")) for kind in INDEX_KINDS.names()}
 # inclusive bounds of every parameter: FAISS takes out-of-range values and overflows or eats the memory
 PARAM_BOUNDS = {
     "nlist": (1, 1 << 20),
@@ -114,12 +109,14 @@ class ArrayRows:
 
 @dataclass
 class GalleryIndex:
+    """An index of one kind over named gallery items; ``store`` is what its backend keeps (the unit vectors
+    of ``exact``, a FAISS index) and only that backend reads it."""
+
     kind: str
     dim: int
     names: np.ndarray
     params: dict = field(default_factory=dict)
-    vectors: np.ndarray | None = None  # exact only
-    faiss_index: object | None = None
+    store: object | None = None
     meta: dict = field(default_factory=dict)  # what the caller records with it (e.g. the run it indexes)
 
     def __len__(self) -> int:
@@ -132,32 +129,15 @@ class GalleryIndex:
             raise IndexFileError(f"queries must be (n, {self.dim}), got {queries.shape}")
         if not np.isfinite(queries).all():
             raise IndexFileError("queries contain NaN/Inf")
-        k = min(k, len(self))
-        q = _unit(queries)
-        if self.kind == "exact":
-            gallery = torch.as_tensor(self.vectors)
-            scores, ids = [], []
-            for start in range(0, len(q), chunk):
-                top = (torch.as_tensor(q[start : start + chunk]) @ gallery.T).topk(k, dim=1)
-                scores.append(top.values.numpy())
-                ids.append(top.indices.numpy())
-            return np.concatenate(scores), np.concatenate(ids)
-        scores, ids = self.faiss_index.search(q, k)
-        return scores, ids
+        return backend(self.kind).search(self.store, _unit(queries), min(k, len(self)), chunk)
 
     def save(self, folder: str | Path, force: bool = False) -> Path:
         folder = Path(folder)
         if (folder / "index.json").exists() and not force:
             raise FileExistsError(f"{folder} already holds an index; pass --force to replace it")
         folder.mkdir(parents=True, exist_ok=True)
-        if self.kind == "exact":
-            from safetensors.numpy import save_file
-
-            atomic_write(folder / "vectors.safetensors", lambda tmp: save_file({"vectors": self.vectors}, str(tmp)))
-        else:
-            import faiss
-
-            atomic_write(folder / "index.faiss", lambda tmp: faiss.write_index(self.faiss_index, str(tmp)))
+        kind = backend(self.kind)
+        kind.save(self.store, folder / kind.file)
         meta = {
             "kind": self.kind,
             "dim": self.dim,
@@ -167,6 +147,14 @@ class GalleryIndex:
         }
         atomic_write_text(folder / "index.json", json.dumps(meta))
         return folder
+
+
+def backend(kind: str):
+    """The backend of an index kind, as its registry entry names it (``exact`` or FAISS)."""
+    try:
+        return INDEX_KINDS.get(kind, "index kind")()
+    except ValueError as err:
+        raise IndexFileError(str(err)) from err
 
 
 def build_index(
@@ -189,13 +177,8 @@ def build_index_from(
     names = np.arange(n).astype(str) if names is None else np.asarray(names).astype(str)
     if len(names) != n:
         raise IndexFileError(f"{len(names)} names for {n} gallery rows")
-    if kind == "exact":
-        vectors = np.empty((n, dim), dtype=np.float32)
-        for start, rows in _unit_chunks(source, n, dim):
-            vectors[start : start + len(rows)] = rows
-        return GalleryIndex(kind, dim, names, merged, vectors=vectors)
-    index, built = _faiss_index(kind, source, merged, seed)
-    return GalleryIndex(kind, dim, names, merged, faiss_index=index, meta=built)
+    store, built = backend(kind).build(kind, source, merged, seed)
+    return GalleryIndex(kind, dim, names, merged, store, meta=built)
 
 
 def _unit_chunks(source: VectorSource, n: int, dim: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -242,15 +225,7 @@ def training_rows(n: int, size: int, seed: int) -> np.ndarray:
 
 def index_bytes(kind: str, n: int, dim: int, params: dict) -> int:
     """About how many bytes of RAM the built index holds (vectors, codes, ids, graph links)."""
-    vectors = 4 * n * dim
-    if kind == "hnsw":
-        return vectors + 4 * n * 2 * int(params["m"])  # level 0 holds 2m links a vector; upper levels are few
-    if kind == "ivf":
-        return vectors + 8 * n  # plus an id per vector in its list
-    if kind == "ivfpq":
-        codes = n * (int(params["m"]) * int(params["nbits"]) // 8 + 8)
-        return codes + (vectors if int(params["refine_factor"]) > 0 else 0)
-    return vectors
+    return backend(kind).nbytes(kind, n, dim, params)
 
 
 def physical_memory() -> int | None:
@@ -280,10 +255,7 @@ def check_index_fits(kind: str, n: int, dim: int, params: dict) -> None:
 def check_request(kind: str, params: dict, n: int, dim: int) -> dict:
     """Check the kind, its parameters and the size (non-empty; the index fits in RAM, see
     :func:`check_index_fits`) before any work; the parameters with the kind's defaults filled in."""
-    try:
-        INDEX_KINDS.check(kind, "index kind")
-    except ValueError as err:
-        raise IndexFileError(str(err)) from err
+    backend(kind)  # an unknown kind is refused here, naming the kinds
     _check_params(kind, params)
     if n == 0 or dim == 0:
         raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape ({n}, {dim})")
@@ -359,21 +331,8 @@ def load_index(folder: str | Path) -> GalleryIndex:
     if not meta_path.exists():
         raise IndexFileError(f"{folder} is not an index folder: index.json is missing")
     kind, dim, names, params, extra = _read_index_meta(meta_path)
-    if kind == "exact":
-        vectors = _load_vectors(folder / "vectors.safetensors", len(names), dim)
-        return GalleryIndex(kind, dim, names, params, vectors=vectors, meta=extra)
-    import faiss
-
-    path = regular_file(folder / "index.faiss", error=IndexFileError)
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as err:
-        raise IndexFileError(f"{path} cannot be read: {err}") from err
-    if index.ntotal != len(names) or index.d != dim:
-        raise IndexFileError(f"index has {index.ntotal} x {index.d}, names/meta say {len(names)} x {dim}")
-    _check_faiss_finite(index, kind, path)
-    _restore_search_params(index, kind, params)
-    return GalleryIndex(kind, dim, names, params, faiss_index=index, meta=extra)
+    store = backend(kind).load(folder / backend(kind).file, kind, len(names), dim, params)
+    return GalleryIndex(kind, dim, names, params, store, meta=extra)
 
 
 def _read_index_meta(path: Path) -> tuple[str, int, np.ndarray, dict, dict]:
@@ -465,6 +424,82 @@ def _restore_search_params(index, kind: str, params: dict) -> None:
         ivf.nprobe = min(int(params["nprobe"]), ivf.nlist)
         if kind == "ivfpq" and isinstance(index, faiss.IndexRefine):
             index.k_factor = float(params["refine_factor"])
+
+
+class ExactBackend:
+    """``exact``: the gallery's unit vectors in memory, searched by a chunked matmul (no dependency)."""
+
+    file = "vectors.safetensors"
+
+    def build(self, kind: str, source: VectorSource, params: dict, seed: int) -> tuple[np.ndarray, dict]:
+        n, dim = len(source), int(source.dim)
+        vectors = np.empty((n, dim), dtype=np.float32)
+        for start, rows in _unit_chunks(source, n, dim):
+            vectors[start : start + len(rows)] = rows
+        return vectors, {}
+
+    def search(self, vectors: np.ndarray, q: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        gallery = torch.as_tensor(vectors)
+        scores, ids = [], []
+        for start in range(0, len(q), chunk):
+            top = (torch.as_tensor(q[start : start + chunk]) @ gallery.T).topk(k, dim=1)
+            scores.append(top.values.numpy())
+            ids.append(top.indices.numpy())
+        return np.concatenate(scores), np.concatenate(ids)
+
+    def save(self, vectors: np.ndarray, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        atomic_write(path, lambda tmp: save_file({"vectors": vectors}, str(tmp)))
+
+    def load(self, path: Path, kind: str, n: int, dim: int, params: dict) -> np.ndarray:
+        return _load_vectors(path, n, dim)
+
+    def nbytes(self, kind: str, n: int, dim: int, params: dict) -> int:
+        return 4 * n * dim
+
+
+class FaissBackend:
+    """``flat``, ``hnsw``, ``ivf``, ``ivfpq``: a FAISS inner-product index (``pip install 'stitch[index]'``)."""
+
+    file = "index.faiss"
+
+    def build(self, kind: str, source: VectorSource, params: dict, seed: int) -> tuple[object, dict]:
+        return _faiss_index(kind, source, params, seed)
+
+    def search(self, index, q: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        return index.search(q, k)
+
+    def save(self, index, path: Path) -> None:
+        import faiss
+
+        atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+
+    def load(self, path: Path, kind: str, n: int, dim: int, params: dict):
+        """The FAISS file, checked: its size against ``index.json``, every stored vector finite."""
+        import faiss
+
+        path = regular_file(path, error=IndexFileError)
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            raise IndexFileError(f"{path} cannot be read: {err}") from err
+        if index.ntotal != n or index.d != dim:
+            raise IndexFileError(f"index has {index.ntotal} x {index.d}, names/meta say {n} x {dim}")
+        _check_faiss_finite(index, kind, path)
+        _restore_search_params(index, kind, params)
+        return index
+
+    def nbytes(self, kind: str, n: int, dim: int, params: dict) -> int:
+        vectors = 4 * n * dim
+        if kind == "hnsw":
+            return vectors + 4 * n * 2 * int(params["m"])  # level 0 holds 2m links a vector; upper levels are few
+        if kind == "ivf":
+            return vectors + 8 * n  # plus an id per vector in its list
+        if kind == "ivfpq":
+            codes = n * (int(params["m"]) * int(params["nbits"]) // 8 + 8)
+            return codes + (vectors if int(params["refine_factor"]) > 0 else 0)
+        return vectors
 
 
 def knn_classify(index: GalleryIndex, labels: np.ndarray, queries: np.ndarray, k: int = 5) -> np.ndarray:

@@ -301,9 +301,8 @@ def _warn_ignored(model: ModelConfig) -> None:
     from stitch.registries import MODELS
 
     used = set(MODELS.tag(model.name, "config_keys", ())) | {"name"}
-    defaults = ModelConfig()
-    changed = [f.name for f in fields(model) if getattr(model, f.name) != getattr(defaults, f.name)]
-    ignored = [name for name in changed if name not in used]
+    given, defaults = asdict(model), asdict(ModelConfig())
+    ignored = [name for name, value in given.items() if value != defaults[name] and name not in used]
     if ignored:
         logging.getLogger(__name__).warning(
             "model.name=%s does not use %s: ignored", model.name, ", ".join(f"model.{k}" for k in ignored)
