@@ -185,6 +185,16 @@ def _key_in_shards_0_and_1(folder):
     _rewrite_metadata(folder, 1, lambda columns: columns[KEY].__setitem__(0, "synthetic0.jpg"))
 
 
+def _metadata_rotated_by_one_row_0(folder):
+    """The key column one row out of step with the embeddings: captions would pair with the wrong image."""
+
+    def rotate(columns):
+        for name in columns:
+            columns[name] = columns[name][1:] + columns[name][:1]
+
+    _rewrite_metadata(folder, 0, rotate)
+
+
 def _split_flips_within_image_0(folder):
     def flip(columns):
         columns["split"][1] = "dev" if columns["split"][0] == "train" else "train"
@@ -210,6 +220,11 @@ def _split_flips_within_image_0(folder):
             _key_in_shards_0_and_1,
             {"image_key": KEY},
             ["key 'synthetic0.jpg' appears", "img_emb_0.npy+", "img_emb_1.npy+"],
+        ),
+        (
+            _metadata_rotated_by_one_row_0,
+            {"image_key": KEY},
+            ["img_emb_0.npy+", "share image key", "hold different image embeddings"],
         ),
         (
             _split_flips_within_image_0,

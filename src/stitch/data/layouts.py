@@ -614,6 +614,8 @@ def _group(part: _Part, source: Path) -> tuple[Shard, dict[str, np.ndarray]]:
         rank[order] = np.arange(len(first))
         owner, firsts = rank[inverse.ravel()], first[order]
     images = part.image if len(firsts) == n else np.asarray(part.image[firsts])
+    if len(firsts) < n:
+        _check_grouping(part, owner, firsts, images)
     extra = {}
     if part.captions is not None:
         extra["caption_texts"] = part.captions
@@ -622,6 +624,25 @@ def _group(part: _Part, source: Path) -> tuple[Shard, dict[str, np.ndarray]]:
     if part.split is not None:
         extra["image_split"] = _image_split(part, owner, firsts, source)
     return Shard(part.text, images, owner, name=part.name), extra
+
+
+GROUP_CHECK_ROWS = 65_536  # rows compared at a time with their group's first row
+
+
+def _check_grouping(part: _Part, owner: np.ndarray, firsts: np.ndarray, images: np.ndarray) -> None:
+    """Rows that share an image key must hold that image's embedding: a key column out of step with the
+    embeddings (metadata rotated by a row, a wrong key) would otherwise pair captions with the wrong image."""
+    for start in range(0, len(owner), GROUP_CHECK_ROWS):
+        rows = np.arange(start, min(start + GROUP_CHECK_ROWS, len(owner)))
+        differ = ~np.all(np.asarray(part.image[rows]) == images[owner[rows]], axis=1)
+        if differ.any():
+            row = int(rows[np.flatnonzero(differ)[0]])
+            first = int(firsts[owner[row]])
+            raise DataError(
+                f"{part.name}: rows {first} and {row} share image key {str(part.keys[row])!r} but hold different "
+                f"image embeddings ({int(differ.sum())} such row(s) in rows {start}-{rows[-1]}): the key column "
+                "is out of step with the embeddings, or names something other than the image"
+            )
 
 
 def _image_split(part: _Part, owner: np.ndarray, firsts: np.ndarray, source: Path) -> np.ndarray:
