@@ -77,7 +77,7 @@ def _curves(history: list[dict]) -> str | None:
     if not history or all(r.get("train_loss") in (None, "") for r in history):
         return None
     from stitch.outputs.plots import new_figure
-    from stitch.training.trainer import SCORED_MRR_PREFIX, scored_mrr_key
+    from stitch.training.callbacks import SCORED_MRR_PREFIX, scored_mrr_key
 
     keys = [k for k in ("train_loss", "dev_mrr", "dev_recall@1", "temperature") if k in history[0]]
     fig = new_figure(figsize=(3.4 * len(keys), 2.8))

@@ -36,8 +36,8 @@ import yaml
 from stitch.data import PairedEmbeddings
 from stitch.data.splits import train_dev_split
 from stitch.io.atomic import atomic_write_text
+from stitch.training.callbacks import scored_mrr_key
 from stitch.training.config import ConfigError, load_config, parse_overrides
-from stitch.training.trainer import scored_mrr_key
 
 PARAM_TYPES = ("float", "int", "categorical")
 
