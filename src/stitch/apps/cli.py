@@ -181,22 +181,21 @@ def _print_scorings(args, data, own) -> None:
 
 
 def _params(pairs: list[str] | None) -> dict:
-    """``["k=10", "beta=20"]`` -> ``{"k": 10, "beta": 20}`` (values parsed as YAML scalars)."""
-    import yaml
+    """``["k=10", "beta=20"]`` -> ``{"k": 10, "beta": 20}``, read as config overrides are."""
+    from stitch.training.config import parse_pairs
 
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise UsageError(f"parameter {pair!r} must look like name=value")
-        key, value = pair.split("=", 1)
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e9 as a string; numbers are what parameters take
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        out[key] = parsed
-    return out
+    out = parse_pairs(pairs or [], "parameter", "nprobe=32")
+    return {key: _number_or_text(value) for key, value in out.items()}
+
+
+def _number_or_text(value: object) -> object:
+    """YAML 1.1 reads ``1e9`` as a string; numbers are what parameters take."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def cmd_index_build(args) -> int:

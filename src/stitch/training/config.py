@@ -355,21 +355,30 @@ def _check_partners(ensemble: EnsembleConfig) -> None:
         )
 
 
+def parse_pairs(pairs: list[str], what: str = "override", example: str = "optim.lr=1e-3") -> dict[str, object]:
+    """``["a.b=1e-3", "c=x"]`` -> ``{"a.b": "1e-3" or 0.001, "c": "x"}``: every ``key=value`` of the command
+    line (config overrides, index and rescorer parameters) read one way, values as YAML scalars."""
+    flat: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{what} {pair!r} must look like key=value (e.g. {example})")
+        key, raw = pair.split("=", 1)
+        try:
+            flat[key.strip()] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{what} {pair!r}: the value is not valid YAML ({err.__class__.__name__})") from err
+    return flat
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """``["optim.lr=1e-3", "model.name=mlp"]`` -> nested dict; values parsed as YAML scalars."""
     nested: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r} must look like key=value (e.g. optim.lr=1e-3)")
-        key, raw = pair.split("=", 1)
+    for key, value in parse_pairs(pairs).items():
         node = nested
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {pair!r}: the value is not valid YAML ({err.__class__.__name__})") from err
+        node[parts[-1]] = value
     return nested
 
 
