@@ -91,10 +91,8 @@ def _text_to_image(q_s, g_s, relevance: Relevance, chunk: int, similarity, adjus
 
 def full_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: int, seed: int) -> list[DirectionReport]:
     """Every query against the whole gallery, both directions (image->text when every image has captions)."""
-    similarity = dot if scorer is None else scorer.similarity
-    adjust = None if scorer is None else scorer.adjust
     tag = _tag("full", scorer)
-    q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
+    q_s, g_s, similarity, adjust = _prepared(q, g, scorer)
     t2i, random = _text_to_image(q_s, g_s, relevance, chunk, similarity, adjust)
     if relevance.is_single and (scorer is None or scorer.model.vectors_per_query == 1):
         true = g[torch.as_tensor(relevance.items, device=g.device)]
@@ -124,9 +122,7 @@ def kaggle_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: in
     if not relevance.is_single:
         raise UsageError("kaggle100 draws one true item and 99 others: it needs one relevant item per query")
     n = PROTOCOLS.tag("kaggle100", "candidates")
-    similarity = dot if scorer is None else scorer.similarity
-    adjust = None if scorer is None else scorer.adjust
-    q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
+    q_s, g_s, similarity, adjust = _prepared(q, g, scorer)
     ranks = sampled_candidate_ranks(q_s, g_s, relevance.items, n, seed, chunk, similarity, adjust)
     metrics = rank_metrics(ranks, ks=(1, 5, 10))
     return [
@@ -140,13 +136,18 @@ def aml2025_protocol(q, g, relevance: Relevance, scorer: Scorer | None, chunk: i
     if not relevance.is_single:
         raise UsageError("aml2025 ranks one true image per query: it needs one relevant item per query")
     cutoff = PROTOCOLS.tag("aml2025", "cutoff")
-    similarity = dot if scorer is None else scorer.similarity
-    adjust = None if scorer is None else scorer.adjust
-    q_s, g_s = (q, g) if scorer is None else (scorer.prepare_queries(q), scorer.prepare_gallery(g))
+    q_s, g_s, similarity, adjust = _prepared(q, g, scorer)
     ranks = text_to_image_ranks(q_s, g_s, relevance.items, chunk, similarity, adjust)
     ks = (1, 5, 10, 20)
     metrics, random = truncated_metrics(ranks, ks, cutoff), random_truncated(len(g), ks, cutoff)
     return [DirectionReport(_tag("aml2025", scorer), "text->image", len(g), len(q), metrics, random)]
+
+
+def _prepared(q, g, scorer: Scorer | None):
+    """``(queries, gallery, similarity, adjust)`` as ``scorer`` ranks them (plain cosine without one)."""
+    if scorer is None:
+        return q, g, dot, None
+    return scorer.prepare_queries(q), scorer.prepare_gallery(g), scorer.similarity, scorer.adjust
 
 
 def _tag(protocol: str, scorer: Scorer | None) -> str:
