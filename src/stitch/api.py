@@ -196,15 +196,19 @@ def scorings(
     device: str = "auto",
     seed: int = 0,
     allow_train_overlap: bool = False,
+    chunk: int = 1024,
+    own: DirectionReport | None = None,
 ) -> dict[str, DirectionReport]:
-    """Text->image figures of one run under each scoring a user meets, by name: ``own`` (the run's scoring),
-    ``cosine`` (plain cosine in the run's space) and, for runs with image-space predictions, ``as submitted``
-    (what a grader gives its submission). Side by side they show what a submission keeps of the model."""
+    """Text->image figures of one run under each scoring a user meets, by name: ``own`` (the run's scoring;
+    pass it when already computed), ``cosine`` (plain cosine in the run's space, when the run rescores) and,
+    for runs with image-space predictions, ``as submitted`` (what a grader gives its submission). Side by
+    side they show what a submission keeps of the model."""
     opened = open(run, resolve_device(device))
-    common = {"split": split, "protocol": protocol, "device": device, "seed": seed}
+    common = {"split": split, "protocol": protocol, "device": device, "seed": seed, "chunk": chunk}
     common["allow_train_overlap"] = allow_train_overlap
-    out = {"own": evaluate(opened, data, **common)[0]}
-    out["cosine"] = evaluate(opened, data, rerank="none", **common)[0]
+    out = {"own": own if own is not None else evaluate(opened, data, **common)[0]}
+    if out["own"].protocol.partition("+")[2]:
+        out["cosine"] = evaluate(opened, data, rerank="none", **common)[0]
     if opened.model.has_image_space:
         out[AS_SUBMITTED] = evaluate(opened, data, as_submitted=True, **common)[0]
     return out

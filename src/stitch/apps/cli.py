@@ -167,16 +167,13 @@ def _print_scorings(args, data, own) -> None:
     """The run's text->image figures under its own scoring, plain cosine and as a grader scores its
     submission, side by side (a run without image-space predictions says it cannot be submitted)."""
     from stitch import api
-    from stitch.retrieval.evaluate import AS_SUBMITTED, format_scorings
+    from stitch.retrieval.evaluate import format_scorings
 
     opened = api.open(args.run)
-    common = dict(split=args.split, protocol=args.protocol, chunk=args.chunk, seed=args.seed)
-    common["allow_train_overlap"] = args.allow_train_overlap
-    table = {"own": own}
-    if own.protocol.partition("+")[2]:
-        table["cosine"] = api.evaluate(opened, data, rerank="none", **common)[0]
-    if opened.model.has_image_space:
-        table[AS_SUBMITTED] = api.evaluate(opened, data, as_submitted=True, **common)[0]
+    table = api.scorings(
+        opened, data, args.split, args.protocol, seed=args.seed, chunk=args.chunk,
+        allow_train_overlap=args.allow_train_overlap, own=own,
+    )  # fmt: skip
     print(format_scorings(table, opened.model))
 
 
