@@ -900,11 +900,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+QUIET_LOGGERS = ("faiss", "faiss.loader", "transformers", "sentence_transformers", "httpx", "datasets")
+
+
 def _configure_logging(verbose: int, silent: bool) -> None:
     import logging
 
     level = logging.WARNING if silent else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if not verbose:  # third-party loaders' chatter (FAISS's CPU-feature probing, model load reports)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Parser(argparse.ArgumentParser):
