@@ -280,3 +280,17 @@ def test_export_vectors_against_raw_images_give_the_runs_graded_figures(tmp_path
     expected = api.evaluate(run, data, split="dev", as_submitted=True)[0].metrics
     for key, value in grade(vectors, dev.images, dev.caption_image).items():
         assert expected[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_a_graded_run_is_not_rescored_twice_and_cannot_be_averaged_with_a_zscored_run(small_data, tmp_path):
+    """Its query already carries the inverted-softmax bias: rescoring it again is refused; and it scores raw
+    images, so averaging it with a z-scored run would score one member against the other's gallery."""
+    from stitch.training import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="counts the hubs twice"):
+        load_config(None, EXACT["graded"])  # inference.rerank defaults to is
+    load_config(None, [*EXACT["graded"], "model.hub_bias=0"])  # no folded bias: rescoring is its own choice
+    graded, zscored = tmp_path / "g", tmp_path / "z"
+    api.train(small_data, None, out=graded, overrides=[*EXACT["graded"], "inference.rerank=none"], progress=False)
+    api.train(small_data, None, out=zscored, overrides=["model.name=ridge"], progress=False)
+    assert main(["ensemble", str(graded), str(zscored), "--out", str(tmp_path / "e")]) == 2

@@ -90,7 +90,7 @@ MODELS = Registry(
         "graded": Entry(
             f"{_T}.mapped:GradedTranslator",
             "residual MLP scored as a grader scores a submission (unit raw image)",
-            {"task": "translate", "config_keys": (*_MLP_KEYS, *_START_KEYS, "hub_bias")},
+            {"task": "translate", "config_keys": (*_MLP_KEYS, *_START_KEYS, "hub_bias"), "folds_hub_bias": True},
         ),
         "dual": Entry(
             f"{_T}.heads:DualEncoder",

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.errors import UsageError
 from stitch.losses.base import PairLoss
 from stitch.losses.pairs import resolve_ref, same_label
 
@@ -22,7 +21,7 @@ def multi_positive_nll(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     """Mean over rows of ``-log sum_{j positive} softmax(logits)_ij``; rows without positives skipped."""
     has_pos = positive.any(dim=1)
     if not has_pos.any():
-        raise UsageError("no row has a positive; check that labels and ref_labels share values")
+        raise ValueError("no row has a positive; check that labels and ref_labels share values")  # a bug, not input
     log_norm = torch.logsumexp(logits[has_pos], dim=1)
     log_pos = torch.logsumexp(logits[has_pos].masked_fill(~positive[has_pos], float("-inf")), dim=1)
     return (log_norm - log_pos).mean()

@@ -56,7 +56,8 @@ def card_text(run: Run, reports: list[DirectionReport], plain: dict, graded: Dir
         "",
         "Files: `model.safetensors` (weights), `config.json` (the full config, dimensions, split), `metrics.csv`",
         "(one row per epoch), `summary.json`, `bank.safetensors` (training captions for hubness-aware scoring).",
-        "Nothing here is a pickle; opening the folder runs no code from it.",
+        "Weights are safetensors, configs JSON; `checkpoint.pt` (resume state) loads with `weights_only=True`,",
+        "so opening the folder runs no code from it.",
         "",
     ]
     return "\n".join(lines).replace("THIS", str(run.path) if run.path is not None else "RUN")

@@ -335,8 +335,25 @@ def _check_ingredients(config: TrainConfig) -> None:
         raise ConfigError("ensemble.folds must be 0 (no folds) or at least 2")
     _check_partners(config.ensemble)
     kind = LOSSES.tag(config.loss.name, "kind")
+    _check_folded_bias_and_teacher(config)
     if (config.optim.mixup_alpha or config.loss.mse_weight) and kind != "pair":
         raise ConfigError("optim.mixup_alpha and loss.mse_weight go with a contrastive loss (infonce, siglip, ...)")
+
+
+def _check_folded_bias_and_teacher(config: TrainConfig) -> None:
+    """A model that folds inverted softmax into its query must not be rescored by it again; distillation
+    compares single query vectors, which set heads (scored by their best slot) do not have."""
+    from stitch.registries import MODELS
+
+    folds = MODELS.tag(config.model.name, "folds_hub_bias", False) and config.model.hub_bias > 0
+    if folds and config.inference.rerank != "none":
+        raise ConfigError(
+            f"model.name={config.model.name} folds inverted softmax into its query (model.hub_bias="
+            f"{config.model.hub_bias}); rescoring it again with inference.rerank={config.inference.rerank} counts "
+            "the hubs twice: set inference.rerank=none (or model.hub_bias=0 to rescore instead)"
+        )
+    if config.loss.teacher and MODELS.tag(config.model.name, "task") == "set":
+        raise ConfigError("loss.teacher distils single query vectors; set heads (model.name=set) are not supported")
 
 
 def _check_partners(ensemble: EnsembleConfig) -> None:

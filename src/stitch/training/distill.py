@@ -24,6 +24,12 @@ class ScoreDistillation(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.weight, self.temperature = weight, temperature
 
+    def train(self, mode: bool = True) -> ScoreDistillation:
+        """The student's modules follow ``mode``; the teacher stays in eval mode (no dropout in its targets)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
     def forward(
         self, captions: torch.Tensor, images: torch.Tensor, queries: torch.Tensor, gallery: torch.Tensor
     ) -> torch.Tensor:

@@ -109,7 +109,15 @@ class Translator(nn.Module):
         ``direction`` (the default): the vector a competition grader, which ranks raw image embeddings by
         cosine, ranks as the model does. ``point``: the regression point, the predicted image feature itself
         (its cosine ranking is not the model's when the run scores in a z-scored space)."""
-        raise UsageError(
+        raise self._no_image_space()
+
+    def raw_direction(self, queries: torch.Tensor) -> torch.Tensor:
+        """The raw image-space vectors that rank raw images as ``queries`` (this model's unit queries) rank its
+        gallery: what a submission of them holds."""
+        raise self._no_image_space()
+
+    def _no_image_space(self) -> UsageError:
+        return UsageError(
             f"this run ({type(self).__name__}) scores in a learnt shared space: it has no image-space "
             "predictions for a submission; use a translator recipe (ridge, procrustes, mlp, resmlp, set)"
         )

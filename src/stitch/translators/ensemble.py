@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.errors import UsageError
-from stitch.translators.base import Translator
+from stitch.translators.base import Translator, check_target
 
 
 def check_weights(weights: list[float] | None, count: int) -> list[float]:
@@ -40,6 +40,11 @@ class Ensemble(Translator):
             )
             if not same:
                 raise UsageError("ensemble members must score in the same space (trained on the same data split)")
+            if type(other).embed_gallery is not type(first).embed_gallery:
+                raise UsageError(
+                    f"ensemble members must score against the same gallery: {type(first).__name__} and "
+                    f"{type(other).__name__} embed images differently; fuse them by score (--combine score)"
+                )
         self.members = nn.ModuleList(members)
         weights = check_weights(weights, len(members))
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32) / sum(weights))
@@ -53,13 +58,15 @@ class Ensemble(Translator):
         return self.members[0].embed_gallery(images)
 
     def to_image_space(self, captions: torch.Tensor, target: str = "direction") -> torch.Tensor:
-        """The weighted mean of the members' points, or of their unit directions: the ensemble scores the
-        weighted mean of the members' cosines, which that mean direction reproduces exactly when every
-        member's direction is exact."""
-        parts = [m.to_image_space(captions, target) for m in self.members]
-        if target == "direction":
-            parts = [F.normalize(p.float(), dim=-1) for p in parts]
-        return sum(w * p for w, p in zip(self.weights, parts))
+        """The weighted mean of the members' points, or the raw direction of the ensemble's own query (the
+        weighted mean of the members' unit queries, which scores the weighted mean of their cosines): exact
+        when the members' directions are."""
+        if check_target(target) == "point":
+            return sum(w * m.to_image_space(captions, target) for w, m in zip(self.weights, self.members))
+        return self.raw_direction(self.embed_queries(captions))
+
+    def raw_direction(self, queries: torch.Tensor) -> torch.Tensor:
+        return self.members[0].raw_direction(queries)
 
     @property
     def exact_submission(self) -> bool:

@@ -34,7 +34,10 @@ class MappedTranslator(Translator):
         predicted = self.translator(captions)
         if check_target(target) == "point":
             return self.space.inverse(predicted)
-        return self.space.direction(F.normalize(predicted.float(), dim=-1))
+        return self.raw_direction(F.normalize(predicted.float(), dim=-1))
+
+    def raw_direction(self, queries: torch.Tensor) -> torch.Tensor:
+        return self.space.direction(queries)
 
     @property
     def exact_submission(self) -> bool:
@@ -120,6 +123,9 @@ class GradedTranslator(ResidualTranslator):
                 "features: it has no regression point; use target direction"
             )
         return self.embed_queries(captions)
+
+    def raw_direction(self, queries: torch.Tensor) -> torch.Tensor:
+        return queries  # already scored against the raw image
 
     def set_hub_bias(self, bias: torch.Tensor) -> None:
         """The hubness bias subtracted from every unit query (a per-image offset ``b . unit(x)``)."""

@@ -85,7 +85,10 @@ class SetPredictionHead(Translator):
         mean = F.normalize(slots.mean(dim=1), dim=-1)
         if check_target(target) == "point":
             return self.space.inverse(mean * self.image_dim**0.5)
-        return self.space.direction(mean)
+        return self.raw_direction(mean)
+
+    def raw_direction(self, queries: torch.Tensor) -> torch.Tensor:
+        return self.space.direction(queries)
 
     @property
     def exact_submission(self) -> bool:
