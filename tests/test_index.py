@@ -80,3 +80,24 @@ def test_knn_label_transfer_matches_brute_force():
     for row, pred in zip(labels[nearest], predicted):
         counts = np.bincount(row, minlength=4)
         assert counts[pred] == counts.max()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_a_saved_index_loads_after_faiss_torch_utils_patched_faiss(tmp_path, kind):
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which makes FAISS's Python wrappers return
+    torch tensors; loading (and its NaN check) must still read the stored vectors, and still find a NaN."""
+    pytest.importorskip("faiss")
+    import subprocess
+    import sys
+
+    gallery = clustered()
+    build_index(gallery, kind, **({"nlist": 16} if kind == "ivf" else {})).save(tmp_path / "idx")
+    code = (
+        "import faiss.contrib.torch_utils\n"
+        "from stitch.retrieval.index import load_index\n"
+        f"index = load_index({str(tmp_path / 'idx')!r})\n"
+        "print(len(index))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(len(gallery))

@@ -410,8 +410,14 @@ def _check_faiss_finite(index, kind: str, path: Path) -> None:
 
 
 def _finite_rows(index, n: int, path: Path) -> None:
+    import faiss
+
     for start in range(0, n, CHUNK):
-        _refuse_non_finite(index.reconstruct_n(start, min(CHUNK, n - start)), start, path)
+        # FAISS's C call into a numpy buffer: its Python wrapper returns torch tensors once any library has
+        # imported faiss.contrib.torch_utils (pytorch-metric-learning does), and NaN checks would misread them
+        rows = np.empty((min(CHUNK, n - start), index.d), dtype=np.float32)
+        index.reconstruct_n_c(start, len(rows), faiss.swig_ptr(rows))
+        _refuse_non_finite(rows, start, path)
 
 
 def _restore_search_params(index, kind: str, params: dict) -> None:
