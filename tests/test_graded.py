@@ -294,3 +294,16 @@ def test_a_graded_run_is_not_rescored_twice_and_cannot_be_averaged_with_a_zscore
     api.train(small_data, None, out=graded, overrides=[*EXACT["graded"], "inference.rerank=none"], progress=False)
     api.train(small_data, None, out=zscored, overrides=["model.name=ridge"], progress=False)
     assert main(["ensemble", str(graded), str(zscored), "--out", str(tmp_path / "e")]) == 2
+
+
+def test_reports_and_runs_are_at_home_in_a_notebook(small_data, tmp_path):
+    pd = pytest.importorskip("pandas")
+    run = tmp_path / "ridge"
+    api.train(small_data, None, out=run, overrides=["model.name=ridge"], progress=False)
+    report = api.evaluate(run, small_data, split="dev", as_submitted=True)[0]
+    frame = report.to_frame()
+    assert isinstance(frame, pd.DataFrame) and frame.loc["mrr", "model"] == report.metrics["mrr"]
+    assert frame.attrs["label"] == report.label() and "as submitted" in report._repr_html_()
+    opened = api.open(run)
+    assert "ridge" in opened._repr_html_() and "dev_mrr" in opened._repr_html_()
+    assert all(isinstance(v, (int, float)) for v in opened.metrics[0].values() if v is not None)

@@ -55,6 +55,35 @@ class DirectionReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_frame(self):
+        """The figures as a pandas DataFrame (metric, model, random), named by the report's label."""
+        try:
+            import pandas as pd
+        except ModuleNotFoundError as err:
+            raise UsageError("to_frame needs pandas: pip install pandas") from err
+        rows = [(key, value, self.random.get(key)) for key, value in self.metrics.items()]
+        frame = pd.DataFrame(rows, columns=["metric", "model", "random"]).set_index("metric")
+        frame.attrs["label"] = self.label()
+        return frame
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the report as a table under its protocol line."""
+        import html
+
+        described = describe_protocol(self.protocol, self.gallery, self.gallery_kind, self.scoring)
+        cells = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td><td>{_random_cell(self.random.get(k))}</td></tr>"
+            for k, v in self.metrics.items()
+        )
+        return (
+            f"<p><b>{html.escape(self.label())}</b>: {html.escape(described)}</p>"
+            f"<table><tr><th>metric</th><th>model</th><th>random</th></tr>{cells}</table>"
+        )
+
+
+def _random_cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
 
 AS_SUBMITTED = "as submitted"
 """The scoring of a grader: unit submitted vector against unit raw image embedding (``retrieval.graded``)."""

@@ -167,6 +167,14 @@ class Run:
         with (self.path / METRICS).open() as handle:
             return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
+    def _repr_html_(self) -> str:
+        """A notebook shows the run: what it is, and its last epoch's figures."""
+        import html
+
+        last = self.metrics[-1] if self.metrics else {}
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("dev_") and isinstance(v, float))
+        return f"<p><b>{html.escape(repr(self))}</b></p><p>last epoch: {html.escape(figures or 'none recorded')}</p>"
+
     def __repr__(self) -> str:
         where = str(self.path) if self.path is not None else "in memory"
         kind, dims = self.config.model.name, f"{self.info.text_dim}->{self.info.image_dim}"
