@@ -28,7 +28,7 @@ from stitch.training import train as _train
 from stitch.training.device import resolve_device
 from stitch.training.ensemble import is_ensemble_folder, train_ensemble
 from stitch.training.run import RunInfo
-from stitch.translators import embed_rows
+from stitch.translators import image_space_rows
 from stitch.translators.base import check_target
 
 logger = logging.getLogger(__name__)
@@ -260,12 +260,7 @@ def predict(
 
 
 def _image_space(opened: Run, rows: np.ndarray, device, target: str) -> np.ndarray:
-    check_target(target)
-
-    def translate(captions):
-        return opened.model.to_image_space(captions, target)
-
-    return embed_rows(translate, rows, device, what=f"image-space predictions ({target})").cpu().numpy()
+    return image_space_rows(opened.model, rows, device, target).cpu().numpy()
 
 
 def write_submission(

@@ -48,7 +48,7 @@ from stitch.training.filtering import consistency_scores, drop_least_consistent
 from stitch.training.hub_bias import fold_hub_bias
 from stitch.training.run import CARD, Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
 from stitch.training.tasks import Task
-from stitch.translators import Translator, build_model, embed_rows
+from stitch.translators import Translator, build_model, image_space_rows
 from stitch.translators.moments import ColumnMoments, PairMoments
 
 
@@ -431,11 +431,7 @@ def graded_dev_report(run: Run, dev_set, device) -> DirectionReport | None:
     """What a grader gives the run's submission on the dev images (None: the run cannot be submitted)."""
     if not run.model.has_image_space:
         return None
-
-    def translate(captions):
-        return run.model.to_image_space(captions)
-
-    predictions = embed_rows(translate, dev_set.captions, device, what="image-space predictions")
+    predictions = image_space_rows(run.model, dev_set.captions, device)
     return graded_reports(predictions, dev_set.images, dev_set.relevant, chunk=run.config.eval_chunk, device=device)[0]
 
 

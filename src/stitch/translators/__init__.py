@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from stitch.registries import MODELS
-from stitch.translators.base import NonFiniteError, Translator, check_finite
+from stitch.translators.base import NonFiniteError, Translator, check_finite, check_target
 from stitch.translators.closed_form import LinearMap, fit_procrustes, fit_ridge, procrustes_solution, ridge_solution
 from stitch.translators.ensemble import Ensemble, Fusion
 from stitch.translators.heads import DualEncoder
@@ -35,6 +35,19 @@ def embed_rows(
     return check_finite(out, what or getattr(fn, "__name__", "model output"))
 
 
+def image_space_rows(
+    model: Translator, rows: np.ndarray, device: torch.device | str = "cpu", target: str = "direction"
+) -> torch.Tensor:
+    """``model.to_image_space`` over numpy rows in chunks: what a submission of ``rows`` holds (see
+    :data:`stitch.registries.IMAGE_TARGETS`); NaN/Inf is an error."""
+    check_target(target)
+
+    def translate(captions: torch.Tensor) -> torch.Tensor:
+        return model.to_image_space(captions, target)
+
+    return embed_rows(translate, rows, device, what=f"image-space predictions ({target})")
+
+
 __all__ = [
     "DualEncoder",
     "Ensemble",
@@ -52,6 +65,7 @@ __all__ = [
     "embed_rows",
     "fit_procrustes",
     "fit_ridge",
+    "image_space_rows",
     "procrustes_solution",
     "ridge_solution",
 ]
