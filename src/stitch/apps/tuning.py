@@ -37,7 +37,7 @@ from stitch.data import PairedEmbeddings
 from stitch.data.splits import train_dev_split
 from stitch.io.atomic import atomic_write_text
 from stitch.training.callbacks import scored_mrr_key
-from stitch.training.config import ConfigError, load_config, parse_overrides
+from stitch.training.config import ConfigError, load_config, nest, parse_overrides, parse_pairs
 
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -226,14 +226,8 @@ def default_values(space: SearchSpace) -> dict | None:
 
 
 def _merge(space: SearchSpace, values: dict) -> dict:
-    merged = parse_overrides(space.base)
-    for key, value in values.items():
-        node = merged
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return merged
+    """The space's base overrides with a trial's values (dotted keys) on top, as nested config sections."""
+    return nest({**parse_pairs(space.base), **values})
 
 
 def _sampler_and_pruner(space: SearchSpace, seed: int):

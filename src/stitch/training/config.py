@@ -287,7 +287,6 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
     _check_task(config)
     _check_ingredients(config)
-    _warn_ignored(config.model)
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     return config
@@ -389,8 +388,13 @@ def parse_pairs(pairs: list[str], what: str = "override", example: str = "optim.
 
 def parse_overrides(pairs: list[str]) -> dict:
     """``["optim.lr=1e-3", "model.name=mlp"]`` -> nested dict; values parsed as YAML scalars."""
+    return nest(parse_pairs(pairs))
+
+
+def nest(flat: dict[str, object]) -> dict:
+    """``{"optim.lr": 1e-3}`` -> ``{"optim": {"lr": 1e-3}}``: dotted keys as the sections they name."""
     nested: dict = {}
-    for key, value in parse_pairs(pairs).items():
+    for key, value in flat.items():
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -412,7 +416,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         _apply(config, data)
     if overrides:
         _apply(config, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return validate(config)
+    validate(config)
+    _warn_ignored(config.model)  # here, where a user names settings; not on every reopening of a saved run
+    return config
 
 
 def config_from_dict(data: dict) -> TrainConfig:
