@@ -273,8 +273,9 @@ def cmd_predict(args) -> int:
     from stitch import api
 
     queries = _required(args, "queries", "--queries")
-    path = api.write_submission(args.run, queries, args.out, fmt=args.format, force=args.force, target=args.target)
-    exact = api.open(args.run).model.exact_submission
+    opened = api.open(args.run)
+    path = api.write_submission(opened, queries, args.out, fmt=args.format, force=args.force, target=args.target)
+    exact = opened.model.exact_submission
     how = {
         "point": "predicted image features (regression points): a grader's cosine does not rank as the model does",
         "direction": "directions a grader's cosine with raw images ranks "
