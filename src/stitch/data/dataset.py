@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from stitch.data.errors import DataError, describe_rows
+from stitch.data.holdout import holdout_rows
 from stitch.data.relevance import Relevance
 from stitch.data.shards import Shard, ShardList
 
@@ -238,17 +239,13 @@ class PairedEmbeddings:
     ) -> tuple[ShardList, PairedEmbeddings, str]:
         """Train pairs (as shards), dev pairs and how they were split (see ``train_dev_split``); the same
         contract as :meth:`stitch.data.sharded.ShardedPairs.holdout`."""
-        from stitch.data.splits import train_dev_split
-
-        train, dev, how = train_dev_split(self, dev_fraction, seed, max_dev_images)
-        return train.shards(), dev, how
+        train, dev, how = holdout_rows(self, dev_fraction, seed, max_dev_images)
+        return self.subset_images(train).shards(), self.subset_images(dev), how
 
     def holdout_rows(
         self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
     ) -> tuple[np.ndarray, np.ndarray, str]:
         """Train and dev image rows of :meth:`holdout` (a run's split, taken again to evaluate it)."""
-        from stitch.data.splits import holdout_rows
-
         return holdout_rows(self, dev_fraction, seed, max_dev_images)
 
     def take_images(self, image_rows: np.ndarray) -> PairedEmbeddings:

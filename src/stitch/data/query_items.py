@@ -21,6 +21,7 @@ import numpy as np
 
 from stitch.data.dataset import PairedEmbeddings
 from stitch.data.errors import DataError, describe_rows
+from stitch.data.npy import read_npy
 from stitch.data.relevance import Relevance
 from stitch.io.atomic import atomic_path, atomic_write_text
 from stitch.io.untrusted import unique_keys
@@ -122,8 +123,6 @@ def _relevance(queries: list[dict], item_ids: np.ndarray) -> Relevance:
 
 def read_query_items(folder: str | Path, **kwargs) -> PairedEmbeddings:
     """A query/item folder as paired data: queries play the captions, items the images."""
-    from stitch.data.readers import read_npy
-
     folder = Path(folder)
     queries, items = _table(folder, QUERY_TABLES), _table(folder, ITEM_TABLES)
     if not queries or not items:

@@ -15,6 +15,7 @@ import numpy as np
 
 from stitch.data.dataset import DataError, PairedEmbeddings, Queries
 from stitch.data.layouts import detect_layout, open_layout
+from stitch.data.npy import read_npy
 from stitch.data.query_items import is_query_items_folder, read_query_items
 from stitch.data.relevance import Relevance
 from stitch.data.sharded import ShardedPairs, is_sharded_folder, open_sharded
@@ -256,16 +257,6 @@ def _pt_relevance(obj: dict, path: Path, n_images: int) -> Relevance | None:
     indptr, items = _as_numpy(obj["relevance_indptr"], "relevance_indptr"), _as_numpy(obj["relevance_items"])
     grades = _as_numpy(obj["relevance_grades"]) if "relevance_grades" in obj else None
     return _relevance(path, indptr, items, grades, n_images)
-
-
-def read_npy(path: Path) -> np.ndarray:
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    regular_file(path, error=DataError)  # a FIFO would block np.load forever
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as err:
-        raise DataError(f"{path}: not a readable .npy array (truncated, corrupt or pickled?): {err}") from err
 
 
 def read_npy_triplet(captions: Path, images: Path, index: Path, **kwargs) -> PairedEmbeddings:

@@ -26,6 +26,7 @@ import numpy as np
 
 from stitch.data.dataset import PairedEmbeddings
 from stitch.data.errors import DataError, describe_rows
+from stitch.data.holdout import image_holdout
 from stitch.data.shards import CHUNK_ROWS, Shard, ShardList, read_checked
 from stitch.io.atomic import current_umask
 from stitch.io.progress import chunk_starts
@@ -103,7 +104,7 @@ class ShardedPairs:
         self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
     ) -> tuple[ShardList, PairedEmbeddings, str]:
         """Train view (read on demand) and the dev images with their captions in memory, split by image
-        exactly as the same pairs in memory would be (:func:`stitch.data.splits.image_holdout`)."""
+        exactly as the same pairs in memory would be (:func:`stitch.data.holdout.image_holdout`)."""
         train_rows, dev_rows, how = self.holdout_rows(dev_fraction, seed, max_dev_images)
         train = np.zeros(self.n_images, bool)
         train[train_rows] = True
@@ -113,8 +114,6 @@ class ShardedPairs:
         self, dev_fraction: float = 0.1, seed: int = 0, max_dev_images: int = 0
     ) -> tuple[np.ndarray, np.ndarray, str]:
         """Train and dev image rows (global ids) of :meth:`holdout`, as the same pairs in memory give them."""
-        from stitch.data.splits import image_holdout
-
         split = np.concatenate(self.columns["image_split"]) if "image_split" in self.columns else None
         return image_holdout(split, self.n_images, dev_fraction, seed, max_dev_images)
 
@@ -423,8 +422,10 @@ def _write_block(data: ShardedPairs, folder: Path, number: int, block: list[_Pie
     _copy_rows(images, folder, f"{name}.images.npy", dtype)
     firsts = np.cumsum([0] + [len(p.images) for p in block])
     owner = np.concatenate(
-        [np.asarray(data.shards[p.shard].caption_image, dtype=np.int64)[p.rows] - p.images[0] + first
-         for p, first in zip(block, firsts)]  # fmt: skip
+        [
+            np.asarray(data.shards[p.shard].caption_image, dtype=np.int64)[p.rows] - p.images[0] + first
+            for p, first in zip(block, firsts)
+        ]  # fmt: skip
     )
     _save(folder, f"{name}.caption_image.npy", owner.astype(_index_dtype(int(firsts[-1]))))
     for column, values in data.columns.items():
