@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stitch.data import DataError, make_synthetic
-from stitch.data.sharded import MANIFEST, ShardedPairs, open_sharded, write_sharded
+from stitch.data.sharded import MANIFEST, VERSION, ShardedPairs, open_sharded, write_sharded
 
 
 def _pairs(**kw):
@@ -79,7 +79,7 @@ def test_a_tampered_manifest_is_refused_naming_it(sharded, case):
 
 def test_a_manifest_repeating_a_json_key_is_refused(sharded):
     text = (sharded / MANIFEST).read_text()
-    (sharded / MANIFEST).write_text(text.replace('"version": 1', '"version": 1, "version": 1', 1))
+    (sharded / MANIFEST).write_text(text.replace(f'"version": {VERSION}', f'"version": {VERSION}, "version": 1', 1))
     with pytest.raises(DataError, match=rf"{MANIFEST}: key 'version' appears twice"):
         open_sharded(sharded)
 

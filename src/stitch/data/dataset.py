@@ -15,6 +15,7 @@ from stitch.data.errors import DataError, describe_rows
 from stitch.data.holdout import holdout_rows
 from stitch.data.relevance import Relevance
 from stitch.data.shards import Shard, ShardList
+from stitch.data.texts import as_texts
 
 
 def check_finite(name: str, matrix: np.ndarray) -> None:
@@ -41,7 +42,7 @@ def check_matrix(name: str, matrix: np.ndarray) -> np.ndarray:
 def _check_labels(name: str, values: np.ndarray | None, length: int) -> np.ndarray | None:
     if values is None:
         return None
-    values = np.asarray(values).astype(str)
+    values = as_texts(values, name)
     if values.shape != (length,):
         raise DataError(f"{name} has shape {values.shape}, expected ({length},) to match the rows")
     return values
@@ -111,7 +112,7 @@ class PairedEmbeddings:
         """A summary a notebook can show (counts, dimensions, splits), not the arrays."""
         splits = ""
         if self.image_split is not None:
-            names, counts = np.unique(np.asarray(self.image_split).astype(str), return_counts=True)
+            names, counts = np.unique(self.image_split, return_counts=True)
             splits = ", images by split: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts))
         encoders = f", encoders {self.encoders}" if self.encoders else ""
         return (

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from stitch.data.errors import DataError, describe_rows
-from stitch.data.sharded import ShardedPairs, open_npy
+from stitch.data.npy import read_npy
+from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import Shard
+from stitch.data.texts import TEXT, ArrowTexts, as_texts
 from stitch.io.untrusted import first_repeat, inside, read_json, regular_file
 
 logger = logging.getLogger(__name__)
@@ -215,9 +217,7 @@ def _numbered(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
             continue
         number = int(match.group(1))
         if number in found:
-            raise DataError(
-                f"{folder}: {found[number].name} and {path.name} are both shard {number}; keep one of them"
-            )
+            raise DataError(f"{folder}: {found[number].name} and {path.name} are both shard {number}; keep one of them")
         found[number] = path
     return found
 
@@ -264,7 +264,7 @@ def _clip_part(folder: Path, i: int, files: dict[str, Path], spec: _Spec) -> _Pa
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    matrix = open_npy(path)
+    matrix = read_npy(path, mmap=True)
     if matrix.ndim != 2 or matrix.dtype.kind != "f":
         raise DataError(
             f"{path}: embeddings must be a rows x dims float16/float32 matrix, got {matrix.dtype} "
@@ -416,26 +416,9 @@ def _labels(table: _Table, spec: _Spec) -> tuple[np.ndarray | None, np.ndarray |
     captions = None
     if spec.caption_column and spec.caption_column in table.names:
         pa = _pyarrow()
-        captions = TextColumn(pa.compute.fill_null(table.read(spec.caption_column).cast(pa.string()), ""))
+        captions = ArrowTexts(pa.compute.fill_null(table.read(spec.caption_column).cast(pa.string()), ""))
     has_split = spec.split_column and spec.split_column in table.names
     return keys, captions, _strings(table, spec.split_column) if has_split else None
-
-
-class TextColumn:
-    """Caption texts kept in Arrow's compact form (memory-mapped where the file is) and turned into numpy
-    strings only for the rows asked for: as one numpy array every row would take 4 bytes x the longest
-    caption, gigabytes for a few million web captions that training never reads."""
-
-    def __init__(self, column) -> None:
-        self.column = column
-
-    def __len__(self) -> int:
-        return len(self.column)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        rows = np.asarray(rows)
-        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
-        return np.asarray(self.column.take(_pyarrow().array(rows)).to_numpy(zero_copy_only=False)).astype(str)
 
 
 def _strings(table: _Table, name: str) -> np.ndarray:
@@ -443,7 +426,7 @@ def _strings(table: _Table, name: str) -> np.ndarray:
     if column.null_count:
         rows = np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))
         raise DataError(f"{table.where}: column {name!r} is empty (null) in {describe_rows(rows)}; fill it")
-    return np.asarray(column.to_numpy(zero_copy_only=False)).astype(str)
+    return as_texts(column.to_numpy(zero_copy_only=False), f"{table.where}: column {name!r}")
 
 
 # --- Hugging Face datasets ------------------------------------------------------------------------------
@@ -543,7 +526,8 @@ def _assemble(parts: list[_Part], source: Path) -> ShardedPairs:
         lacking = next(p.name for p in parts if p.split is None)
         raise DataError(f"{source}: {lacking} has no split column while other files do; give every file one")
     if "caption_texts" in columns and len(columns["caption_texts"]) != len(parts):
-        columns["caption_texts"] = [p.captions if p.captions is not None else np.full(len(p.text), "") for p in parts]
+        blank = [np.full(len(p.text), "", dtype=TEXT) for p in parts]
+        columns["caption_texts"] = [p.captions if p.captions is not None else b for p, b in zip(parts, blank)]
     return ShardedPairs(shards, columns, {}, source=str(source))
 
 

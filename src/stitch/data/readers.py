@@ -46,6 +46,11 @@ def _member(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
     try:
         return npz[key]
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as err:
+        if "allow_pickle" in str(err):
+            raise DataError(
+                f"{path}: array {key!r} holds Python objects (pickled), which stitch never loads; save texts as "
+                "numpy strings (np.array(values.tolist(), dtype=str))"
+            ) from err
         raise DataError(f"{path}: array {key!r} cannot be read (truncated or corrupt?): {err}") from err
 
 

@@ -27,16 +27,19 @@ import numpy as np
 from stitch.data.dataset import PairedEmbeddings
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.holdout import image_holdout
+from stitch.data.npy import read_npy
 from stitch.data.shards import CHUNK_ROWS, Shard, ShardList, read_checked
+from stitch.data.texts import OFFSETS, UTF8, OffsetTexts, as_texts, write_texts
 from stitch.io.atomic import current_umask
 from stitch.io.progress import chunk_starts
-from stitch.io.untrusted import first_repeat, inside, read_json, regular_file
+from stitch.io.untrusted import first_repeat, inside, read_json
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "stitch-shards.json"
 FORMAT = "stitch-shards"
-VERSION = 1
+VERSION = 2  # 2: text columns as offsets + UTF-8 bytes (1: fixed-width numpy strings)
+READ_VERSIONS = (1, 2)
 TEXT_COLUMNS = ("caption_ids", "caption_texts")
 IMAGE_COLUMNS = ("image_names", "image_split")
 DTYPES = ("float16", "float32")
@@ -221,7 +224,8 @@ def open_sharded(path: str | Path) -> ShardedPairs:
         owner = _open_npy(path, f"{name}.caption_image.npy", mmap=True)
         shards.append(Shard(captions, images, owner, name=name))
         for column in manifest["columns"]:
-            columns.setdefault(column, []).append(_open_npy(path, f"{name}.{column}.npy", mmap=True))
+            rows = entry["captions"] if column in TEXT_COLUMNS else entry["images"]
+            columns.setdefault(column, []).append(_open_column(path, f"{name}.{column}", rows, manifest["version"]))
     return ShardedPairs(shards, columns, dict(manifest["encoders"]), source=str(path))
 
 
@@ -235,8 +239,10 @@ def _read_manifest(path: Path) -> dict:
         raise DataError(f"{path}: no {MANIFEST}; not a stitch sharded folder (stitch convert writes one)") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{where} is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise DataError(f"{path}: layout version {manifest.get('version')!r}; this stitch reads version {VERSION}")
+    if manifest.get("version") not in READ_VERSIONS:
+        raise DataError(
+            f"{path}: layout version {manifest.get('version')!r}; this stitch reads versions {list(READ_VERSIONS)}"
+        )
     if not isinstance(manifest.get("shards"), list) or not manifest["shards"]:
         raise DataError(f"{where} lists no shards")
     names = [_shard_entry(entry, where, k) for k, entry in enumerate(manifest["shards"])]
@@ -270,17 +276,17 @@ def _open_npy(folder: Path, name: str, mmap: bool) -> np.ndarray:
     file = inside(folder, name, f"{folder}/{MANIFEST}", DataError)
     if not file.exists():
         raise DataError(f"{folder / name}: missing (the manifest lists it)")
-    return open_npy(file, mmap)
+    return read_npy(file, mmap)
 
 
-def open_npy(file: Path, mmap: bool = True) -> np.ndarray:
-    """A ``.npy`` array, memory-mapped by default, never unpickled; unreadable files named, and only a
-    regular file opened (a FIFO would block forever)."""
-    regular_file(file, error=DataError)
-    try:
-        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as err:
-        raise DataError(f"{file}: not a readable .npy array (truncated, corrupt or pickled?): {err}") from err
+def _open_column(folder: Path, stem: str, rows: int, version: int) -> np.ndarray | OffsetTexts:
+    """A text column of a shard: Arrow-style offsets and UTF-8 bytes (version 2), or a numpy string array
+    (version 1 folders, still read)."""
+    if version == 1:
+        return _open_npy(folder, f"{stem}.npy", mmap=True)
+    for suffix in (OFFSETS, UTF8):
+        _open_npy(folder, f"{stem}.{suffix}", mmap=True)  # inside the folder, present and a regular file
+    return OffsetTexts.open(folder, stem, rows)
 
 
 def write_sharded(
@@ -351,8 +357,12 @@ def _plain_file(path: Path) -> bool:
 
 def _written_names(manifest: dict) -> list[str]:
     """Every file the writer puts in a folder with this (validated) manifest, the manifest included."""
-    suffixes = ["captions", "images", "caption_image", *manifest["columns"]]
-    return [MANIFEST] + [f"{entry['name']}.{suffix}.npy" for entry in manifest["shards"] for suffix in suffixes]
+    files = ["captions.npy", "images.npy", "caption_image.npy"]
+    if manifest["version"] == 1:
+        files += [f"{column}.npy" for column in manifest["columns"]]
+    else:
+        files += [f"{column}.{part}" for column in manifest["columns"] for part in (OFFSETS, UTF8)]
+    return [MANIFEST] + [f"{entry['name']}.{file}" for entry in manifest["shards"] for file in files]
 
 
 def _move_into_place(tmp: Path, out: Path, ours: list[str]) -> None:
@@ -430,7 +440,7 @@ def _write_block(data: ShardedPairs, folder: Path, number: int, block: list[_Pie
     _save(folder, f"{name}.caption_image.npy", owner.astype(_index_dtype(int(firsts[-1]))))
     for column, values in data.columns.items():
         parts = [np.asarray(values[p.shard][p.rows if column in TEXT_COLUMNS else p.images]) for p in block]
-        _save(folder, f"{name}.{column}.npy", np.concatenate(parts).astype(str))
+        write_texts(folder, f"{name}.{column}", np.concatenate([as_texts(part, column) for part in parts]))
     return {"name": name, "captions": len(owner), "images": int(firsts[-1])}
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stitch.data.texts import as_texts
 from stitch.errors import StitchError
 from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.io.untrusted import read_json, regular_file
@@ -174,7 +175,7 @@ def build_index_from(
     sample. Names default to the row numbers."""
     n, dim = len(source), int(source.dim)
     merged = check_request(kind, params, n, dim)
-    names = np.arange(n).astype(str) if names is None else np.asarray(names).astype(str)
+    names = as_texts(np.arange(n) if names is None else names, "gallery names")
     if len(names) != n:
         raise IndexFileError(f"{len(names)} names for {n} gallery rows")
     store, built = backend(kind).build(kind, source, merged, seed)

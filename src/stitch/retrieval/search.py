@@ -31,6 +31,7 @@ from stitch.data import PairedEmbeddings
 from stitch.data.errors import DataError
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS, Shard
+from stitch.data.texts import as_texts
 from stitch.errors import UsageError
 from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.io.untrusted import read_json, regular_file
@@ -106,7 +107,7 @@ class GalleryImages:
         if images.ndim != 2 or not len(images):
             raise DataError(f"gallery images must be a non-empty rows x dims matrix, got shape {images.shape}")
         shard = Shard(np.empty((0, 1), np.float32), images, np.empty(0, np.int64), name="gallery")
-        names = np.arange(len(images)).astype(str) if names is None else np.asarray(names).astype(str)
+        names = as_texts(np.arange(len(images)) if names is None else names, "gallery names")
         return cls([shard], names)
 
     def __len__(self) -> int:
@@ -158,9 +159,7 @@ def gallery_images(data: PairedEmbeddings | ShardedPairs, split: str | None = No
             continue
         views.append(replace(shard, image_rows=rows))
         picked = np.arange(len(shard.images)) if rows is None else rows
-        item_names.append(
-            np.asarray(names[k])[picked].astype(str) if names is not None else (shard.image_offset + picked).astype(str)
-        )
+        item_names.append(names[k][picked] if names is not None else as_texts(shard.image_offset + picked))
     if not views:
         found = sorted(set().union(*(np.unique(np.asarray(v)).tolist() for v in split_of)))
         raise DataError(f"split {split!r} not found; the data has {found}")
