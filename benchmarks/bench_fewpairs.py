@@ -1,4 +1,4 @@
-"""Few pairs, many loose embeddings (issue 26): supervised closed forms vs self-learning on Flickr8k.
+"""Few pairs, many loose embeddings: supervised closed forms vs self-learning on Flickr8k.
 
 Pairs: nested by-image subsets of the train images (a seeded permutation; the first images holding 250
 and 1000 captions, all their captions). Pools: the other train captions and images with their links

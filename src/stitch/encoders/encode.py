@@ -202,8 +202,11 @@ def _encode_captions(arrays: dict, table, with_images: bool, text_spec: str, dev
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An npz holds texts as fixed-width numpy strings; variable-width ones would be pickled, which no
+    reader that refuses pickles (stitch's included) can open."""
+    plain = {k: np.array(v.tolist(), dtype=str) if v.dtype.kind in "OT" else v for k, v in arrays.items()}
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **plain, allow_pickle=False)
 
 
 def reencode_captions(
