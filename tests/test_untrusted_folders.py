@@ -1,4 +1,4 @@
-"""Every folder stitch reads is untrusted input (issue 24): a tampered layout is refused in one line naming the
+"""Every folder stitch reads is untrusted input: a tampered layout is refused in one line naming the
 file and the entry — never a silently wrong metric, a read outside the folder, a hang, or a deleted file."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A saved index and its rescorer are untrusted input (issue 24): NaN/Inf vectors, index.json values a build
+"""A saved index and its rescorer are untrusted input: NaN/Inf vectors, index.json values a build
 would not write, and rescorer state beyond the rescorer's own keys are refused in one line naming the file."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Runs and exports are untrusted input too (issue 24): a run evaluates its own seeded split, an export loads
+"""Runs and exports are untrusted input too: a run evaluates its own seeded split, an export loads
 without running code from its folder, and a failed training leaves a folder a re-run can use."""
 
 from __future__ import annotations
