@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
-from stitch.losses import CosineLoss, InfoNCELoss, MSELoss, build_loss
+from stitch.losses import CosineLoss, InfoNCELoss, LossSettings, MemoryQueue, MSELoss, build_loss
+from stitch.training.config import LossConfig, load_config
 
 
 def test_one_direction_infonce_equals_pml_ntxent_with_one_positive_per_row():
@@ -84,3 +86,43 @@ def test_build_loss_rejects_unknown_names():
     assert isinstance(build_loss("cosine"), CosineLoss)
     with pytest.raises(ValueError, match="loss.name must be one of"):
         build_loss("hinge")
+
+
+def test_build_loss_takes_one_settings_object_or_a_name_with_its_fields_as_keywords():
+    torch.manual_seed(2)
+    x, y = torch.randn(12, 6), torch.arange(12) // 3
+    fields = {"margin": 0.3, "miner": "hardest", "norm_weight": 0.1}
+    by_settings = build_loss(LossSettings("triplet", **fields))
+    by_name = build_loss("triplet", **fields)
+    replaced = build_loss(LossSettings("triplet"), **fields)
+    assert by_settings(x, y).item() == by_name(x, y).item() == replaced(x, y).item()
+    with pytest.raises(TypeError, match="marign"):
+        build_loss("triplet", marign=0.3)
+
+
+def test_loss_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LossSettings("infonce").temperature = 0.1
+
+
+def test_every_loss_setting_is_read_by_name_from_the_training_loss_section():
+    """``from_section`` reads training's ``loss`` section field by field: a setting added to one and not the
+    other fails here, not at the first training run."""
+    names = {f.name for f in dataclasses.fields(LossSettings)}
+    assert names <= {f.name for f in dataclasses.fields(LossConfig)}
+    section = LossConfig(name="siglip", temperature=0.2, queue_size=32, hard_negatives=4, symmetric=False)
+    settings = LossSettings.from_section(section)
+    assert all(getattr(settings, name) == getattr(section, name) for name in names)
+
+
+def test_the_task_builds_its_loss_from_the_loss_section_once():
+    from stitch.training.tasks import Task
+    from stitch.translators import build_model
+
+    config = load_config(None, ["loss.temperature=0.1", "loss.queue_size=32", "model.hidden=8"])
+    loss = Task.for_config(build_model(config.model, 4, 3), config).loss
+    assert isinstance(loss, MemoryQueue) and loss.size == 32 and loss.bank.shape == (32, 3)
+    assert isinstance(loss.loss, InfoNCELoss) and loss.loss.temperature == pytest.approx(0.1)
+    # a queue holds negatives: a regression loss trains without one, whatever loss.queue_size says
+    config = load_config(None, ["loss.name=mse", "loss.queue_size=32", "model.hidden=8"])
+    assert isinstance(Task.for_config(build_model(config.model, 4, 3), config).loss, MSELoss)

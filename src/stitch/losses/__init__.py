@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 from stitch.errors import UsageError
 from stitch.losses.base import PairLoss
+from stitch.losses.config import LossSettings
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
 from stitch.losses.memory import MemoryQueue
 from stitch.losses.metric import ContrastiveLoss, EmbeddingNormRegularizer, TripletMarginLoss
@@ -39,32 +40,26 @@ class MinedLoss(PairLoss):
         self.loss.set_temperature(temperature)
 
 
-def build_loss(
-    name: str,
-    temperature: float = 0.05,
-    learnable_temperature: bool = True,
-    margin: float = 0.2,
-    miner: str | None = None,
-    queue_size: int = 0,
-    hard_negatives: int = 0,
-    norm_weight: float = 0.0,
-    dim: int | None = None,
-    sinkhorn_temperature: float = 0.2,
-    sinkhorn_iters: int = 10,
-    sinkhorn_stop_grad: bool = True,
-    symmetric: bool = True,
-) -> PairLoss:
-    """A loss by its registry name, optionally mined, queued and norm-regularised."""
-    settings = SimpleNamespace(**{k: v for k, v in locals().items() if k not in ("name", "dim")})
-    loss: PairLoss = LOSSES.get(name, "loss.name").from_config(settings)
-    if queue_size:
-        if LOSSES.tag(name, "kind") != "pair" or dim is None:
+def build_loss(config: LossSettings | str, dim: int | None = None, **settings) -> PairLoss:
+    """The loss ``config`` describes, optionally mined, queued and norm-regularised.
+
+    ``config``: a :class:`LossSettings`, or a loss's registry name, with any :class:`LossSettings` field as a
+    keyword (``build_loss("triplet", miner="hardest")``; keywords given with a ``LossSettings`` replace its
+    fields). ``dim``: the embedding dimension, which a memory queue needs.
+    """
+    if isinstance(config, str):
+        config = LossSettings(config, **settings)
+    elif settings:
+        config = replace(config, **settings)
+    loss: PairLoss = LOSSES.get(config.name, "loss.name").from_config(config)
+    if config.queue_size:
+        if LOSSES.tag(config.name, "kind") != "pair" or dim is None:
             raise UsageError(
                 "a memory queue needs a loss with negatives (infonce, siglip, ...) and the embedding dimension"
             )
-        loss = MemoryQueue(loss, dim, queue_size, hard_negatives or None)
-    if miner not in (None, "none") or norm_weight:
-        loss = MinedLoss(loss, build_miner(miner), norm_weight)
+        loss = MemoryQueue(loss, dim, config.queue_size, config.hard_negatives or None)
+    if config.miner not in (None, "none") or config.norm_weight:
+        loss = MinedLoss(loss, build_miner(config.miner), config.norm_weight)
     return loss
 
 
@@ -75,6 +70,7 @@ __all__ = [
     "DistanceWeightedMiner",
     "EmbeddingNormRegularizer",
     "InfoNCELoss",
+    "LossSettings",
     "MSELoss",
     "MemoryQueue",
     "MinedLoss",

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from stitch.errors import UsageError
+from stitch.losses.config import LossSettings
 
 
 class PairLoss(nn.Module):
@@ -29,8 +30,9 @@ class PairLoss(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, c) -> PairLoss:
-        """The loss from a config section ``c`` (temperature, margin, ...); parameterless by default."""
+    def from_config(cls, c: LossSettings) -> PairLoss:
+        """The loss from its settings ``c``, reading only its own fields (temperature, margin, ...);
+        parameterless by default."""
         return cls()
 
     def extra_state(self) -> dict[str, float]:

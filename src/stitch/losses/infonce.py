@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stitch.losses.base import PairLoss
+from stitch.losses.config import LossSettings
 from stitch.losses.pairs import resolve_ref, same_label
 
 
@@ -35,7 +36,7 @@ class InfoNCELoss(PairLoss):
     """
 
     @classmethod
-    def from_config(cls, c) -> InfoNCELoss:
+    def from_config(cls, c: LossSettings) -> InfoNCELoss:
         return cls(temperature=c.temperature, learnable=c.learnable_temperature, symmetric=c.symmetric)
 
     def __init__(self, temperature: float = 0.05, learnable: bool = True, symmetric: bool = True) -> None:

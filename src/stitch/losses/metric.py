@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from stitch.losses.base import PairLoss
+from stitch.losses.config import LossSettings
 from stitch.losses.pairs import (
     all_pairs,
     all_triplets,
@@ -23,7 +24,7 @@ class ContrastiveLoss(PairLoss):
     """
 
     @classmethod
-    def from_config(cls, c) -> ContrastiveLoss:
+    def from_config(cls, c: LossSettings) -> ContrastiveLoss:
         return cls(neg_margin=c.margin)
 
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0, distance: str = "euclidean") -> None:
@@ -43,7 +44,7 @@ class TripletMarginLoss(PairLoss):
     """``max(0, d(a, p) - d(a, n) + margin)`` over all or mined triplets, averaged over non-zero ones."""
 
     @classmethod
-    def from_config(cls, c) -> TripletMarginLoss:
+    def from_config(cls, c: LossSettings) -> TripletMarginLoss:
         return cls(margin=c.margin)
 
     def __init__(self, margin: float = 0.05, distance: str = "euclidean") -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from stitch.losses.base import PairLoss
+from stitch.losses.config import LossSettings
 from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
 from stitch.losses.pairs import same_label
 from stitch.losses.sinkhorn import sinkhorn
@@ -30,7 +31,7 @@ def batch_set_similarity(slots, images, temperature, iters, stop_gradient):
 
 class SetTripletLoss(PairLoss):
     @classmethod
-    def from_config(cls, c) -> SetTripletLoss:
+    def from_config(cls, c: LossSettings) -> SetTripletLoss:
         return cls(c.margin, c.sinkhorn_temperature, c.sinkhorn_iters, c.sinkhorn_stop_grad)
 
     def __init__(self, margin: float = 0.2, temperature: float = 0.2, iters: int = 10, stop_gradient: bool = True):

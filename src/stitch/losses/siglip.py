@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from stitch.losses.base import PairLoss
+from stitch.losses.config import LossSettings
 from stitch.losses.pairs import resolve_ref, same_label
 
 
@@ -32,7 +33,7 @@ class SigLIPLoss(PairLoss):
     """
 
     @classmethod
-    def from_config(cls, c) -> SigLIPLoss:
+    def from_config(cls, c: LossSettings) -> SigLIPLoss:
         return cls(temperature=c.temperature, learnable=c.learnable_temperature)
 
     def __init__(self, temperature: float = 0.1, bias: float = -10.0, learnable: bool = True, chunk: int = 256) -> None:

@@ -24,6 +24,11 @@ class ScoreDistillation(nn.Module):
         self.teacher = teacher.eval().requires_grad_(False)
         self.weight, self.temperature = weight, temperature
 
+    @classmethod
+    def from_config(cls, teacher: Translator, c) -> ScoreDistillation:
+        """The term of training's ``loss`` section ``c`` (``teacher_weight``, ``teacher_temperature``)."""
+        return cls(teacher, c.teacher_weight, c.teacher_temperature)
+
     def train(self, mode: bool = True) -> ScoreDistillation:
         """The student's modules follow ``mode``; the teacher stays in eval mode (no dropout in its targets)."""
         super().train(mode)

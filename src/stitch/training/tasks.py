@@ -7,12 +7,13 @@ builds the loss, adds the auxiliary terms its model family needs, and computes o
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.losses import build_loss
+from stitch.losses import LossSettings, build_loss
 from stitch.losses.pairs import same_label
 from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
 from stitch.registries import LOSSES, MODELS, TASKS
@@ -31,10 +32,7 @@ class Task(nn.Module):
         self.model, self.config = model, config
         self.world = world or Distributed()
         self.loss = self.build_loss(config.loss)
-        lc = config.loss
-        self.distill = None
-        if teacher is not None:
-            self.distill = ScoreDistillation(teacher, lc.teacher_weight, lc.teacher_temperature)
+        self.distill = None if teacher is None else ScoreDistillation.from_config(teacher, config.loss)
 
     @staticmethod
     def for_config(
@@ -44,22 +42,12 @@ class Task(nn.Module):
         return TASKS.get(MODELS.tag(config.model.name, "task"))(model, config, world, teacher)
 
     def build_loss(self, lc) -> nn.Module:
-        with_negatives = LOSSES.tag(lc.name, "kind") == "pair"
-        return build_loss(
-            lc.name,
-            lc.temperature,
-            lc.learnable_temperature,
-            lc.margin,
-            lc.miner,
-            lc.queue_size if with_negatives else 0,  # a queue holds negatives: none to hold otherwise
-            lc.hard_negatives,
-            lc.norm_weight,
-            self.model.space_dim,
-            lc.sinkhorn_temperature,
-            lc.sinkhorn_iters,
-            lc.sinkhorn_stop_grad,
-            lc.symmetric,
-        )
+        """The loss of the config's ``loss`` section, its settings read once; a memory queue only for a loss
+        with negatives (a queue holds negatives: none to hold otherwise)."""
+        settings = LossSettings.from_section(lc)
+        if LOSSES.tag(lc.name, "kind") != "pair":
+            settings = replace(settings, queue_size=0)
+        return build_loss(settings, dim=self.model.space_dim)
 
     @property
     def needs_aligned_targets(self) -> bool:
