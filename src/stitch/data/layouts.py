@@ -600,6 +600,8 @@ def _group(part: _Part, source: Path) -> tuple[Shard, dict[str, np.ndarray]]:
     images = part.image if len(firsts) == n else np.asarray(part.image[firsts])
     if len(firsts) < n:
         _check_grouping(part, owner, firsts, images)
+    if part.keys is not None:
+        _check_keys_name_images(part, source)
     extra = {}
     if part.captions is not None:
         extra["caption_texts"] = part.captions
@@ -627,6 +629,28 @@ def _check_grouping(part: _Part, owner: np.ndarray, firsts: np.ndarray, images: 
                 f"image embeddings ({int(differ.sum())} such row(s) in rows {start}-{rows[-1]}): the key column "
                 "is out of step with the embeddings, or names something other than the image"
             )
+
+
+PER_CAPTION_SHARE = 0.25  # rows repeating the previous row's image under a new key, above which keys are per caption
+
+
+def _check_keys_name_images(part: _Part, source: Path) -> None:
+    """A key column that names captions, not images (a caption id, a row number) makes each caption its own
+    image: identical gallery copies and wrong metrics. Its sign, checked on the first rows: consecutive rows
+    with the same image embedding under different keys (duplicate photos under two names are rare and
+    scattered, not row after row)."""
+    sample = np.asarray(part.image[:REPEAT_SAMPLE])
+    if len(sample) < 4:
+        return
+    keys = part.keys[: len(sample)]
+    repeats = np.flatnonzero(np.all(sample[1:] == sample[:-1], axis=1) & (keys[1:] != keys[:-1])) + 1
+    if len(repeats) >= PER_CAPTION_SHARE * len(sample):
+        row = int(repeats[0])
+        raise DataError(
+            f"{source}: {part.name}: rows {row - 1} and {row} hold the same image embedding under keys "
+            f"{str(keys[row - 1])!r} and {str(keys[row])!r} ({len(repeats)} of the first {len(sample)} rows do): "
+            "the key column names captions, not images; pass --image-key naming the image column"
+        )
 
 
 def _image_split(part: _Part, owner: np.ndarray, firsts: np.ndarray, source: Path) -> np.ndarray:

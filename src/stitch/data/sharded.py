@@ -209,6 +209,7 @@ def open_sharded(path: str | Path) -> ShardedPairs:
     """Open a stitch sharded folder memory-mapped (nothing but the small index arrays is read)."""
     path = Path(path)
     manifest = _read_manifest(path)
+    _check_no_unlisted_shards(path, manifest)
     shards, columns = [], {}
     for entry in manifest["shards"]:
         name = entry["name"]
@@ -227,6 +228,23 @@ def open_sharded(path: str | Path) -> ShardedPairs:
             rows = entry["captions"] if column in TEXT_COLUMNS else entry["images"]
             columns.setdefault(column, []).append(_open_column(path, f"{name}.{column}", rows, manifest["version"]))
     return ShardedPairs(shards, columns, dict(manifest["encoders"]), source=str(path))
+
+
+def _check_no_unlisted_shards(path: Path, manifest: dict) -> None:
+    """A shard's files in the folder that the manifest does not list would drop its pairs without a word
+    (a manifest edited, or copied from a smaller folder): refused, naming them."""
+    listed = set(_written_names(manifest))
+    unlisted = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.name.endswith((".captions.npy", ".images.npy", ".caption_image.npy")) and p.name not in listed
+    )
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" (+{len(unlisted) - 3} more)" if len(unlisted) > 3 else "")
+        raise DataError(
+            f"{path}/{MANIFEST} does not list shard files the folder holds ({shown}); their pairs would be "
+            "left out: restore the manifest or remove those files"
+        )
 
 
 def _read_manifest(path: Path) -> dict:
