@@ -116,12 +116,13 @@ def assert_served_top10_equals_evaluation(data_path: Path, tmp_path: Path) -> No
 
     from stitch import api
     from stitch.apps.service.app import build_app
+    from stitch.apps.service.config import ServeConfig
 
     data = api.load(data_path)
     run = tmp_path / "run"
     api.train(data, None, out=run, overrides=["model.name=ridge", "inference.bank_size=64"], progress=False)
     (tmp_path / "img").mkdir()
-    client = TestClient(build_app(run, data_path, tmp_path / "img", split="dev"))
+    client = TestClient(build_app(ServeConfig(run, data_path, tmp_path / "img", split="dev")))
     dev = data.split("dev")
     scorer = api.open(run).scorer()
     q, g = scorer.embed_queries(dev.captions[:20]), scorer.embed_gallery(dev.images)

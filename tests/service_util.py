@@ -31,10 +31,11 @@ def running(app, **limits):
     keep_alive_s, max_header_bytes); yields its base URL and stops it afterwards."""
     import uvicorn
 
+    from stitch.apps.service.config import Limits
     from stitch.apps.service.server import server_config
 
     port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, **limits))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, Limits(**limits)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -115,13 +116,15 @@ class FakeTextEncoder:
 
 def fake_app(images_dir: str | Path, title: str = "fake-run", delay_s: float = 0.02, cors_origins=None, **limits):
     """A service app over :class:`FakeSearcher` and :class:`FakeTextEncoder` (``limits``: Limits fields;
-    ``cors_origins``: as ``create_app`` takes them); the fakes are on ``app.state.searcher`` and
+    ``cors_origins``: as ``ServeConfig`` takes them); the fakes are on ``app.state.searcher`` and
     ``app.state.encoder``."""
-    from stitch.apps.service.app import Limits, create_app
+    from stitch.apps.service.app import create_app
+    from stitch.apps.service.config import Limits, ServeConfig
 
     searcher = FakeSearcher()
     encoder = FakeTextEncoder(dim=searcher.text_dim, delay_s=delay_s)
-    app = create_app(searcher, images_dir, encoder, limits=Limits(**limits), title=title, cors_origins=cors_origins)
+    config = ServeConfig(title, "fake.npz", images_dir, cors_origins=cors_origins, limits=Limits(**limits))
+    app = create_app(searcher, config, encoder, title=title)
     app.state.searcher, app.state.encoder = searcher, encoder
     return app
 
@@ -130,10 +133,11 @@ SERVER_SCRIPT = """
 import sys, uvicorn
 sys.path.insert(0, {tests!r})
 from service_util import fake_app
+from stitch.apps.service.config import Limits
 from stitch.apps.service.server import server_config
 limits = {limits!r}
 app = fake_app({images!r}, **limits.pop("app"))
-uvicorn.Server(server_config(app, "127.0.0.1", {port}, **limits)).run()
+uvicorn.Server(server_config(app, "127.0.0.1", {port}, Limits(**limits))).run()
 """
 
 

@@ -26,11 +26,12 @@ IMAGES = SHARED / "data" / "flickr8k" / "images"
 def ridge_service(tmp_path_factory):
     from stitch import api
     from stitch.apps.service.app import build_app
+    from stitch.apps.service.config import ServeConfig
 
     data = api.load(need(FLICKR))
     run = tmp_path_factory.mktemp("svc") / "ridge"
     api.train(data, None, out=run, overrides=["model.name=ridge"], progress=False)
-    app = build_app(run, FLICKR, IMAGES, split="dev")
+    app = build_app(ServeConfig(run, FLICKR, IMAGES, split="dev"))
     with running(app) as url:
         yield url, data
 
@@ -187,6 +188,7 @@ def test_served_top10_equals_the_evaluator_top10_for_the_default_run(default_fli
 
     from stitch import api
     from stitch.apps.service.app import build_app
+    from stitch.apps.service.config import ServeConfig
 
     data = api.load(FLICKR)
     dev = data.split("dev")
@@ -197,7 +199,7 @@ def test_served_top10_equals_the_evaluator_top10_for_the_default_run(default_fli
         scores = scorer.scores(scorer.prepare_queries(q), scorer.prepare_gallery(g))
         expected = scores.topk(10, dim=1).indices.numpy()
     sample = np.arange(0, dev.n_captions, 50)
-    app = build_app(default_flickr_run, FLICKR, IMAGES, split="dev")
+    app = build_app(ServeConfig(default_flickr_run, FLICKR, IMAGES, split="dev"))
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         for row in sample:
             body = client.get("/search", params={"q": str(dev.caption_texts[row]), "k": 10}).json()

@@ -145,8 +145,8 @@ def test_unusable_origins_are_refused(given, images):
         fake_app(images, cors_origins=given)
 
 
-def test_serve_refuses_bad_origins_before_loading_anything(tmp_path):
-    from stitch.apps.service.app import serve
+def test_the_serve_config_refuses_bad_origins_before_anything_loads(tmp_path):
+    from stitch.apps.service.config import ServeConfig
 
     with pytest.raises(ValueError, match="origin"):
-        serve("no-such-run", "no-such-data.npz", tmp_path, cors_origins=["a.example"])
+        ServeConfig("no-such-run", "no-such-data.npz", tmp_path, cors_origins=["a.example"])

@@ -1,7 +1,10 @@
-"""``serve`` and ``build_app`` check their arguments before loading anything: a bad port or images folder
-fails in a moment with a message that names it, not after the encoder has loaded (or never, for a port)."""
+"""Every ``serve`` setting is checked once, when its :class:`ServeConfig` is made, before anything loads: a bad
+port, images folder or limit fails in a moment with a message that names it, not after the encoder has loaded
+(or never, for a port); ``serve`` hands the checked settings to the app and the server unchanged."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -9,7 +12,8 @@ pytest.importorskip("fastapi")
 
 from stitch.apps import cli  # noqa: E402
 from stitch.apps.service import app as service  # noqa: E402
-from stitch.apps.service.server import HeaderTimeoutProtocol, check_port  # noqa: E402
+from stitch.apps.service.config import Limits, ServeConfig, check_port  # noqa: E402
+from stitch.apps.service.server import HeaderTimeoutProtocol  # noqa: E402
 
 
 @pytest.fixture
@@ -31,10 +35,9 @@ def nothing_loads(monkeypatch):
 
 
 @pytest.mark.parametrize("port", [99999, 65536, 0, -1, "8000", True, 8000.5])
-def test_serve_refuses_a_port_out_of_range(tmp_path, nothing_loads, port):
+def test_a_port_out_of_range_is_refused(tmp_path, port):
     with pytest.raises(ValueError, match="port must be 1-65535"):
-        service.serve("run", "data.npz", tmp_path, port=port)
-    assert nothing_loads == []
+        ServeConfig("run", "data.npz", tmp_path, port=port)
 
 
 def test_the_port_range_is_inclusive():
@@ -55,6 +58,13 @@ def test_cli_serve_negative_regather_is_a_clear_error(tmp_path, nothing_loads, c
     assert nothing_loads == []
 
 
+def test_cli_serve_zero_keep_alive_is_a_clear_error(tmp_path, nothing_loads, capsys):
+    argv = ["serve", "--run", "run", "--data", "data.npz", "--image-dir", str(tmp_path), "--keep-alive", "0"]
+    assert cli.main(argv) == 2
+    assert "keep_alive_s must be a positive number of seconds, got 0.0" in capsys.readouterr().err
+    assert nothing_loads == []
+
+
 def images_cases(tmp_path):
     a_file = tmp_path / "pictures.txt"
     a_file.write_text("not a folder")
@@ -62,21 +72,18 @@ def images_cases(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "a file"])
-def test_serve_refuses_a_bad_images_folder_naming_it(tmp_path, nothing_loads, case):
+def test_a_bad_images_folder_is_refused_naming_it(tmp_path, case):
     path, why = images_cases(tmp_path)[case]
     with pytest.raises(ValueError, match=why) as err:
-        service.serve("run", "data.npz", path)
-    assert str(path) in str(err.value) and nothing_loads == []
+        ServeConfig("run", "data.npz", path)
+    assert str(path) in str(err.value)
 
 
 @pytest.mark.parametrize("case", ["missing", "a file"])
-def test_build_app_refuses_a_bad_images_folder_before_loading(tmp_path, monkeypatch, case):
+def test_cli_serve_bad_images_folder_is_a_clear_error(tmp_path, nothing_loads, capsys, case):
     path, why = images_cases(tmp_path)[case]
-    loads: list[str] = []
-    monkeypatch.setattr("stitch.api.load", lambda *a, **k: loads.append("load"))
-    with pytest.raises(ValueError, match=why) as err:
-        service.build_app("run", "data.npz", path)
-    assert str(path) in str(err.value) and loads == []
+    assert cli.main(["serve", "--run", "run", "--data", "data.npz", "--image-dir", str(path)]) == 2
+    assert why in capsys.readouterr().err and nothing_loads == []
 
 
 @pytest.mark.parametrize(
@@ -87,19 +94,53 @@ def test_build_app_refuses_a_bad_images_folder_before_loading(tmp_path, monkeypa
         ("body_timeout_s", 0),
         ("header_timeout_s", -1),
         ("keep_alive_s", 0),
+        ("keep_alive_s", float("nan")),
         ("max_header_bytes", 100),
-        ("regather_ms", -1),
-        ("regather_ms", float("nan")),
-        ("regather_ms", True),
+        ("max_query_chars", 0),
+        ("max_k", True),
     ],
 )
-def test_serve_refuses_nonsense_limits(tmp_path, nothing_loads, setting, value):
+def test_nonsense_limits_are_refused(setting, value):
     with pytest.raises(ValueError, match=setting):
-        service.serve("run", "data.npz", tmp_path, **{setting: value})
-    assert nothing_loads == []
+        Limits(**{setting: value})
 
 
-def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch):
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), True, "10"])
+def test_a_nonsense_regather_wait_is_refused(tmp_path, value):
+    with pytest.raises(ValueError, match="regather_ms"):
+        ServeConfig("run", "data.npz", tmp_path, regather_ms=value)
+
+
+def test_the_serve_config_is_frozen_and_keeps_its_settings_normalised(tmp_path):
+    config = ServeConfig("runs/r1", "data.npz", tmp_path / ".", cors_origins=["https://A.example/", "*"])
+    assert config.images_dir == tmp_path.resolve() and config.title == "r1"
+    assert config.cors_origins == ("https://a.example", "*")
+    assert ServeConfig("r", "d", tmp_path, cors_origins=None).cors_origins == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1
+    with pytest.raises(ValueError, match="limits must be a Limits"):
+        ServeConfig("r", "d", tmp_path, limits={"max_k": 10})
+
+
+def test_the_cli_hands_serve_one_config_with_its_options_and_the_config_s_defaults(tmp_path, monkeypatch):
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr(service, "serve", seen.append)
+    base = ["serve", "--run", "runs/r", "--data", "d.npz", "--image-dir", str(tmp_path)]
+    assert cli.main(base) == 0
+    assert seen[-1] == ServeConfig("runs/r", "d.npz", tmp_path)  # nothing given: every default is the config's
+    options = ["--split", "dev", "--index-dir", "idx", "--text-encoder", "minilm", "--text-precision", "bf16"]
+    options += ["--host", "0.0.0.0", "--port", "8123", "--max-body-bytes", "5000", "--body-timeout", "3"]
+    options += ["--header-timeout", "4", "--keep-alive", "2", "--regather-ms", "25"]
+    options += ["--cors-origin", "https://example.org"]
+    assert cli.main(base + options) == 0
+    limits = Limits(max_body_bytes=5000, body_timeout_s=3, header_timeout_s=4, keep_alive_s=2)
+    assert seen[-1] == ServeConfig(
+        "runs/r", "d.npz", tmp_path, split="dev", index="idx", text_encoder="minilm", text_precision="bf16",
+        host="0.0.0.0", port=8123, cors_origins=["https://example.org"], regather_ms=25, limits=limits,
+    )  # fmt: skip
+
+
+def test_serve_passes_its_config_to_the_app_and_the_server(tmp_path, monkeypatch):
     """What ``serve`` hands uvicorn: the guarded h11 protocol with its deadlines, and an app whose body cap
     and body deadline are the ones asked for."""
     import uvicorn
@@ -109,11 +150,12 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
 
     built: dict = {}
 
-    def fake_build(
-        run, data_path, images_dir, split, index, text_encoder, text_precision, limits, cors_origins, regather_ms
-    ):
-        built["cors"], built["regather_ms"] = cors_origins, regather_ms
-        built["app"] = fake_app(images_dir, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s)
+    def fake_build(config):
+        built["config_given"] = config
+        limits = config.limits
+        built["app"] = fake_app(
+            images_dir=config.images_dir, max_body_bytes=limits.max_body_bytes, body_timeout_s=limits.body_timeout_s
+        )
         return built["app"]
 
     class CapturingServer:
@@ -129,13 +171,13 @@ def test_serve_passes_its_limits_to_the_app_and_the_server(tmp_path, monkeypatch
 
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
-    service.serve(
-        "run", "data.npz", tmp_path, port=8123, max_body_bytes=5000, body_timeout_s=3,
-        header_timeout_s=4, keep_alive_s=2, max_header_bytes=8192, cors_origins=["https://example.org"],
-        regather_ms=25,
-    )  # fmt: skip
+    limits = Limits(max_body_bytes=5000, body_timeout_s=3, header_timeout_s=4, keep_alive_s=2, max_header_bytes=8192)
+    given = ServeConfig(
+        "run", "data.npz", tmp_path, port=8123, cors_origins=["https://example.org"], regather_ms=25, limits=limits
+    )
+    service.serve(given)
     config = built["config"]
-    assert built["cors"] == ["https://example.org"] and built["regather_ms"] == 25
+    assert built["config_given"] is given
     assert built["ran"] and config.port == 8123 and config.app is built["app"]
     assert issubclass(config.http, HeaderTimeoutProtocol) and config.http.header_timeout_s == 4
     assert config.timeout_keep_alive == 2 and config.h11_max_incomplete_event_size == 8192

@@ -362,24 +362,36 @@ def cmd_serve(args) -> int:
 
     prefer_passive_waiting()  # before torch loads: OpenMP reads it once
     from stitch.apps.service.app import serve
+    from stitch.apps.service.config import Limits, ServeConfig
 
-    serve(
+    def given(**options) -> dict:  # the options given; the config keeps its own defaults for the others
+        return {name: value for name, value in options.items() if value is not None}
+
+    limits = Limits(
+        **given(
+            max_body_bytes=args.max_body_bytes,
+            body_timeout_s=args.body_timeout,
+            header_timeout_s=args.header_timeout,
+            keep_alive_s=args.keep_alive,
+        )
+    )
+    config = ServeConfig(
         args.run,
         args.data,
         _required(args, "image_dir", "--image-dir"),
-        split=args.split,
-        host=args.host,
-        port=args.port,
-        index=args.index_dir,
-        text_encoder=args.text_encoder,
-        text_precision=args.text_precision,
-        max_body_bytes=args.max_body_bytes,
-        body_timeout_s=args.body_timeout,
-        header_timeout_s=args.header_timeout,
-        keep_alive_s=args.keep_alive,
-        cors_origins=args.cors_origin,
-        regather_ms=args.regather_ms,
-    )
+        limits=limits,
+        **given(
+            split=args.split,
+            index=args.index_dir,
+            text_encoder=args.text_encoder,
+            text_precision=args.text_precision,
+            host=args.host,
+            port=args.port,
+            cors_origins=args.cors_origin,
+            regather_ms=args.regather_ms,
+        ),
+    )  # every setting checked here, once, before anything loads
+    serve(config)
     return 0
 
 
@@ -709,21 +721,20 @@ def _parser_serve(sub) -> None:
     p.add_argument(
         "--text-precision",
         choices=("fp32", "bf16"),
-        default="fp32",
         help="query encoding precision on CPU: fp32 reproduces the data's embeddings; bf16 is ~1.3x faster, not exact",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    # no defaults here: an option not given keeps ServeConfig's (stitch.apps.service.config)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
     p.add_argument(
         "--max-body-bytes", type=int, help="413 above this request size (default 64 KiB, more for wide embeddings)"
     )
-    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take (408 after)")
-    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request head may take (closed after)")
-    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle kept-alive connection stays open")
+    p.add_argument("--body-timeout", type=float, help="seconds a request body may take (408 after)")
+    p.add_argument("--header-timeout", type=float, help="seconds a request head may take (closed after)")
+    p.add_argument("--keep-alive", type=float, help="seconds an idle kept-alive connection stays open")
     p.add_argument(
         "--regather-ms",
         type=float,
-        default=10.0,
         help="under steady load, how long a batch may wait for the callers just answered to send again, so they "
         "share one batch (0: never wait; a lone caller never waits)",
     )

@@ -8,7 +8,8 @@
 - ``GET /metrics``: Prometheus metrics (:mod:`stitch.apps.service.metrics`).
 Input limits answer with 4xx and a message, never a 500; one bad request fails alone, never its batch
 (:mod:`stitch.apps.service.batcher`). Bodies are capped and timed (:mod:`stitch.apps.service.guard`), connections
-too (:mod:`stitch.apps.service.server`), and :func:`serve` checks its arguments before loading any model.
+too (:mod:`stitch.apps.service.server`). Every setting arrives in one :class:`~stitch.apps.service.config.ServeConfig`,
+checked when it was made, before any model loads.
 Browsers on other sites may call it only for the origins given (:mod:`stitch.apps.service.cors`; none by default).
 """
 
@@ -20,8 +21,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -30,49 +29,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
-from stitch.apps.service.batcher import DEFAULT_REGATHER_MS, MicroBatcher, check_wait_ms
-from stitch.apps.service.cors import add_cors, check_cors_origins
-from stitch.apps.service.guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimit
+from stitch.apps.service.batcher import MicroBatcher
+from stitch.apps.service.config import Limits, ServeConfig
+from stitch.apps.service.cors import add_cors
+from stitch.apps.service.guard import BodyLimit
 from stitch.apps.service.metrics import CONTENT_TYPE, Reading, RequestMetrics, ServiceMetrics
 from stitch.apps.service.page import render_page
-from stitch.apps.service.server import (
-    DEFAULT_HEADER_TIMEOUT_S,
-    DEFAULT_KEEP_ALIVE_S,
-    DEFAULT_MAX_HEADER_BYTES,
-    check_port,
-    check_server_limits,
-    is_number,
-    server_config,
-)
+from stitch.apps.service.server import server_config
 from stitch.apps.service.validation import QueryError, check_text
 from stitch.data.synthetic import SYNTHETIC_ENCODER
 from stitch.errors import ModelOutputError, UsageError
 from stitch.io.atomic import safe_member
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits. ``max_body_bytes=None``: 64 KiB, or more when the run's raw-embedding queries
-    need it (a JSON float takes up to ~24 bytes, so a 4096-d embedding needs ~100 KB)."""
-
-    max_query_chars: int = 500
-    max_k: int = 100
-    max_body_bytes: int | None = None
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-
-    def __post_init__(self) -> None:
-        if self.max_body_bytes is not None and (not is_number(self.max_body_bytes, int) or self.max_body_bytes < 1):
-            raise UsageError(f"max_body_bytes must be a positive int, got {self.max_body_bytes!r}")
-        if not is_number(self.body_timeout_s) or not self.body_timeout_s > 0:
-            raise UsageError(f"body_timeout_s must be a positive number of seconds, got {self.body_timeout_s!r}")
-
-    def body_cap(self, text_dim: int) -> int:
-        """The body cap in bytes for a searcher taking ``text_dim``-d embeddings."""
-        if self.max_body_bytes is not None:
-            return self.max_body_bytes
-        return max(DEFAULT_MAX_BODY_BYTES, 32 * text_dim + 1024)
 
 
 def json_safe(value: object) -> object:
@@ -96,17 +65,6 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     return Response(json.dumps({"detail": detail}, ensure_ascii=True), 422, media_type="application/json")
 
 
-def check_images_dir(images_dir: str | Path) -> Path:
-    """The images folder, resolved; a clear ValueError naming it when it is missing or not a folder (checked
-    before any model loads, so a typo fails in a second rather than after the encoder is up)."""
-    path = Path(images_dir)
-    if not path.exists():
-        raise UsageError(f"images folder {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise UsageError(f"images folder {str(path)!r} is not a directory")
-    return path.resolve()
-
-
 class SearchRequest(BaseModel):
     text: str | None = Field(default=None, description="a query sentence (needs the service's text encoder)")
     embedding: list[float] | None = Field(default=None, description="a raw caption embedding")
@@ -127,23 +85,14 @@ class SearchResponse(BaseModel):
     results: list[Hit]
 
 
-def create_app(
-    searcher,
-    images_dir: str | Path,
-    text_encoder=None,
-    limits: Limits = Limits(),
-    title: str = "stitch",
-    cors_origins: Sequence[str] | None = None,
-    regather_ms: float = DEFAULT_REGATHER_MS,
-) -> FastAPI:
-    """The service app over ``searcher``; every request body passes :class:`BodyLimit` before parsing.
-    ``regather_ms``: how long a batch may wait for the callers just answered (see :mod:`.batcher`).
+def create_app(searcher, config: ServeConfig, text_encoder=None, title: str | None = None) -> FastAPI:
+    """The service app over ``searcher``, with ``config``'s pictures folder, origins, batching and limits; every
+    request body passes :class:`BodyLimit` before parsing. ``title``: the name shown (default: the run's).
 
     Middleware, outermost first: :class:`RequestMetrics` (so it counts every answer, refusals included),
     CORS (only with ``cors_origins``; outside the guard so its 413/408 reach a cross-origin page readable),
     :class:`BodyLimit`."""
-    images_dir = check_images_dir(images_dir)
-    origins = check_cors_origins(cors_origins)
+    limits, title = config.limits, config.title if title is None else title
     # FastAPI writes the title into the /docs and /redoc HTML unescaped: a run name is not trusted markup
     app = FastAPI(
         title=html.escape(f"{title} search"), version="1", description="Cross-modal search over a stitch run's gallery."
@@ -152,13 +101,13 @@ def create_app(
     app.add_middleware(
         BodyLimit, max_body_bytes=limits.body_cap(searcher.text_dim), body_timeout_s=limits.body_timeout_s
     )
-    add_cors(app, origins)
+    add_cors(app, list(config.cors_origins))
     metrics = ServiceMetrics()
     app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)  # added last: outermost
 
-    batcher = MicroBatcher(searcher, text_encoder, regather_ms=regather_ms)
+    batcher = MicroBatcher(searcher, text_encoder, regather_ms=config.regather_ms)
     _search_routes(app, batcher, text_encoder, limits)
-    _gallery_routes(app, searcher, batcher, images_dir, text_encoder, title)
+    _gallery_routes(app, searcher, batcher, config.images_dir, text_encoder, title)
     _metrics_route(app, metrics, searcher, batcher)
     return app
 
@@ -266,93 +215,36 @@ def _gallery_routes(app: FastAPI, searcher, batcher: MicroBatcher, images_dir: P
         return render_page(title=title, gallery=len(searcher.index))
 
 
-def build_app(
-    run: str | Path,
-    data_path: str | Path,
-    images_dir: str | Path,
-    split: str | None = None,
-    index: str | Path | None = None,
-    text_encoder: str | None = None,
-    text_precision: str = "fp32",
-    limits: Limits = Limits(),
-    cors_origins: Sequence[str] | None = None,
-    regather_ms: float = DEFAULT_REGATHER_MS,
-) -> FastAPI:
-    """Load the run, its gallery (an exact index with the run's rescoring, or ``index``) and the text encoder
-    the data records (or ``text_encoder``); ``cors_origins``, ``regather_ms``: see :func:`create_app`."""
+def build_app(config: ServeConfig) -> FastAPI:
+    """Load the run, its gallery (an exact index with the run's rescoring, or ``config.index``) and the text
+    encoder the run or the data records (or ``config.text_encoder``), and make the app (:func:`create_app`)."""
     from stitch import api
     from stitch.encoders.text import text_encoder as make_text_encoder
 
-    check_images_dir(images_dir)  # before the data and models load
-    check_cors_origins(cors_origins)
-    check_wait_ms("regather_ms", regather_ms)
-    data = api.load(data_path)
-    opened = api.open(run)  # once: the searcher and the recorded encoder come from the same loaded run
-    searcher = api.open_searcher(opened, data, split, index)
+    data = api.load(config.data_path)
+    opened = api.open(config.run)  # once: the searcher and the recorded encoder come from the same loaded run
+    searcher = api.open_searcher(opened, data, config.split, config.index)
     recorded = (opened.info.meta.get("encoders") or {}).get("text")  # the space the run was trained on
-    spec = text_encoder or recorded or data.encoders.get("text")
-    if spec is None and Path(data_path).name == "flickr8k.npz":
+    spec = config.text_encoder or recorded or data.encoders.get("text")
+    if spec is None and Path(config.data_path).name == "flickr8k.npz":
         spec = "minilm"  # the shared Flickr8k captions are all-MiniLM-L6-v2 embeddings (../shared/README.md)
     if spec == SYNTHETIC_ENCODER:
         spec = None  # synthetic vectors have no text model: the service answers vector queries only
-    encoder = make_text_encoder(spec, precision=text_precision) if spec else None
+    encoder = make_text_encoder(spec, precision=config.text_precision) if spec else None
     if encoder is not None and encoder.dim != searcher.text_dim:
         raise UsageError(f"text encoder {spec} makes {encoder.dim}-d embeddings, the run expects {searcher.text_dim}")
-    return create_app(
-        searcher,
-        images_dir,
-        encoder,
-        limits=limits,
-        title=Path(run).name,
-        cors_origins=cors_origins,
-        regather_ms=regather_ms,
-    )
+    return create_app(searcher, config, encoder)
 
 
-def serve(
-    run: str | Path,
-    data_path: str | Path,
-    images_dir: str | Path,
-    split: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    index: str | Path | None = None,
-    text_encoder: str | None = None,
-    text_precision: str = "fp32",
-    max_body_bytes: int | None = None,
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-    cors_origins: Sequence[str] | None = None,
-    regather_ms: float = DEFAULT_REGATHER_MS,
-) -> None:
-    """Serve a run until interrupted. Limits: request bodies over ``max_body_bytes`` (default 64 KiB, more
-    for wide embeddings) get 413 and bodies slower than ``body_timeout_s`` 408; a request head still
-    incomplete past ``max_header_bytes`` gets 400 and one slower than ``header_timeout_s`` is closed; idle
-    kept-alive connections close after ``keep_alive_s``. ``cors_origins``: the sites whose pages may call the
-    service from a browser (``["*"]``: any; none by default). ``regather_ms``: how long a batch may wait for
-    the callers just answered (0: never). Arguments are checked before any model loads."""
+def serve(config: ServeConfig) -> None:
+    """Serve ``config.run`` until interrupted, under ``config.limits`` (:class:`Limits`): request bodies over
+    ``max_body_bytes`` (default 64 KiB, more for wide embeddings) get 413 and bodies slower than
+    ``body_timeout_s`` 408; a request head still incomplete past ``max_header_bytes`` gets 400 and one slower
+    than ``header_timeout_s`` is closed; idle kept-alive connections close after ``keep_alive_s``. The config
+    was checked when it was made, before any model loads."""
     import uvicorn
 
-    check_port(port)
-    check_images_dir(images_dir)
-    check_server_limits(header_timeout_s, keep_alive_s, max_header_bytes)
-    origins = check_cors_origins(cors_origins)
-    check_wait_ms("regather_ms", regather_ms)
-    limits = Limits(max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)  # checks them
-    app = build_app(
-        run,
-        data_path,
-        images_dir,
-        split,
-        index,
-        text_encoder,
-        text_precision,
-        limits=limits,
-        cors_origins=origins,
-        regather_ms=regather_ms,
-    )
+    app = build_app(config)
     # The models, tokenizer and gallery are millions of long-lived objects: frozen out of the collector's reach,
     # a full collection under load no longer walks them (one did, stalling a loaded batch ~300 ms on the ONNX
     # path, p99 305 -> 58 ms). This process only serves, so nothing frozen was meant to be freed.
@@ -360,6 +252,6 @@ def serve(
     gc.freeze()
     # `stitch -v serve` adds uvicorn's access lines; by default it logs warnings only
     uvicorn_level = "info" if logging.getLogger("stitch").getEffectiveLevel() <= logging.DEBUG else "warning"
-    config = server_config(app, host, port, header_timeout_s, keep_alive_s, max_header_bytes, uvicorn_level)
-    print(f"serving {run} on http://{host}:{port}/")
-    uvicorn.Server(config).run()
+    uvicorn_config = server_config(app, config.host, config.port, config.limits, uvicorn_level)
+    print(f"serving {config.run} on http://{config.host}:{config.port}/")
+    uvicorn.Server(uvicorn_config).run()

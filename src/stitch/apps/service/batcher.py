@@ -34,22 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from stitch.apps.service.config import DEFAULT_REGATHER_MS, check_wait_ms
 from stitch.apps.service.metrics import Histogram, powers_of_two
-from stitch.apps.service.server import is_number
 from stitch.apps.service.validation import QueryError, check_embedding, check_text
-from stitch.errors import UsageError
-
-# Long enough for the callers of a batch of 20 to read their answers and send again over loopback (~7 ms
-# of event-loop time on the 2-core benchmark machine), short beside a MiniLM batch (~60 ms).
-DEFAULT_REGATHER_MS = 10.0
-
-
-def check_wait_ms(name: str, value) -> float:
-    """``value`` if it is a finite number of milliseconds >= 0 (checked where the service starts, before any
-    model loads, and again here)."""
-    if not is_number(value) or not 0 <= value < math.inf:
-        raise UsageError(f"{name} must be a number of milliseconds >= 0, got {value!r}")
-    return float(value)
 
 
 class MicroBatcher:

@@ -25,6 +25,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from stitch.apps.service.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from stitch.errors import UsageError
 
 Scope = MutableMapping[str, Any]
@@ -32,9 +33,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
-DEFAULT_BODY_TIMEOUT_S = 10.0
 
 
 class BodyLimit:

@@ -22,11 +22,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from stitch.errors import UsageError
-
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_KEEP_ALIVE_S = 5.0
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+from stitch.apps.service.config import DEFAULT_HEADER_TIMEOUT_S, Limits
 
 
 class HeaderTimeoutProtocol(H11Protocol):
@@ -79,49 +75,17 @@ def protocol_with(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(header_timeout_s)})
 
 
-def is_number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
-    """Whether ``value`` is a real number of ``kind`` (``True`` is an int to Python, not a setting here)."""
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
-def check_port(port: Any) -> int:
-    """``port`` if it can be bound: an int in 1-65535 (uvicorn would only fail later, with an OverflowError)."""
-    if not is_number(port, int) or not 1 <= port <= 65535:
-        raise UsageError(f"port must be 1-65535, got {port!r}")
-    return port
-
-
-def check_server_limits(header_timeout_s: Any, keep_alive_s: Any, max_header_bytes: Any) -> None:
-    """Raise ValueError for a limit uvicorn would take but misapply (a zero or negative timeout closes every
-    connection at once; h11 cannot parse a request head in under 1 KiB)."""
-    for name, value in (("header_timeout_s", header_timeout_s), ("keep_alive_s", keep_alive_s)):
-        if not is_number(value) or not value > 0:
-            raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
-    if not is_number(max_header_bytes, int) or max_header_bytes < 1024:
-        raise UsageError(f"max_header_bytes must be an int of at least 1024, got {max_header_bytes!r}")
-
-
-def server_config(
-    app: Any,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
-    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-    log_level: str = "warning",
-) -> Any:
-    """The ``uvicorn.Config`` for the service: h11 with a header-size cap, a header deadline and a keep-alive
-    timeout. Values are checked here so a bad one fails at start, not on the first connection."""
+def server_config(app: Any, host: str, port: int, limits: Limits = Limits(), log_level: str = "warning") -> Any:
+    """The ``uvicorn.Config`` for the service on ``host:port``: h11 with the header-size cap, the header deadline
+    and the keep-alive timeout of ``limits`` (checked when they were made, so a bad one failed at start)."""
     import uvicorn
 
-    check_port(port)
-    check_server_limits(header_timeout_s, keep_alive_s, max_header_bytes)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=protocol_with(header_timeout_s),
-        timeout_keep_alive=keep_alive_s,
-        h11_max_incomplete_event_size=max_header_bytes,
+        http=protocol_with(limits.header_timeout_s),
+        timeout_keep_alive=limits.keep_alive_s,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         log_level=log_level,
     )
