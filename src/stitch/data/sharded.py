@@ -30,7 +30,7 @@ from stitch.data.holdout import image_holdout
 from stitch.data.npy import read_npy
 from stitch.data.shards import CHUNK_ROWS, Shard, ShardList, read_checked
 from stitch.data.texts import OFFSETS, UTF8, OffsetTexts, as_texts, write_texts
-from stitch.io.atomic import current_umask
+from stitch.io.atomic import current_umask, disk_full, is_disk_full
 from stitch.io.progress import chunk_starts
 from stitch.io.untrusted import first_repeat, inside, read_json
 
@@ -318,9 +318,18 @@ def write_sharded(
         raise DataError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     ours = _check_replaceable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
+    needed = _bytes_needed(data, dtype)
+    if shutil.disk_usage(out.parent).free < needed:
+        raise disk_full(out, f"at least {needed:,} bytes needed")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        entries = [_write_block(data, tmp, n, block, dtype) for n, block in enumerate(_blocks(data, shard_rows))]
+        try:
+            blocks = enumerate(_blocks(data, shard_rows))
+            entries = [_write_block(data, tmp, n, block, dtype) for n, block in blocks]
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(out, f"at least {needed:,} bytes needed") from err
+            raise
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -338,6 +347,12 @@ def write_sharded(
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _bytes_needed(data: ShardedPairs, dtype: str) -> int:
+    """The embeddings and caption index the folder will hold (texts, a few bytes a row, not counted)."""
+    size = np.dtype(dtype).itemsize
+    return data.n_captions * (data.text_dim * size + 8) + data.n_images * data.image_dim * size
 
 
 def _check_replaceable(out: Path, force: bool) -> list[str]:
@@ -467,11 +482,26 @@ def _save(folder: Path, name: str, values: np.ndarray) -> None:
         np.save(handle, values, allow_pickle=False)
 
 
+def _reserve(path: Path) -> None:
+    """Give the (sparse) memory-mapped file its blocks now: a disk that fills while pages are written kills
+    the process with SIGBUS, where reserving fails with an OSError that can be reported and cleaned up."""
+    if not hasattr(os, "posix_fallocate"):  # Windows and macOS: no reservation call; their writes fail plainly
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.path.getsize(path))
+        except OSError as err:
+            if is_disk_full(err):
+                raise
+            # filesystems without allocation support (EOPNOTSUPP, EINVAL) write as before
+
+
 def _copy_rows(pieces: list[tuple[np.ndarray, np.ndarray, str]], folder: Path, name: str, dtype: str) -> None:
     """``source[rows]`` of every piece, one after another, written as ``dtype`` chunk by chunk (memory stays at
     one chunk), checked finite."""
     total, width = sum(len(rows) for _, rows, _ in pieces), pieces[0][0].shape[1]
     target = np.lib.format.open_memmap(folder / name, mode="w+", dtype=dtype, shape=(total, width))
+    _reserve(folder / name)
     at = 0
     for source, rows, where in pieces:
         for start in chunk_starts(len(rows), CHUNK_ROWS, f"writing {name}"):

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -30,6 +31,34 @@ _REFUSED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.E
 
 class OutputExistsError(StitchError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
+
+
+class DiskFullError(StitchError, OSError):
+    """The device filled while stitch wrote an output; what it had written was removed."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the device (or the user's quota) is full; libraries written in Rust
+    (safetensors) report it in their message, not as an OSError."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(word in str(err) for word in ("No space left on device", "StorageFull", "Disk quota exceeded"))
+
+
+def disk_full(path: Path, needed: str) -> DiskFullError:
+    """One line naming the output, what it needs (``needed``) and the bytes free where it goes."""
+    try:
+        free = f"{_free_bytes(path):,} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"{path}: no space left on the device ({needed}, {free}); nothing was left half-written: free space "
+        "or choose another folder and run again"
+    )
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path if path.is_dir() else path.parent).free
 
 
 def ensure_writable(path: str | Path, force: bool = False) -> Path:
@@ -181,6 +210,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _fsync_file(Path(tmp))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as err:
+        if is_disk_full(err):
+            written = os.path.getsize(tmp) if os.path.lexists(tmp) else 0
+            raise disk_full(path, f"it filled after {written:,} bytes of this file") from err
+        raise
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)

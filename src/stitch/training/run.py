@@ -136,7 +136,10 @@ class Run:
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} exists and is not a folder")
         if path.exists() and any(path.iterdir()) and not force and not is_unfinished(path):
-            raise RunError(f"{path} already holds a run; pass --resume to continue it or --force to replace it")
+            if (path / CHECKPOINT).exists():
+                raise RunError(f"{path} already holds a run; pass --resume to continue it or --force to replace it")
+            state = "a run" if (path / CARD).exists() else f"a run that did not finish (no {CARD})"
+            raise RunError(f"{path} already holds {state}, with no {CHECKPOINT} to resume; pass --force to replace it")
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
         path.mkdir(parents=True, exist_ok=True)
