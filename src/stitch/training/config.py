@@ -121,12 +121,30 @@ class EnsembleConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Unpaired pools and the self-learning that draws pseudo-pairs among them (``model.name=self-learning``)."""
+
+    unpaired_captions: str = ""  # caption embeddings with no image: .npy, a query file, or a paired file's captions
+    unpaired_images: str = ""  # image embeddings with no caption: .npy or a paired file's images
+    use_pairs: bool = True  # false: zero-pair mode, start from matched pool structures instead of the pairs
+    rounds: int = 5  # refits on seed + pseudo-pairs
+    matcher: str = "csls"  # csls (mutual nearest neighbours) | sinkhorn (optimal-transport plan)
+    threshold: float = 0.0  # keep pseudo-pairs scoring above this
+    max_pairs: int = 0  # keep the best this many pseudo-pairs a round; 0 = all that qualify
+    pseudo_weight: float = 1.0  # weight of a pseudo-pair against a seed pair in the refit
+    pool_sample: int = 0  # caption pool rows drawn per round (bounds a round's cost); 0 = the whole pool
+    k: int = 10  # CSLS neighbourhood size
+    clusters: int = 32  # zero-pair mode: k-means anchors matched between the pools
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
@@ -163,6 +181,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "model.init": ("ridge", "procrustes"),
         "inference.rerank": r.RESCORERS.names(),
         "optim.sampler": r.SAMPLERS.names(),
+        "semi.matcher": ("csls", "sinkhorn"),
     }
 
 
@@ -217,6 +236,13 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "dev_fraction": (0.0, 0.99),
     "max_dev_images": (0, 1 << 40),
     "eval_chunk": (1, 1 << 24),
+    "semi.rounds": (0, 1000),
+    "semi.threshold": (-1.0, 1.0),
+    "semi.max_pairs": (0, 1 << 40),
+    "semi.pseudo_weight": (1e-6, 1e6),
+    "semi.pool_sample": (0, 1 << 40),
+    "semi.k": (1, 1000),
+    "semi.clusters": (2, 10_000),
 }
 
 
