@@ -169,6 +169,7 @@ class TrainConfig:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Settings whose values are registry names (the registries are the one spelling of each)."""
     from stitch import registries as r
+    from stitch.semi.self_learning import MATCHERS
 
     return {
         "model.name": r.MODELS.names(),
@@ -181,7 +182,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "model.init": ("ridge", "procrustes"),
         "inference.rerank": r.RESCORERS.names(),
         "optim.sampler": r.SAMPLERS.names(),
-        "semi.matcher": ("csls", "sinkhorn"),
+        "semi.matcher": MATCHERS,
     }
 
 
