@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_flickr_like
 from stitch import api
 from stitch.apps.cli import main
-from stitch.recipes import RECIPES, recipe_overrides
+from stitch.recipes import RECIPES, recipe_overrides, uses_pools
 from stitch.retrieval.index import IndexFileError
 from stitch.retrieval.ranks import text_to_image_ranks
 from stitch.training import ConfigError, RunError, write_ensemble
@@ -28,8 +29,11 @@ TINY = ["optim.epochs=1", "model.hidden=16", "model.shared_dim=8", "optim.batch_
 def tiny_runs(tmp_path_factory, small_data):
     """Every named recipe, shrunk to one epoch on the small synthetic set."""
     root = tmp_path_factory.mktemp("recipes")
+    pool = write_flickr_like(root / "pool.npz", small_data.split("train"))  # the train images, links dropped
+    pools = [f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
     for name in RECIPES:
-        api.train(small_data, None, out=root / name, overrides=[*recipe_overrides(name), *TINY], progress=False)
+        extra = pools if uses_pools(name) else []
+        api.train(small_data, None, out=root / name, overrides=[*recipe_overrides(name), *TINY, *extra], progress=False)
     return root
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from conftest import write_flickr_like
+from stitch import api
+from stitch.apps.cli import main
+from stitch.data import DataError, load_pairs, make_synthetic
 from stitch.semi.pseudo import PseudoPairs, csls_mutual_pairs, pair_precision, sinkhorn_pairs
+from stitch.semi.refine import raw_map
 from stitch.semi.self_learning import self_learn
 from stitch.semi.unpaired import align_unpaired
 
@@ -144,3 +151,76 @@ def test_wrong_dims_are_refused_naming_the_pool():
         align_unpaired(x, np.where(np.arange(100)[:, None] == 4, np.nan, y))
     with pytest.raises(ValueError, match="items: rows have 8 dims, expected 32"):
         csls_mutual_pairs(x, y[:, :8])
+
+
+# -- inside training: pools read from files, the map set into the run, the rounds logged --------------------
+
+
+def _pairs_and_pool(tmp_path, n_seed_images: int = 40):
+    """Synthetic pairs holding a few train images and every dev image; the other train images (their captions
+    and images, links dropped) as one paired npz the pools are read from."""
+    data = make_synthetic(n_images=500, captions_per_image=3, text_dim=16, image_dim=24, latent_dim=6, seed=2)
+    train, dev = np.flatnonzero(data.image_split == "train"), np.flatnonzero(data.image_split == "dev")
+    pairs = data.subset_images(np.concatenate([train[:n_seed_images], dev]))
+    pool = write_flickr_like(tmp_path / "pool.npz", data.subset_images(train[n_seed_images:]), images__split=None)
+    return data, pairs, pool
+
+
+def test_a_self_learning_run_holds_the_map_self_learning_fitted(tmp_path):
+    """The run's raw-space prediction is the library's self-learning map, computed here independently from the
+    same seed pairs and pools; the rounds (with precision, the pools' links being known) are in the run."""
+    _, pairs, pool = _pairs_and_pool(tmp_path)
+    overrides = ["model.name=self-learning", "model.init=ridge", "semi.rounds=2"]
+    overrides += [f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
+    result = api.train(pairs, None, out=tmp_path / "run", overrides=overrides, progress=False)
+    train = pairs.split("train")
+    pooled = load_pairs(pool)
+    expected = self_learn(
+        train.captions, train.images[train.caption_image], pooled.captions, pooled.images,
+        rounds=2, method="ridge", alpha=1.0, truth=pooled.caption_image, seed=0,
+    )  # fmt: skip
+    weight, bias = raw_map(expected)
+    probe = pairs.split("dev").captions[:7]
+    want = probe.astype(np.float64) @ weight + bias
+    got = api.predict(result.run, probe, target="point")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    rounds = api.open(tmp_path / "run").info.meta["self_learning"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["pseudo_pairs"] > 0 and 0 <= r["precision"] <= 1 for r in rounds[1:])
+    assert [r["precision"] for r in rounds[1:]] == [r["precision"] for r in expected.log[1:]]
+
+
+def test_a_pool_row_equal_to_a_dev_row_is_refused(tmp_path):
+    data, pairs, _ = _pairs_and_pool(tmp_path)
+    dev = pairs.split("dev")
+    leaky = data.subset_images(np.flatnonzero(data.image_split == "train")[100:160])
+    captions = leaky.captions.copy()
+    captions[5] = dev.captions[3].astype(np.float16).astype(np.float32)  # a dev caption stored in half precision
+    dev_half = pairs.captions.astype(np.float16).astype(np.float32)
+    pairs = pairs.__class__(**{**pairs.__dict__, "captions": dev_half})
+    pool = write_flickr_like(tmp_path / "leaky.npz", leaky, captions__embeddings=captions, images__split=None)
+    overrides = ["model.name=self-learning", f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
+    with pytest.raises(DataError, match=r"leaky\.npz: unpaired captions: 1 row\(s\): 5 equal rows of the dev captions"):
+        api.train(pairs, None, overrides=overrides, progress=False)
+
+
+def test_the_cli_trains_the_self_learning_recipe_from_pool_files_and_records_them(tmp_path):
+    _, pairs, pool = _pairs_and_pool(tmp_path)
+    data = write_flickr_like(tmp_path / "pairs.npz", pairs)
+    run = tmp_path / "run"
+    train = ["train", "--data", str(data), "--recipe", "self-learning", "--out", str(run), "--quiet"]
+    assert main([*train, "--unpaired-captions", str(pool), "--unpaired-images", str(pool)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["semi"]["unpaired_captions"] == str(pool)
+    assert len(config["self_learning"]["rounds"]) == 4 and "unpaired captions" in config["self_learning"]["pools"]
+    assert main(["train", "--data", str(data), "--recipe", "self-learning", "--out", str(tmp_path / "r2"), "-q"]) != 0
+
+
+def test_self_learning_runs_are_reproducible(tmp_path):
+    """A closed-form run has no checkpoint to resume: it is reproduced by running it again, bit for bit."""
+
+    _, pairs, pool = _pairs_and_pool(tmp_path)
+    overrides = ["model.name=self-learning", f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
+    one = api.train(pairs, None, overrides=overrides, progress=False).run.model.state_dict()
+    two = api.train(pairs, None, overrides=overrides, progress=False).run.model.state_dict()
+    assert all(np.array_equal(one[k].numpy(), two[k].numpy()) for k in one)

@@ -57,10 +57,14 @@ _SEED003 = (
     "optim.epochs=50",
 )
 
+def _kind(overrides: tuple[str, ...] | list[str]) -> str:
+    """The model kind a list of overrides trains (the default's when it names none)."""
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), "resmlp")
+
+
 def _pinned(overrides: tuple[str, ...]) -> tuple[str, ...]:
     """The pre-tuning defaults a recipe pins: only the model.* settings its model kind reads."""
-    kind = next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), "resmlp")
-    used = MODELS.tag(kind, "config_keys", ())
+    used = MODELS.tag(_kind(overrides), "config_keys", ())
     return tuple(o for o in _BEFORE_TUNING if not o.startswith("model.") or o.split("=")[0][6:] in used)
 
 
@@ -87,6 +91,22 @@ RECIPES: dict[str, Recipe] = {
             "closed form",
             ("model.name=ridge", *_PLAIN),
             "ridge regression (alpha 1) into the z-scored image space",
+        ),
+        Recipe(
+            "self-learning",
+            "closed form + unpaired pools",
+            ("model.name=self-learning", "model.init=ridge", "semi.rounds=3", *_PLAIN),
+            "uses unpaired pools (--unpaired-captions, --unpaired-images): ridge on the pairs, then 3 refits on "
+            "seed pairs plus pseudo-pairs, mutual nearest neighbours under CSLS between the translated caption "
+            "pool and the image pool (Artetxe et al. 2017); for few pairs and many loose embeddings",
+        ),
+        Recipe(
+            "zero-pair",
+            "unpaired pools only",
+            ("model.name=self-learning", "model.init=procrustes", "semi.use_pairs=false", "semi.rounds=10", *_PLAIN),
+            "uses unpaired pools only (--unpaired-captions, --unpaired-images; the pairs serve the dev split): "
+            "k-means anchors of the two pools matched by their similarity structure, then 10 rounds of Procrustes "
+            "on CSLS pseudo-pairs (mini-vec2vec style); weak on encoders this unrelated, reported as measured",
         ),
         Recipe(
             "procrustes",
@@ -270,3 +290,8 @@ def recipe_overrides(name: str) -> list[str]:
     if name not in RECIPES:
         raise UsageError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
     return list(RECIPES[name].overrides)
+
+
+def uses_pools(name: str) -> bool:
+    """Whether a recipe needs unpaired pools (semi.unpaired_captions / semi.unpaired_images) to train."""
+    return bool(MODELS.tag(_kind(recipe_overrides(name)), "uses_pools", False))

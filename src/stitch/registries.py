@@ -79,6 +79,16 @@ MODELS = Registry(
             "closed-form orthogonal map",
             {"task": "translate", "closed_form": True, "config_keys": ("standardize_target",)},
         ),
+        "self-learning": Entry(
+            f"{_T}.mapped:SelfLearningTranslator",
+            "linear map refitted on pseudo-pairs drawn among unpaired pools (semi.*)",
+            {
+                "task": "translate",
+                "closed_form": True,
+                "uses_pools": True,
+                "config_keys": ("init", "ridge_alpha", "standardize_target"),
+            },
+        ),
         "mlp": Entry(
             f"{_T}.mapped:MLPTranslator", "MLP into image space", {"task": "translate", "config_keys": _MLP_KEYS}
         ),

@@ -9,9 +9,9 @@ from pathlib import Path
 from stitch import api
 from stitch.data import PairedEmbeddings, train_dev_split
 from stitch.outputs.leaderboard import write_leaderboard
-from stitch.recipes import RECIPES, recipe_overrides
+from stitch.recipes import RECIPES, recipe_overrides, uses_pools
 
-DEFAULT_METHODS = tuple(RECIPES)
+DEFAULT_METHODS = tuple(name for name in RECIPES if not uses_pools(name))  # no pools in a bench
 
 
 def _train_once(name: str, run_dir: Path, data, extra_overrides, reuse: bool, progress: bool) -> float:

@@ -44,7 +44,8 @@ def cmd_train(args) -> int:
     from stitch.recipes import recipe_overrides
 
     config = None if args.config is None else resolve(args.config, "config")
-    overrides = [*(recipe_overrides(args.recipe) if args.recipe else []), *args.overrides]
+    pools = [f"semi.unpaired_{side}={path}" for side, path in _pool_args(args) if path]
+    overrides = [*(recipe_overrides(args.recipe) if args.recipe else []), *pools, *args.overrides]
     if args.print_config:
         from stitch.training import load_config
 
@@ -528,6 +529,11 @@ def _add_rerank_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank-param", nargs="*", metavar="NAME=VALUE", help="e.g. beta=20 or k=10")
 
 
+def _pool_args(args) -> list[tuple[str, str | None]]:
+    """The unpaired pools named on the command line, as ``semi.unpaired_*`` settings take them."""
+    return [("captions", args.unpaired_captions), ("images", args.unpaired_images)]
+
+
 def _parser_train(sub) -> None:
     p = sub.add_parser("train", help="train a translator (default recipe unless --config)")
     _add_data_args(p)
@@ -535,6 +541,12 @@ def _parser_train(sub) -> None:
     p.add_argument("--config", help="YAML config: a path, or a shipped config's name (stitch recipes lists them)")
     p.add_argument("--recipe", help="a named recipe (stitch recipes lists them); overrides come after it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument(
+        "--unpaired-captions",
+        help="caption embeddings with no image (.npy, a query file or a paired file's captions) for the recipes "
+        "that use unpaired pools (self-learning, zero-pair); a row equal to a dev row is refused",
+    )
+    p.add_argument("--unpaired-images", help="image embeddings with no caption (.npy or a paired file's images)")
     p.add_argument("--out", help="run folder (default runs/<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")

@@ -7,6 +7,7 @@ resumable exactly, progress, TensorBoard and tuning callbacks. Device choice liv
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from stitch.retrieval.evaluate import (
 from stitch.retrieval.graded import graded_reports
 from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
+from stitch.semi.pools import UnpairedPools, read_pools
+from stitch.semi.refine import refine_map
 from stitch.training.batching import CaptionBatches
 from stitch.training.callbacks import (
     SCORED_MRR_PREFIX,
@@ -329,9 +332,12 @@ def _initial_run(
     the training pairs it trains on (without the least consistent ones when ``filter_fraction`` is set). The
     z-scoring and the closed-form start take one streamed pass over the training pairs."""
     model = build_model(config.model, data.text_dim, data.image_dim)
+    pools = _pools(config, data, dev_set)
     if config.model.standardize_target:
         own = image_moments is None
-        model.space.fit_moments(ColumnMoments.of_chunks(train_set.image_chunks()) if own else image_moments)
+        images = train_set.image_chunks()  # loose images inform the image space's statistics as paired ones do
+        chunks = images if pools is None else itertools.chain(images, [pools.images])
+        model.space.fit_moments(ColumnMoments.of_chunks(chunks) if own else image_moments)
 
     def in_space(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -340,6 +346,7 @@ def _initial_run(
     # closed-form fits use every caption-image link, weighted 1/(images of the caption): the mean target
     moments = PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks())
     model.initialise(moments, config.model)
+    rounds = _self_learn(model, train_set, pools, config) if pools is not None else None
     bank = _keep_bank(train_set, config)
     filtered, train_images, train_captions = "", train_set.n_images, train_set.n_captions
     if config.filter_fraction:
@@ -354,12 +361,28 @@ def _initial_run(
         "data": data_source,
         "encoders": data.encoders,
         **({"filtered": filtered} if filtered else {}),
+        **({"self_learning": {"pools": pools.describe(), "rounds": rounds}} if pools is not None else {}),
         **_seeded_split(data, dev_set, how, config),
     }
     run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, bank)
     if writes and run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
         run.save_info()
     return run, train_set
+
+
+def _pools(config: TrainConfig, data, dev_set) -> UnpairedPools | None:
+    """The unpaired pools of a model kind that uses them (``semi.*``), checked against the pairs and dev."""
+    if not MODELS.tag(config.model.name, "uses_pools", False):
+        return None
+    semi = config.semi
+    return read_pools(semi.unpaired_captions, semi.unpaired_images, data.text_dim, data.image_dim, dev_set)
+
+
+def _self_learn(model, train_set: ShardList, pools: UnpairedPools, config: TrainConfig) -> list[dict]:
+    """Self-learning on the training pairs (raw, one row per link) and the pools; the model's map is set."""
+    pairs = list(train_set.pair_chunks())
+    seed = (np.concatenate([c for c, _ in pairs]), np.concatenate([i for _, i in pairs])) if pairs else None
+    return refine_map(model, seed, pools, config)
 
 
 def _seeded_split(data, dev_set, how: str, config: TrainConfig) -> dict:

@@ -9,6 +9,7 @@ as a grader does, so its submission is exact by construction."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,6 +69,25 @@ class ProcrustesTranslator(MappedTranslator):
 
     def initialise(self, moments: PairMoments, model_cfg) -> None:
         self.translator.set(*moments.procrustes())
+
+
+class SelfLearningTranslator(MappedTranslator):
+    """A linear map fitted on the pairs (``model.init``: ridge or procrustes) and refitted on pseudo-pairs
+    drawn among unpaired pools (:mod:`stitch.semi`), which sets the final map here."""
+
+    @classmethod
+    def from_config(cls, model_cfg, text_dim: int, image_dim: int) -> SelfLearningTranslator:
+        return cls(LinearMap(text_dim, image_dim), text_dim, image_dim)
+
+    def initialise(self, moments: PairMoments, model_cfg) -> None:
+        self.translator.set(*closed_form_solution(moments, model_cfg))
+
+    def set_raw_map(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Take the map ``y = x @ weight + bias`` into the raw image space (as self-learning refitted it),
+        carried into this model's space: ``(y - mean) / std`` (or the identity)."""
+        mean = self.space.mean.double().numpy()
+        std = self.space.std.double().numpy()
+        self.translator.set(np.asarray(weight) / std[None, :], (np.asarray(bias) - mean) / std)
 
 
 class MLPTranslator(MappedTranslator):

@@ -1,0 +1,100 @@
+"""Unpaired pools: caption embeddings with no image and image embeddings with no caption, read from any
+file stitch reads (a ``.npy`` matrix, a query file, a paired file or folder, whose links are then dropped).
+
+They are untrusted like paired data: dimensions are checked against the pairs, NaN/Inf rows named by file
+and row, and a pool row equal to one of the evaluated dev rows is refused (exact duplicates, found by
+hashing rows), since pseudo-pairs drawn on the dev set would score what was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stitch.data.dataset import PairedEmbeddings
+from stitch.data.errors import DataError, describe_rows
+from stitch.data.npy import read_npy
+from stitch.data.readers import load_pairs, load_queries
+
+
+@dataclass(frozen=True)
+class UnpairedPools:
+    """Loose captions and images (float32 rows); ``truth[caption row]`` is the pool image row it was taken
+    from, or -1, known only when both pools come from one paired file (used to measure pseudo-pair
+    precision, never to fit)."""
+
+    captions: np.ndarray
+    images: np.ndarray
+    truth: np.ndarray | None = None
+    source: str = ""
+
+    def describe(self) -> str:
+        return f"{len(self.captions)} unpaired captions and {len(self.images)} unpaired images ({self.source})"
+
+
+def read_side(path: str | Path, side: str, dim: int) -> tuple[np.ndarray, PairedEmbeddings | None]:
+    """The ``captions`` or ``images`` rows of ``path`` as a finite float32 matrix of ``dim`` columns, and the
+    paired data they came from when the file is a paired one."""
+    path = Path(path)
+    paired = None
+    if path.suffix == ".npy":
+        rows = read_npy(path)
+    else:
+        try:
+            opened = load_pairs(path)
+        except DataError:
+            if side != "captions":
+                raise
+            rows = load_queries(path).embeddings  # a query file: captions with no images
+        else:
+            paired = opened if isinstance(opened, PairedEmbeddings) else opened.to_memory()
+            rows = paired.captions if side == "captions" else paired.images
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.dtype.kind not in "iuf" or not len(rows):
+        raise DataError(
+            f"{path}: unpaired {side} must be a non-empty rows x dims matrix, got {rows.dtype} {rows.shape}"
+        )
+    if rows.shape[1] != dim:
+        raise DataError(f"{path}: unpaired {side} have {rows.shape[1]} dims, the pairs' {side} have {dim}")
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise DataError(f"{path}: unpaired {side} hold NaN/Inf in {describe_rows(bad)}")
+    return rows, paired
+
+
+def read_pools(
+    captions_path: str, images_path: str, text_dim: int, image_dim: int, dev: PairedEmbeddings
+) -> UnpairedPools:
+    """Both pools, checked against the pairs' dimensions and refused where a row is a dev row."""
+    if not captions_path or not images_path:
+        raise DataError("self-learning needs both pools: semi.unpaired_captions and semi.unpaired_images")
+    captions, paired = read_side(captions_path, "captions", text_dim)
+    images, _ = read_side(images_path, "images", image_dim)
+    refuse_dev_rows(captions, dev.captions, f"{captions_path}: unpaired captions", "dev captions")
+    refuse_dev_rows(images, dev.images, f"{images_path}: unpaired images", "dev images")
+    same_file = Path(captions_path).resolve() == Path(images_path).resolve()
+    truth = np.asarray(paired.caption_image, dtype=np.int64) if same_file and paired is not None else None
+    return UnpairedPools(captions, images, truth, f"{captions_path} + {images_path}")
+
+
+def row_hashes(rows: np.ndarray) -> np.ndarray:
+    """One 16-byte digest per row of float32 values (so float16 and float32 copies of a row agree)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return np.array([hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows], dtype="S16")
+
+
+def refuse_dev_rows(pool: np.ndarray, dev: np.ndarray, where: str, dev_name: str) -> None:
+    """A pool row equal to an evaluated row would let pseudo-pairs learn the dev set: refused, naming both."""
+    pool_hash, dev_hash = row_hashes(pool), row_hashes(dev)
+    shared = np.flatnonzero(np.isin(pool_hash, dev_hash))
+    if len(shared):
+        row = int(shared[0])
+        dev_row = int(np.flatnonzero(dev_hash == pool_hash[row])[0])
+        raise DataError(
+            f"{where}: {describe_rows(shared)} equal rows of the {dev_name} (pool row {row} is dev row {dev_row}); "
+            "a pool must not hold what is evaluated: drop the dev split from it"
+        )
