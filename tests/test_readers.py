@@ -217,6 +217,40 @@ def test_unknown_format(tmp_path):
         load_pairs(tmp_path / "nope.npz")
 
 
+def test_an_npy_array_named_npz_is_named_not_a_crash(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), dtype=np.float32))
+    (tmp_path / "x.npy").rename(tmp_path / "x.npz")
+    with pytest.raises(DataError, match="one .npy array, not an npz archive"):
+        load_pairs(tmp_path / "x.npz")
+
+
+def test_every_format_is_recognised_by_the_one_table_load_pairs_dispatches_through(tmp_path, formats_dir, small_data):
+    """``load_pairs`` and ``detect_layout`` read one ordered table (stitch.data.formats.FORMATS), so a path
+    is one format for both; an npz with neither key set is no format and named by its keys."""
+    from stitch.data.formats import FORMATS, LAYOUTS, detect_format
+    from stitch.data.layouts import detect_layout
+    from stitch.data.query_items import write_query_items
+    from stitch.data.sharded import ShardedPairs, write_sharded
+
+    write_flickr_like(tmp_path / "flickr.npz", small_data)
+    write_query_items(small_data, tmp_path / "qi")
+    write_sharded(ShardedPairs.of(small_data), tmp_path / "shards", shard_rows=50, dtype="float32")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    expected = {
+        tmp_path / "flickr.npz": "flickr-npz",
+        formats_dir / "aml2025" / "train.npz": "aml-npz",
+        formats_dir / "challenge_pt" / "train.pt": "pt",
+        tmp_path / "qi": "query-items",
+        tmp_path / "shards": "sharded",
+        tmp_path / "other.npz": None,
+    }
+    assert {path: detect_format(path) for path in expected} == expected
+    assert all(detect_layout(path) is None for path in expected)
+    assert set(LAYOUTS) == {"clip-retrieval", "table", "hf-datasets"} and set(LAYOUTS) < set(FORMATS.names())
+    with pytest.raises(DataError, match=r"not a paired file; .*keys found: \['a'\]"):
+        load_pairs(tmp_path / "other.npz")
+
+
 @pytest.mark.parametrize("value", [0.5, -1.0, np.nan, 2.0])
 def test_label_values_other_than_0_and_1_are_refused(tmp_path, value):
     labels = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]

@@ -2,7 +2,8 @@
 
 Every reader returns a validated :class:`PairedEmbeddings` (train files) or :class:`Queries`
 (query-only files). Nothing is unpickled: npz files load with ``allow_pickle=False`` and ``.pt``
-files with ``torch.load(weights_only=True)`` allowing numpy arrays only.
+files with ``torch.load(weights_only=True)`` allowing numpy arrays only. Which reader a path goes to —
+these, a folder or an on-disk layout — is decided in one table, :mod:`stitch.data.formats`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data.dataset import DataError, PairedEmbeddings, Queries
-from stitch.data.layouts import detect_layout, open_layout
+from stitch.data.formats import detect_format, open_format
 from stitch.data.npy import read_npy
-from stitch.data.query_items import is_query_items_folder, read_query_items
 from stitch.data.relevance import Relevance
-from stitch.data.sharded import ShardedPairs, is_sharded_folder, open_sharded
+from stitch.data.sharded import ShardedPairs
 from stitch.io.untrusted import regular_file
 
 FLICKR_KEYS = ("captions/embeddings", "images/embeddings", "captions/image_index")
@@ -37,9 +37,12 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
         raise DataError(f"{path}: no such file")
     regular_file(path, error=DataError)  # a FIFO would block np.load forever
     try:
-        return np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable npz file (truncated or corrupt?): {err}") from err
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds one .npy array, not an npz archive of named arrays (np.savez writes one)")
+    return loaded
 
 
 def _member(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
@@ -270,26 +273,42 @@ def read_npy_triplet(captions: Path, images: Path, index: Path, **kwargs) -> Pai
     )
 
 
+def is_pt(path: Path) -> bool:
+    """A torch ``.pt`` file (by its name; :func:`read_pt` checks what it holds)."""
+    return path.suffix == ".pt"
+
+
+def is_flickr_npz(path: Path) -> bool:
+    """An npz holding Flickr8k-style pairs (:data:`FLICKR_KEYS`)."""
+    return path.suffix == ".npz" and all(k in _npz_keys(path) for k in FLICKR_KEYS)
+
+
+def is_aml_npz(path: Path) -> bool:
+    """An npz holding an AML-2025 ``captions/label`` matrix."""
+    return path.suffix == ".npz" and "captions/label" in _npz_keys(path)
+
+
+def _npz_keys(path: Path) -> list[str]:
+    with _open_npz(path) as npz:
+        return npz.files
+
+
 def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings | ShardedPairs:
-    """Read a paired (train-style) file, recognising its layout from its keys, or open a folder: a query/item
-    folder (read into memory) or a stitch sharded folder (memory-mapped, read on demand)."""
+    """Read a paired (train-style) file or open a folder, whichever of :data:`stitch.data.formats.FORMATS`
+    it is: an npz recognised from its keys, a ``.pt`` dict, a query/item folder (read into memory), a stitch
+    sharded folder or an on-disk layout (memory-mapped, read on demand)."""
     path = Path(path)
-    if is_query_items_folder(path):
-        return read_query_items(path, **kwargs)
-    if is_sharded_folder(path):
-        return open_sharded(path)
-    if detect_layout(path) is not None:
-        return open_layout(path, **kwargs)
-    if path.suffix == ".pt":
-        return read_pt(path, **kwargs)
+    name = detect_format(path)
+    if name is None:
+        raise _unrecognised(path)
+    return open_format(name, path, **kwargs)
+
+
+def _unrecognised(path: Path) -> DataError:
     if path.suffix != ".npz":
-        raise DataError(f"{path}: unknown format; expected .npz or .pt (or pass three .npy files)")
-    keys = _open_npz(path).files
-    if all(k in keys for k in FLICKR_KEYS):
-        return read_flickr_npz(path, **kwargs)
-    if "captions/label" in keys:
-        return read_aml_npz(path, **kwargs)
-    raise DataError(
+        return DataError(f"{path}: unknown format; expected .npz or .pt (or pass three .npy files)")
+    keys = _npz_keys(path)
+    return DataError(
         f"{path}: not a paired file; need {list(FLICKR_KEYS)} or {list(AML_KEYS)}; keys found: {sorted(keys)}"
     )
 

@@ -14,6 +14,8 @@ and a key may not appear in two files, so that a split by image never separates 
 Optional columns: ``caption`` (caption texts), the key (image names) and ``split`` (constant within an
 image) — the names stitch's sharded layout keeps. pyarrow is imported only when a table is read
 (``pip install 'stitch[ondisk]'``).
+
+Which layout a path is, is decided with every other data format in :mod:`stitch.data.formats`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from stitch.data.errors import DataError
+from stitch.data.formats import LAYOUTS, detect_format, open_format
 from stitch.data.layouts.arrow import IMAGE_EMBEDDING_COLUMNS, TEXT_EMBEDDING_COLUMNS
-from stitch.data.layouts.clip_retrieval import CLIP_FILES, is_clip_retrieval, open_clip_retrieval, read_clip_retrieval
-from stitch.data.layouts.hf_datasets import is_hf_datasets, read_hf_datasets
+from stitch.data.layouts.clip_retrieval import CLIP_FILES, read_clip_retrieval
+from stitch.data.layouts.hf_datasets import read_hf_datasets
 from stitch.data.layouts.rows import ChunkedRows
-from stitch.data.layouts.tables import TABLE_SUFFIXES, is_table, read_table
+from stitch.data.layouts.tables import TABLE_SUFFIXES, read_table
 from stitch.data.sharded import ShardedPairs
 
 __all__ = [
@@ -43,20 +46,10 @@ __all__ = [
     "read_table",
 ]
 
-LAYOUTS = ("clip-retrieval", "table", "hf-datasets")
-
 
 def detect_layout(path: str | Path) -> str | None:
     """Which of :data:`LAYOUTS` ``path`` is, from its file names alone (None: none of them)."""
-    path = Path(path)
-    for layout, matches in (
-        ("clip-retrieval", is_clip_retrieval),
-        ("hf-datasets", is_hf_datasets),
-        ("table", is_table),
-    ):
-        if matches(path):
-            return layout
-    return None
+    return detect_format(path, among=LAYOUTS)
 
 
 def open_layout(
@@ -75,7 +68,6 @@ def open_layout(
             f"{path}: not a known embedding layout; expected a clip-retrieval folder (img_emb/, text_emb/, "
             f"metadata/), a {'/'.join(TABLE_SUFFIXES)} file or folder, or a datasets save_to_disk folder"
         )
-    readers = {"clip-retrieval": open_clip_retrieval, "table": read_table, "hf-datasets": read_hf_datasets}
-    if layout not in readers:
+    if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; known: {list(LAYOUTS)}")
-    return readers[layout](path, text_column=text_column, image_column=image_column, image_key=image_key, **options)
+    return open_format(layout, path, text_column=text_column, image_column=image_column, image_key=image_key, **options)
