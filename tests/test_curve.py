@@ -50,9 +50,31 @@ def test_the_curve_command_writes_one_row_per_method_and_size(tmp_path):
 
 
 def test_an_existing_curve_is_not_replaced_unasked(tmp_path):
-    from stitch.apps.curve import learning_curve
+    from stitch.apps.curve import CurveSettings, learning_curve
 
     (tmp_path / "curve.csv").write_text("mine")
     with pytest.raises(FileExistsError):
-        learning_curve(make_synthetic(**SHAPE), ["ridge"], tmp_path, [40])
+        learning_curve(make_synthetic(**SHAPE), ["ridge"], tmp_path, CurveSettings(sizes=(40,)))
     assert (tmp_path / "curve.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize("unpaired", ["same", "disjoint"])
+def test_the_unpaired_curve_gives_pool_methods_the_rest_of_the_training_images(tmp_path, unpaired):
+    from stitch.apps.curve import CurveSettings, learning_curve
+
+    data = make_synthetic(**SHAPE)
+    settings = CurveSettings(sizes=(40, 0), unpaired=unpaired, overrides=("semi.rounds=1",))
+    points = learning_curve(data, ["ridge", "self-learning"], tmp_path / unpaired, settings)
+    labels = [(p.method, p.pairs >= 40) for p in points]
+    # at 40 pairs the pool method trains beside ridge; with every training image paired no pool is left
+    assert labels == [("ridge", True), (f"self-learning ({unpaired} pools)", True), ("ridge", True)]
+    assert points[1].pairs == points[0].pairs and 0 < points[1].mrr <= 1 and points[1].submitted_mrr is not None
+    rows = (tmp_path / unpaired / "curve.csv").read_text().splitlines()
+    assert rows[0].startswith("method,pairs,images,recall@1,mrr,") and len(rows) == 5
+
+
+def test_unknown_pool_variants_are_refused():
+    from stitch.apps.curve import CurveSettings
+
+    with pytest.raises(DataError, match="unpaired pools must be one of"):
+        CurveSettings(unpaired="mixed")

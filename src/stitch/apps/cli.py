@@ -311,11 +311,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_curve(args) -> int:
-    from stitch.apps.curve import DEFAULT_SIZES, learning_curve
+    from stitch.apps.curve import DEFAULT_SIZES, CurveSettings, learning_curve
 
     data = _load_data(args).select(None)
-    sizes = args.sizes or list(DEFAULT_SIZES)
-    learning_curve(data, args.methods, args.out, sizes, args.seed, args.overrides, not args.quiet, args.force)
+    sizes = tuple(args.sizes or DEFAULT_SIZES)
+    settings = CurveSettings(sizes, args.seed, tuple(args.overrides), args.unpaired)
+    learning_curve(data, args.methods, args.out, settings, not args.quiet, args.force)
     print(f"wrote {Path(args.out) / 'curve.csv'} and {Path(args.out) / 'curve.png'}")
     return 0
 
@@ -678,6 +679,15 @@ def _parser_curve(sub) -> None:
         help="training captions per point (whole images); 0 = all (default: 250 1000 4000 16000 0)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the nested image subsets")
+    p.add_argument(
+        "--unpaired",
+        nargs="?",
+        const="same",
+        default="same",
+        metavar="same|disjoint",
+        help="pools for the methods that use them (self-learning, zero-pair): the rest of the training images, "
+        "captions and images of the same pictures (same) or captions and images of different halves (disjoint)",
+    )
     p.add_argument("--out", required=True, help="folder for curve.csv and curve.png")
     p.add_argument("--force", action="store_true", help="replace an existing curve in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

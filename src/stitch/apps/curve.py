@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from stitch import api
 from stitch.data import DataError, PairedEmbeddings, train_dev_split
 from stitch.io.atomic import atomic_write, atomic_write_text, ensure_writable
-from stitch.recipes import recipe_overrides
+from stitch.recipes import recipe_overrides, uses_pools
 
 DEFAULT_SIZES = (250, 1000, 4000, 16000, 0)  # training captions; 0 = all of them
 
@@ -65,52 +66,113 @@ def _with_split(train: PairedEmbeddings, dev: PairedEmbeddings) -> PairedEmbeddi
     )
 
 
+@dataclass(frozen=True)
+class CurveSettings:
+    """What a curve varies and holds fixed: the training sizes (captions; 0 = all), the subsets' seed, the
+    overrides every method gets, and the unpaired pools of the methods that use them: ``same`` (the rest of
+    the training images, captions and images, links dropped) or ``disjoint`` (captions of one half of the
+    rest, images of the other: real pools do not correspond, so a gain there is not pool matching)."""
+
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+    unpaired: str = "same"
+
+    def __post_init__(self) -> None:
+        if self.unpaired not in UNPAIRED:
+            raise DataError(f"unpaired pools must be one of {UNPAIRED}, got {self.unpaired!r}")
+
+
+UNPAIRED = ("same", "disjoint")
+
+
 def learning_curve(
     data: PairedEmbeddings,
     methods: list[str],
     out_dir: str | Path,
-    sizes: list[int] | None = None,
-    seed: int = 0,
-    overrides: list[str] | None = None,
+    settings: CurveSettings | None = None,
     progress: bool = False,
     force: bool = False,
 ) -> list[CurvePoint]:
-    """Train every method on nested subsets of the training images and score each on the dev images."""
+    """Train every method on nested subsets of the training images and score each on the dev images; the
+    methods that use unpaired pools get the rest of the training images as pools (see :class:`CurveSettings`)."""
+    settings = settings or CurveSettings()
     for name in methods:
         recipe_overrides(name)  # unknown names fail before any training
     ensure_writable(Path(out_dir) / "curve.csv", force)  # before hours of training, not after
     data = replace(data, relevance=None) if data.relevance is not None else data
     train, dev, how = train_dev_split(data)
-    subsets = nested_image_subsets(train, list(sizes or DEFAULT_SIZES), seed)
+    subsets = nested_image_subsets(train, list(settings.sizes), settings.seed)
     out_dir = Path(out_dir)
     points: list[CurvePoint] = []
-    for images in subsets:
-        subset = _with_split(train.subset_images(images), dev)
-        for name in methods:
-            started = time.perf_counter()
-            result = api.train(subset, None, overrides=[*recipe_overrides(name), *(overrides or [])], progress=progress)
-            own, plain = result.dev_reports[0].metrics, result.dev_metrics
-            seconds = time.perf_counter() - started
-            graded = api.evaluate(result, dev, as_submitted=True)[0].metrics if result.run.model.has_image_space else {}
-            points.append(
-                CurvePoint(
-                    name,
-                    subset.n_captions - dev.n_captions,
-                    len(images),
-                    own["recall@1"],
-                    own["mrr"],
-                    plain["recall@1"],
-                    plain["mrr"],
-                    seconds,
-                    graded.get("recall@1"),
-                    graded.get("mrr"),
-                )  # fmt: skip
-            )
-            submitted = f", as submitted {graded['mrr']:.4f}" if graded else ""
-            figures = f"MRR {own['mrr']:.4f} (plain {plain['mrr']:.4f}{submitted})"
-            print(f"[curve] {name} on {points[-1].pairs} pairs: {figures}")
-            write_curve(points, out_dir, f"dev: {how}, gallery of {dev.n_images} images, {dev.n_captions} queries")
+    protocol = f"dev: {how}, gallery of {dev.n_images} images, {dev.n_captions} queries"
+    with tempfile.TemporaryDirectory(prefix="stitch-curve-pools-") as pool_dir:
+        for images in subsets:
+            subset = _with_split(train.subset_images(images), dev)
+            pooled = any(uses_pools(name) for name in methods)
+            pools = _pools(train, images, settings, Path(pool_dir) / str(len(images))) if pooled else []
+            for name in methods:
+                point = _method_point(name, subset, dev, settings, pools, progress)
+                if point is not None:
+                    points.append(point)
+                    write_curve(points, out_dir, protocol)
     return points
+
+
+def _method_point(name: str, subset, dev, settings: CurveSettings, pools: list[str], progress: bool):
+    """One method's point on one subset; a method that uses pools gets them (and says which in its label),
+    or is skipped when no training image is left to pool."""
+    if not uses_pools(name):
+        return _point(name, subset, dev, [*recipe_overrides(name), *settings.overrides], progress)
+    if not pools:
+        print(f"[curve] {name} on {subset.n_captions - dev.n_captions} pairs: skipped, no image left for pools")
+        return None
+    point = _point(name, subset, dev, [*recipe_overrides(name), *settings.overrides, *pools], progress)
+    return replace(point, method=f"{name} ({settings.unpaired} pools)")
+
+
+def _pools(train: PairedEmbeddings, images: np.ndarray, settings: CurveSettings, folder: Path) -> list[str]:
+    """``semi.unpaired_*`` overrides naming pool files of the training images outside ``images`` (written
+    into ``folder``); none when no image is left."""
+    rest = np.setdiff1d(np.arange(train.n_images), images)
+    if len(rest) < 2:
+        return []
+    folder.mkdir(parents=True)
+    if settings.unpaired == "same":  # one paired file: the links let the run measure pseudo-pair precision
+        pool = train.subset_images(rest)
+        path = folder / "pool.npz"
+        arrays = {"captions/embeddings": pool.captions, "captions/image_index": pool.caption_image}
+        np.savez(path, **arrays, **{"images/embeddings": pool.images})
+        return [f"semi.unpaired_captions={path}", f"semi.unpaired_images={path}"]
+    halves = np.array_split(np.random.default_rng(settings.seed + 1).permutation(rest), 2)
+    captions = train.subset_images(np.sort(halves[0])).captions
+    np.save(folder / "captions.npy", captions)
+    np.save(folder / "images.npy", train.images[np.sort(halves[1])])
+    return [f"semi.unpaired_captions={folder / 'captions.npy'}", f"semi.unpaired_images={folder / 'images.npy'}"]
+
+
+def _point(name: str, subset: PairedEmbeddings, dev: PairedEmbeddings, overrides: list[str], progress: bool):
+    """One method trained on one subset: its own, plain and graded figures, and the time it took."""
+    started = time.perf_counter()
+    result = api.train(subset, None, overrides=overrides, progress=progress)
+    own, plain = result.dev_reports[0].metrics, result.dev_metrics
+    seconds = time.perf_counter() - started
+    graded = api.evaluate(result, dev, as_submitted=True)[0].metrics if result.run.model.has_image_space else {}
+    point = CurvePoint(
+        name,
+        subset.n_captions - dev.n_captions,
+        subset.n_images - dev.n_images,
+        own["recall@1"],
+        own["mrr"],
+        plain["recall@1"],
+        plain["mrr"],
+        seconds,
+        graded.get("recall@1"),
+        graded.get("mrr"),
+    )  # fmt: skip
+    submitted = f", as submitted {graded['mrr']:.4f}" if graded else ""
+    print(f"[curve] {name} on {point.pairs} pairs: MRR {own['mrr']:.4f} (plain {plain['mrr']:.4f}{submitted})")
+    return point
 
 
 def write_curve(points: list[CurvePoint], out_dir: Path, protocol: str) -> dict[str, Path]:
