@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stitch.semi.self_learning import SelfLearningResult, self_learn, zscore_stats
+from stitch.semi.self_learning import SelfLearning, SelfLearningResult, self_learn, zscore_stats
 from stitch.translators.moments import PairMoments
 
 DATA = Path("/work/shared/data/flickr8k/flickr8k.npz")
@@ -108,8 +108,9 @@ def main() -> None:
                     runs["procrustes"] = supervised(x, y, "procrustes", args.alpha)
                 started = time.perf_counter()
                 runs["self-learn"] = self_learn(
-                    x, y, caps[pool_caps], imgs[pool_imgs], rounds=args.rounds, alpha=args.alpha,
-                    pseudo_weight=args.pseudo_weight, max_pairs=args.max_pairs, truth=truth, seed=seed)
+                    x, y, caps[pool_caps], imgs[pool_imgs],
+                    SelfLearning(rounds=args.rounds, alpha=args.alpha, pseudo_weight=args.pseudo_weight,
+                                 max_pairs=args.max_pairs, seed=seed), truth)
                 seconds = time.perf_counter() - started
                 for name, result in runs.items():
                     fig = figures(result, dev_x, dev_y, dev_truth)

@@ -13,7 +13,7 @@ from stitch.apps.cli import main
 from stitch.data import DataError, load_pairs, make_synthetic
 from stitch.semi.pseudo import PseudoPairs, csls_mutual_pairs, pair_precision, sinkhorn_pairs
 from stitch.semi.refine import raw_map
-from stitch.semi.self_learning import self_learn
+from stitch.semi.self_learning import SelfLearning, self_learn
 from stitch.semi.unpaired import align_unpaired
 
 DIM = 32
@@ -65,8 +65,8 @@ def _top1(result, x, y) -> float:
 def test_self_learning_from_ten_pairs_recovers_rotation():
     x, y, r = _spectrum_set(1010)
     pool_x, pool_y, truth = _shuffled_pools(x, y, np.arange(10, 1010))
-    seed_only = self_learn(x[:10], y[:10], pool_x, pool_y, rounds=0, alpha=1e-3)
-    result = self_learn(x[:10], y[:10], pool_x, pool_y, rounds=6, alpha=1e-3, truth=truth)
+    seed_only = self_learn(x[:10], y[:10], pool_x, pool_y, SelfLearning(rounds=0, alpha=1e-3))
+    result = self_learn(x[:10], y[:10], pool_x, pool_y, SelfLearning(rounds=6, alpha=1e-3), truth)
     error = np.linalg.norm(_raw_weight(result) - r) / np.linalg.norm(r)
     assert np.linalg.norm(_raw_weight(seed_only) - r) / np.linalg.norm(r) > 0.3  # 10 pairs alone do not
     assert error < 0.05
@@ -77,8 +77,8 @@ def test_self_learning_from_ten_pairs_recovers_rotation():
 def test_self_learning_with_sinkhorn_pairs():
     x, y, r = _spectrum_set(610, seed=3)
     pool_x, pool_y, truth = _shuffled_pools(x, y, np.arange(10, 610))
-    result = self_learn(x[:10], y[:10], pool_x, pool_y, rounds=4, alpha=1e-3, truth=truth, matcher="sinkhorn",
-                        threshold=0.5, sinkhorn_iterations=30, chunk=128)
+    result = self_learn(x[:10], y[:10], pool_x, pool_y, SelfLearning(
+        rounds=4, alpha=1e-3, matcher="sinkhorn", threshold=0.5, sinkhorn_iterations=30, chunk=128), truth)
     assert np.linalg.norm(_raw_weight(result) - r) / np.linalg.norm(r) < 0.05
     assert result.log[-1]["precision"] > 0.99
 
@@ -86,7 +86,7 @@ def test_self_learning_with_sinkhorn_pairs():
 def test_zero_pair_mode_recovers_rotation():
     x, y, r = _cluster_set(2500)
     pool_x, pool_y, truth = _shuffled_pools(x, y, np.arange(2000))
-    result = align_unpaired(pool_x, pool_y, clusters=48, rounds=5, method="ridge", alpha=1e-3, truth=truth)
+    result = align_unpaired(pool_x, pool_y, SelfLearning(rounds=5, method="ridge", alpha=1e-3), 48, truth)
     held = np.arange(2000, 2500)
     assert _top1(result, x[held], y[held]) > 0.9
     assert np.linalg.norm(_raw_weight(result) - r) / np.linalg.norm(r) < 0.05
@@ -120,8 +120,8 @@ def test_csls_mutual_pairs_chunked_equals_whole_and_respects_cap():
 def test_self_learning_is_deterministic_with_a_seed():
     x, y, _ = _spectrum_set(1010, seed=5)
     pool_x, pool_y, truth = _shuffled_pools(x, y, np.arange(10, 1010))
-    runs = [self_learn(x[:10], y[:10], pool_x, pool_y, rounds=3, alpha=1e-3, pool_sample=500, seed=s, truth=truth)
-            for s in (7, 7, 8)]
+    settings = [SelfLearning(rounds=3, alpha=1e-3, pool_sample=500, seed=s) for s in (7, 7, 8)]
+    runs = [self_learn(x[:10], y[:10], pool_x, pool_y, s, truth) for s in settings]
     np.testing.assert_array_equal(runs[0].weight, runs[1].weight)
     np.testing.assert_array_equal(runs[0].bias, runs[1].bias)
     assert [e["pseudo_pairs"] for e in runs[0].log] == [e["pseudo_pairs"] for e in runs[1].log]
@@ -138,15 +138,15 @@ def test_non_finite_rows_are_refused_by_pool_and_row(which, message):
     args = {"seed_x": x[:10].copy(), "seed_y": y[:10], "pool_x": x[10:].copy(), "pool_y": y[10:].copy()}
     args[which][7, 3] = np.inf if which == "pool_y" else np.nan
     with pytest.raises(ValueError, match=message.replace("NaN", "NaN or Inf")):
-        self_learn(**args, rounds=1)
+        self_learn(**args, settings=SelfLearning(rounds=1))
 
 
 def test_wrong_dims_are_refused_naming_the_pool():
     x, y, _ = _spectrum_set(100)
     with pytest.raises(ValueError, match="image pool: rows have 31 dims, expected 32"):
-        self_learn(x[:10], y[:10], x[10:], y[10:, :31], rounds=1)
+        self_learn(x[:10], y[:10], x[10:], y[10:, :31], SelfLearning(rounds=1))
     with pytest.raises(ValueError, match="caption pool: rows have 32 dims, expected 31"):
-        self_learn(x[:10, :31], y[:10], x[10:], y[10:], rounds=1)
+        self_learn(x[:10, :31], y[:10], x[10:], y[10:], SelfLearning(rounds=1))
     with pytest.raises(ValueError, match="image pool: row 4 holds NaN or Inf"):
         align_unpaired(x, np.where(np.arange(100)[:, None] == 4, np.nan, y))
     with pytest.raises(ValueError, match="items: rows have 8 dims, expected 32"):
@@ -177,7 +177,7 @@ def test_a_self_learning_run_holds_the_map_self_learning_fitted(tmp_path):
     pooled = load_pairs(pool)
     expected = self_learn(
         train.captions, train.images[train.caption_image], pooled.captions, pooled.images,
-        rounds=2, method="ridge", alpha=1.0, truth=pooled.caption_image, seed=0,
+        SelfLearning(rounds=2, method="ridge", alpha=1.0, seed=0), pooled.caption_image,
     )  # fmt: skip
     weight, bias = raw_map(expected)
     probe = pairs.split("dev").captions[:7]

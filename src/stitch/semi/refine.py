@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from stitch.semi.pools import UnpairedPools
-from stitch.semi.self_learning import SelfLearningResult, self_learn
+from stitch.semi.self_learning import SelfLearning, SelfLearningResult, self_learn
 from stitch.semi.unpaired import align_unpaired
 
 logger = logging.getLogger(__name__)
@@ -34,22 +34,22 @@ def refine_map(
     ``semi.use_pairs=false``) is the zero-pair mode. ``config`` is the training config (its ``semi`` and
     ``model`` sections and ``seed``)."""
     semi, model_cfg = config.semi, config.model
-    options = {
-        "rounds": semi.rounds,
-        "matcher": semi.matcher,
-        "threshold": semi.threshold,
-        "max_pairs": semi.max_pairs or None,
-        "pseudo_weight": semi.pseudo_weight,
-        "pool_sample": semi.pool_sample or None,
-        "k": semi.k,
-        "truth": pools.truth,
-        "seed": config.seed,
-    }
+    settings = SelfLearning(
+        rounds=semi.rounds,
+        method=model_cfg.init,
+        alpha=model_cfg.ridge_alpha,
+        matcher=semi.matcher,
+        pseudo_weight=semi.pseudo_weight,
+        threshold=semi.threshold,
+        max_pairs=semi.max_pairs or None,
+        k=semi.k,
+        pool_sample=semi.pool_sample or None,
+        seed=config.seed,
+    )
     if seed_pairs is None or not semi.use_pairs:
-        result = align_unpaired(pools.captions, pools.images, clusters=semi.clusters, **options)
+        result = align_unpaired(pools.captions, pools.images, settings, semi.clusters, pools.truth)
     else:
-        options.update(method=model_cfg.init, alpha=model_cfg.ridge_alpha)
-        result = self_learn(seed_pairs[0], seed_pairs[1], pools.captions, pools.images, **options)
+        result = self_learn(seed_pairs[0], seed_pairs[1], pools.captions, pools.images, settings, pools.truth)
     model.set_raw_map(*raw_map(result))
     for row in result.log[1:]:
         logger.info(

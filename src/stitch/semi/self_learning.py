@@ -141,63 +141,74 @@ def _round_log(r: int, pairs: PseudoPairs, truth: np.ndarray | None, started: fl
     }
 
 
+@dataclass(frozen=True)
+class SelfLearning:
+    """How self-learning runs: ``rounds`` refits of ``method`` (ridge with ``alpha``, or procrustes) on the seed
+    pairs plus pseudo-pairs drawn by ``matcher`` (CSLS mutual neighbours with ``k``, or a Sinkhorn plan with
+    ``epsilon`` and ``sinkhorn_iterations``), kept above ``threshold`` (at most ``max_pairs``) and weighted
+    ``pseudo_weight``; ``pool_sample`` caption pool rows a round (seeded by ``seed``), None for all."""
+
+    rounds: int = 5
+    method: str = "ridge"
+    alpha: float = 1.0
+    matcher: str = "csls"
+    pseudo_weight: float = 1.0
+    threshold: float = 0.0
+    max_pairs: int | None = None
+    k: int = 10
+    epsilon: float = 0.02
+    sinkhorn_iterations: int = 50
+    pool_sample: int | None = None
+    zscore_with_pool: bool = True
+    seed: int = 0
+    chunk: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.matcher not in MATCHERS:
+            raise UsageError(f"matcher must be one of {MATCHERS}, got {self.matcher!r}")
+        if self.pseudo_weight <= 0:
+            raise UsageError(f"pseudo_weight must be positive, got {self.pseudo_weight}")
+
+
 def self_learn(
     seed_x: np.ndarray | None,
     seed_y: np.ndarray | None,
     pool_x: np.ndarray,
     pool_y: np.ndarray,
-    *,
-    rounds: int = 5,
-    method: str = "ridge",
-    alpha: float = 1.0,
-    matcher: str = "csls",
-    pseudo_weight: float = 1.0,
-    threshold: float = 0.0,
-    max_pairs: int | None = None,
-    k: int = 10,
-    epsilon: float = 0.02,
-    sinkhorn_iterations: int = 50,
-    pool_sample: int | None = None,
+    settings: SelfLearning | None = None,
     truth: np.ndarray | None = None,
     init: tuple[np.ndarray, np.ndarray] | None = None,
-    zscore_with_pool: bool = True,
-    seed: int = 0,
-    chunk: int = DEFAULT_CHUNK,
 ) -> SelfLearningResult:
-    """Fit on the seed pairs, then ``rounds`` times: draw pseudo-pairs, refit on seed + pseudo-pairs.
+    """Fit on the seed pairs, then ``settings.rounds`` times: draw pseudo-pairs, refit on seed + pseudo-pairs.
 
     Captions are used as given; images are z-scored with statistics of the seed images and (with
     ``zscore_with_pool``) the image pool. ``init`` (a map in that z-scored space) replaces the seed fit,
     which is how the zero-pair mode starts; without seed pairs and without ``init`` there is nothing to
-    start from. ``pool_sample`` draws that many pool captions per round (seeded by ``seed``), bounding a
-    round's cost. ``truth[caption pool row]`` is its image pool row or -1; with it each round logs the
+    start from. ``truth[caption pool row]`` is its image pool row or -1; with it each round logs the
     pseudo-pairs' precision. The log's round 0 is the start map (no pseudo-pairs)."""
+    s = settings or SelfLearning()
     seed_x, seed_y, pool_x, pool_y, truth = _check_inputs(seed_x, seed_y, pool_x, pool_y, truth)
-    if method not in METHODS:
-        raise UsageError(f"method must be one of {METHODS}, got {method!r}")
-    if matcher not in MATCHERS:
-        raise UsageError(f"matcher must be one of {MATCHERS}, got {matcher!r}")
-    if pseudo_weight <= 0:
-        raise UsageError(f"pseudo_weight must be positive, got {pseudo_weight}")
-    rng = np.random.default_rng(seed)
-    mean, std = zscore_stats([seed_y, pool_y] if zscore_with_pool else [seed_y])
+    rng = np.random.default_rng(s.seed)
+    mean, std = zscore_stats([seed_y, pool_y] if s.zscore_with_pool else [seed_y])
     seed_z = (np.asarray(seed_y, dtype=np.float64) - mean) / std
     pool_z = (np.asarray(pool_y, dtype=np.float64) - mean) / std
     seed_moments = PairMoments.of(seed_x, seed_z) if len(seed_x) else None
-    weight, bias = _start_map(init, seed_moments, method, alpha)
+    weight, bias = _start_map(init, seed_moments, s.method, s.alpha)
     log = [{"round": 0, "pseudo_pairs": 0, "precision": float("nan"), "mean_score": float("nan"), "seconds": 0.0}]
-    options = {"max_pairs": max_pairs, "threshold": threshold, "chunk": chunk}
-    options.update({"k": k} if matcher == "csls" else {"epsilon": epsilon, "iterations": sinkhorn_iterations})
-    for r in range(1, rounds + 1):
+    options = {"max_pairs": s.max_pairs, "threshold": s.threshold, "chunk": s.chunk}
+    options.update({"k": s.k} if s.matcher == "csls" else {"epsilon": s.epsilon, "iterations": s.sinkhorn_iterations})
+    for r in range(1, s.rounds + 1):
         started = time.perf_counter()
         rows = np.arange(len(pool_x))
-        if pool_sample is not None and pool_sample < len(pool_x):
-            rows = np.sort(rng.choice(len(pool_x), size=pool_sample, replace=False))
-        pairs = draw_pairs(pool_x[rows], weight, bias, pool_z, matcher, **options)
+        if s.pool_sample is not None and s.pool_sample < len(pool_x):
+            rows = np.sort(rng.choice(len(pool_x), size=s.pool_sample, replace=False))
+        pairs = draw_pairs(pool_x[rows], weight, bias, pool_z, s.matcher, **options)
         pairs = PseudoPairs(rows[pairs.rows], pairs.cols, pairs.scores)
         if len(pairs):
-            pseudo = weighted_moments(pool_x[pairs.rows], pool_z[pairs.cols], pseudo_weight)
+            pseudo = weighted_moments(pool_x[pairs.rows], pool_z[pairs.cols], s.pseudo_weight)
             moments = pseudo if seed_moments is None else seed_moments.merge(pseudo)
-            weight, bias = fit_linear(moments, method, alpha)
+            weight, bias = fit_linear(moments, s.method, s.alpha)
         log.append(_round_log(r, pairs, truth, started))
     return SelfLearningResult(weight, bias, mean, std, log)

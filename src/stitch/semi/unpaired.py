@@ -16,12 +16,14 @@ the structures only roughly agree, so expect weak results on real data.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from stitch.errors import UsageError
 from stitch.semi.pseudo import DEFAULT_CHUNK, check_pool
-from stitch.semi.self_learning import SelfLearningResult, self_learn, zscore_stats
+from stitch.semi.self_learning import SelfLearning, SelfLearningResult, self_learn, zscore_stats
 from stitch.translators.moments import PairMoments
 
 
@@ -122,27 +124,24 @@ def anchor_map(
     return weight, bias, {"clusters": clusters, "perm": perm}
 
 
+ZERO_PAIR = SelfLearning(rounds=10, method="procrustes")  # a rotation cannot overfit wrong early pseudo-pairs
+
+
 def align_unpaired(
     pool_x: np.ndarray,
     pool_y: np.ndarray,
-    *,
+    settings: SelfLearning = ZERO_PAIR,
     clusters: int = 32,
-    rounds: int = 10,
-    method: str = "procrustes",
-    seed: int = 0,
     truth: np.ndarray | None = None,
-    **self_learning_options,
 ) -> SelfLearningResult:
     """Zero-pair mode: :func:`anchor_map`, moved into the z-scored image space of the image pool, then
-    ``rounds`` of self-learning on pseudo-pairs between the pools (Procrustes by default, which cannot
+    ``settings.rounds`` of self-learning on pseudo-pairs between the pools (Procrustes by default, which cannot
     overfit wrong early pseudo-pairs the way an unconstrained ridge can)."""
     pool_x = check_pool("caption pool", pool_x)
     pool_y = check_pool("image pool", pool_y)
-    weight, bias, _ = anchor_map(pool_x, pool_y, clusters=clusters, seed=seed)
+    weight, bias, _ = anchor_map(pool_x, pool_y, clusters=clusters, seed=settings.seed)
     mean, std = zscore_stats([pool_y])
     w_z = weight / std[None, :]
     b_z = (bias - mean) / std
-    return self_learn(
-        None, None, pool_x, pool_y, rounds=rounds, method=method, seed=seed, truth=truth, init=(w_z, b_z),
-        zscore_with_pool=True, **self_learning_options,
-    )
+    pooled = replace(settings, zscore_with_pool=True)  # the start map lives in the image pool's z-space
+    return self_learn(None, None, pool_x, pool_y, pooled, truth=truth, init=(w_z, b_z))
