@@ -190,18 +190,37 @@ def test_a_self_learning_run_holds_the_map_self_learning_fitted(tmp_path):
     assert [r["precision"] for r in rounds[1:]] == [r["precision"] for r in expected.log[1:]]
 
 
-def test_a_pool_row_equal_to_a_dev_row_is_refused(tmp_path):
+def test_a_pool_image_equal_to_a_dev_image_is_refused(tmp_path):
+    data, pairs, _ = _pairs_and_pool(tmp_path)
+    dev = pairs.split("dev")
+    leaky = data.subset_images(np.flatnonzero(data.image_split == "train")[100:160])
+    images = leaky.images.copy()
+    images[5] = dev.images[3]
+    pool = write_flickr_like(tmp_path / "leaky.npz", leaky, images__embeddings=images, images__split=None)
+    overrides = ["model.name=self-learning", f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
+    with pytest.raises(DataError, match=r"leaky\.npz: unpaired images: 1 row\(s\): 5 equal rows of the dev images"):
+        api.train(pairs, None, overrides=overrides, progress=False)
+
+
+def test_pool_captions_equal_to_dev_captions_are_left_out_and_said(tmp_path, caplog):
+    """The same text on another picture gives the same caption embedding (Flickr8k has 47 such train captions
+    among its dev captions): left out of the pool, whatever precision the copy was stored in, and logged."""
+    from stitch.semi.pools import read_pools
+
     data, pairs, _ = _pairs_and_pool(tmp_path)
     dev = pairs.split("dev")
     leaky = data.subset_images(np.flatnonzero(data.image_split == "train")[100:160])
     captions = leaky.captions.copy()
-    captions[5] = dev.captions[3].astype(np.float16).astype(np.float32)  # a dev caption stored in half precision
-    dev_half = pairs.captions.astype(np.float16).astype(np.float32)
-    pairs = pairs.__class__(**{**pairs.__dict__, "captions": dev_half})
-    pool = write_flickr_like(tmp_path / "leaky.npz", leaky, captions__embeddings=captions, images__split=None)
-    overrides = ["model.name=self-learning", f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
-    with pytest.raises(DataError, match=r"leaky\.npz: unpaired captions: 1 row\(s\): 5 equal rows of the dev captions"):
-        api.train(pairs, None, overrides=overrides, progress=False)
+    captions[[5, 9]] = dev.captions[[3, 4]].astype(np.float16).astype(np.float32)  # half-precision copies
+    dev = dev.__class__(**{**dev.__dict__, "captions": dev.captions.astype(np.float16).astype(np.float32)})
+    pool = write_flickr_like(tmp_path / "copies.npz", leaky, captions__embeddings=captions, images__split=None)
+    pools = read_pools(str(pool), str(pool), data.text_dim, data.image_dim, dev)
+    assert len(pools.captions) == leaky.n_captions - 2
+    assert np.array_equal(pools.truth, np.delete(leaky.caption_image, [5, 9]))  # the links follow their rows
+    assert "left out 2 row(s) equal to dev captions" in caplog.text
+    everything = write_flickr_like(tmp_path / "dev.npz", dev, images__split=None)
+    with pytest.raises(DataError, match="every row equals a dev caption"):
+        read_pools(str(everything), str(pool), data.text_dim, data.image_dim, dev)
 
 
 def test_the_cli_trains_the_self_learning_recipe_from_pool_files_and_records_them(tmp_path):

@@ -2,13 +2,15 @@
 file stitch reads (a ``.npy`` matrix, a query file, a paired file or folder, whose links are then dropped).
 
 They are untrusted like paired data: dimensions are checked against the pairs, NaN/Inf rows named by file
-and row, and a pool row equal to one of the evaluated dev rows is refused (exact duplicates, found by
-hashing rows), since pseudo-pairs drawn on the dev set would score what was trained on.
+and row, and an image pool row equal to an evaluated dev image is refused (exact duplicates, found by
+hashing rows), since pseudo-pairs drawn on the dev set would score what was trained on; caption pool rows
+equal to dev captions (common texts repeat across pictures) are left out, and said.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from stitch.data.dataset import PairedEmbeddings
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.npy import read_npy
 from stitch.data.readers import load_pairs, load_queries
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,17 +78,38 @@ def read_pools(
         raise DataError("self-learning needs both pools: semi.unpaired_captions and semi.unpaired_images")
     captions, paired = read_side(captions_path, "captions", text_dim)
     images, _ = read_side(images_path, "images", image_dim)
-    refuse_dev_rows(captions, dev.captions, f"{captions_path}: unpaired captions", "dev captions")
     refuse_dev_rows(images, dev.images, f"{images_path}: unpaired images", "dev images")
     same_file = Path(captions_path).resolve() == Path(images_path).resolve()
     truth = np.asarray(paired.caption_image, dtype=np.int64) if same_file and paired is not None else None
-    return UnpairedPools(captions, images, truth, f"{captions_path} + {images_path}")
+    kept = without_dev_captions(captions, dev.captions, f"{captions_path}: unpaired captions")
+    truth = truth[kept] if truth is not None else None
+    return UnpairedPools(captions[kept], images, truth, f"{captions_path} + {images_path}")
 
 
 def row_hashes(rows: np.ndarray) -> np.ndarray:
     """One 16-byte digest per row of float32 values (so float16 and float32 copies of a row agree)."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     return np.array([hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows], dtype="S16")
+
+
+def without_dev_captions(pool: np.ndarray, dev: np.ndarray, where: str) -> np.ndarray:
+    """Rows of the caption pool to keep: none equal to a dev caption. Captions repeat across pictures ("a dog
+    runs through the grass" is the caption of many), so a copy of a dev caption in a pool of training captions
+    is expected: it is left out and said, not refused. A pool left empty (the dev file given as a pool) is."""
+    pool_hash = row_hashes(pool)
+    shared = np.isin(pool_hash, row_hashes(dev))
+    if shared.all():
+        raise DataError(f"{where}: every row equals a dev caption; a pool must not hold what is evaluated")
+    if shared.any():
+        row = int(np.flatnonzero(shared)[0])
+        logger.warning(
+            "%s: left out %d row(s) equal to dev captions (the same text on another picture, e.g. row %d), so no "
+            "evaluated query is learnt from",
+            where,
+            int(shared.sum()),
+            row,
+        )
+    return np.flatnonzero(~shared)
 
 
 def refuse_dev_rows(pool: np.ndarray, dev: np.ndarray, where: str, dev_name: str) -> None:
