@@ -40,6 +40,7 @@ def card_text(run: Run, reports: list[DirectionReport], plain: dict, graded: Dir
         "|---|" + "---|" * len(SHOWN),
         *rows,
         "",
+        *_self_learning(run.info.meta.get("self_learning")),
         "## Use it",
         "",
         "```bash",
@@ -65,3 +66,16 @@ def card_text(run: Run, reports: list[DirectionReport], plain: dict, graded: Dir
 
 def _row(name: str, metrics: dict) -> str:
     return f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" if k in metrics else "" for k in SHOWN) + " |"
+
+
+def _self_learning(record: dict | None) -> list[str]:
+    """The pools a self-learning run drew pseudo-pairs from, and each round's count and precision."""
+    if not record:
+        return []
+    lines = [f"Self-learning on {record['pools']}; pseudo-pairs per round:", "", "| round | pseudo-pairs | precision |"]
+    lines.append("|---|---|---|")
+    for row in record["rounds"][1:]:
+        known = row["precision"] is not None
+        precision = f"{row['precision']:.3f}" if known else "unknown (the pools' links are not known)"
+        lines.append(f"| {row['round']} | {row['pseudo_pairs']} | {precision} |")
+    return [*lines, ""]
