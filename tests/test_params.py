@@ -12,10 +12,11 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "stitch"
 MAX_PARAMS = 8
-# The modules held to the limit so far. Elsewhere in src/stitch some functions still take more (stitch.api,
-# stitch.apps.report, stitch.apps.tuning, stitch.data.synthetic, stitch.semi.self_learning, stitch.training's
-# batching and trainer, stitch.translators.heads); once they are fixed this becomes ("stitch",).
-SCOPE = ("stitch.losses", "stitch.training.tasks", "stitch.training.distill", "stitch.apps.service")
+SCOPE = ("stitch",)
+# The only module not yet held to the limit: its functions with more parameters (evaluate, scorings,
+# gallery_index, build_index) are being folded into config objects; it leaves this list once they are fixed
+# (a test below fails as soon as it is within the limit, so the list cannot go stale).
+EXCEPTIONS = ("stitch.api",)
 
 
 def module_name(path: Path) -> str:
@@ -31,11 +32,15 @@ def param_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     return len(names) + len(args.kwonlyargs)
 
 
-def offenders(scope: tuple[str, ...]) -> list[str]:
+def within(name: str, modules: tuple[str, ...]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def offenders(scope: tuple[str, ...], exceptions: tuple[str, ...] = ()) -> list[str]:
     found = []
     for path in sorted(SRC.rglob("*.py")):
         name = module_name(path)
-        if not any(name == s or name.startswith(s + ".") for s in scope):
+        if not within(name, scope) or within(name, exceptions):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and param_count(node) > MAX_PARAMS:
@@ -57,5 +62,10 @@ def test_the_count_takes_every_named_parameter_but_self_cls_and_the_catch_alls()
 
 
 def test_no_function_takes_more_than_eight_parameters():
-    found = offenders(SCOPE)
+    found = offenders(SCOPE, EXCEPTIONS)
     assert not found, "pass one config object instead:\n" + "\n".join(found)
+
+
+def test_every_exception_still_needs_to_be_one():
+    fixed = [module for module in EXCEPTIONS if not offenders((module,))]
+    assert not fixed, f"within the limit now, drop from EXCEPTIONS: {fixed}"

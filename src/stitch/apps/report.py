@@ -12,7 +12,9 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,21 +174,35 @@ def _first_ranks(q_s, g_s, target, scorer) -> np.ndarray:
     return first_ranks(links, target.relevant)
 
 
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the page shows: the split scored (None: all the data), the images folder of the example grids
+    (None: no grids), how many examples with how many retrieved images each, and the 2-D map's projection
+    and seed."""
+
+    split: str | None = "dev"
+    images_dir: str | Path | None = None
+    projection: str = "tsne"
+    n_examples: int = 4
+    k: int = 5
+    seed: int = 0
+
+
 def build_report(
     run,
     data_path: str | Path,
     out: str | Path,
-    split: str | None = "dev",
-    images_dir: str | Path | None = None,
-    projection: str = "tsne",
-    n_examples: int = 4,
-    k: int = 5,
+    options: ReportOptions | None = None,
     force: bool = False,
-    seed: int = 0,
+    **settings: Any,
 ) -> Path:
     """One self-contained HTML page of a run on ``data_path`` (or its split), under the run's own scoring:
-    the tables, histogram, map and example grids all come from one fitted :class:`Scorer`."""
+    the tables, histogram, map and example grids all come from one fitted :class:`Scorer`. ``settings`` are
+    :class:`ReportOptions`' fields by name (``split="test"``), applied over ``options``."""
     from stitch import api
+
+    options = replace(options or ReportOptions(), **settings)
+    split, images_dir = options.split, options.images_dir
 
     opened = api.open(run)  # before anything is written: a bad run leaves no half-made output
     out = ensure_writable(out, force)
@@ -216,10 +232,10 @@ def build_report(
         sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
     histogram = _rank_histogram(ranks, target.n_images)
     sections.append(f"<h2>Rank histogram</h2><img class=fig src='{histogram}' alt='rank histogram'>")
-    sections.append(_map_section(opened.model, q, g, target, projection, seed))
+    sections.append(_map_section(opened.model, q, g, target, options.projection, options.seed))
     if images_dir is not None and target.image_names is not None:
         scores = torch.cat([scorer.scores(q_s[i : i + 1024], g_s) for i in range(0, len(q_s), 1024)])
-        sections.append(_examples(scores, ranks, target, Path(images_dir), n_examples, k))
+        sections.append(_examples(scores, ranks, target, Path(images_dir), options.n_examples, options.k))
     sections.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(opened.config.to_dict(), indent=2))}</pre>")
     page = (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stitch report — {title}"

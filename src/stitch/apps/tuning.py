@@ -28,8 +28,9 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -290,27 +291,40 @@ def _create_or_load(url: str, study_name: str, sampler, pruner, attempts: int = 
             time.sleep(0.5 * (attempt + 1))
 
 
+@dataclass(frozen=True)
+class StudyOptions:
+    """How a study runs, apart from what it searches: where it is stored (None: ``study.db`` in the output
+    folder) and under which name, how many trials in all and for how long, parallel jobs, the sampler's seed,
+    and whether each trial's run folder is kept."""
+
+    storage: str | None = None
+    study_name: str = "stitch"
+    trials: int = 20
+    timeout: float | None = None
+    n_jobs: int = 1
+    seed: int = 0
+    keep_runs: bool = False
+
+
 def tune(
     data: PairedEmbeddings,
     space: SearchSpace,
     out_dir: str | Path,
-    storage: str | None = None,
-    study_name: str = "stitch",
-    trials: int = 20,
-    timeout: float | None = None,
-    n_jobs: int = 1,
-    seed: int = 0,
-    keep_runs: bool = False,
+    options: StudyOptions | None = None,
+    **settings: Any,
 ):
-    """Run (or continue) the study; write ``best.yaml`` (train-ready) and ``trials.csv`` to ``out_dir``."""
+    """Run (or continue) the study; write ``best.yaml`` (train-ready) and ``trials.csv`` to ``out_dir``.
+    ``settings`` are :class:`StudyOptions`' fields by name (``trials=50``), applied over ``options``."""
     import optuna
 
+    options = replace(options or StudyOptions(), **settings)
+    storage, seed, trials = options.storage, options.seed, options.trials
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
     # workers sharing a study must not draw the same points: a given storage mixes the process id into the seed
     sampler, pruner = _sampler_and_pruner(space, seed if storage is None else hash((seed, os.getpid())) % 2**31)
-    study = _create_or_load(url, study_name, sampler, pruner)
+    study = _create_or_load(url, options.study_name, sampler, pruner)
     if space.baseline and not study.trials:
         baseline = default_values(space)
         if baseline is not None:
@@ -328,7 +342,7 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (dev MRR {value:.4f})")
 
-        run_dir = out_dir / "runs" / f"trial-{trial.number:04d}" if keep_runs else None
+        run_dir = out_dir / "runs" / f"trial-{trial.number:04d}" if options.keep_runs else None
         metrics = _train_and_score(data, config, space, run_dir, report)
         trial.set_user_attr("dev_metrics", metrics)
         return float(metrics[space.objective])
@@ -341,8 +355,8 @@ def tune(
         study.optimize(
             objective,
             n_trials=remaining,
-            timeout=timeout,
-            n_jobs=n_jobs,
+            timeout=options.timeout,
+            n_jobs=options.n_jobs,
             gc_after_trial=True,
             show_progress_bar=False,
             callbacks=[stop],

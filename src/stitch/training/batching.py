@@ -18,6 +18,8 @@ global batch and reads its share of the captions (see :mod:`stitch.training.dist
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,25 +29,40 @@ from stitch.registries import SAMPLERS
 from stitch.training.distributed import Distributed
 
 
+@dataclass(frozen=True)
+class Passes:
+    """How passes over the data are drawn: the seed, the order within a shard (``optim.sampler``), an epoch's
+    length (0: one full pass, else ``samples_per_epoch`` captions of an endless sequence of passes) and
+    whether a full pass drops its last, short batch."""
+
+    seed: int = 0
+    sampler: str = "random"
+    samples_per_epoch: int = 0
+    drop_last: bool = True
+
+
 class CaptionBatches:
+    """Batches of ``shards`` on ``device``; ``settings`` are :class:`Passes`' fields by name
+    (``CaptionBatches(shards, 64, seed=1, sampler="grouped")``), applied over ``passes``."""
+
     def __init__(
         self,
         shards: ShardList,
         batch_size: int,
         device: torch.device | str = "cpu",
-        seed: int = 0,
+        passes: Passes | None = None,
         aligned_targets: bool = False,
-        drop_last: bool = True,
         world: Distributed | None = None,
-        samples_per_epoch: int = 0,
-        sampler: str = "random",
+        **settings: Any,
     ) -> None:
+        passes = replace(passes or Passes(), **settings)
         self.shards, self.device = shards, torch.device(device)
         self.batch_size = min(batch_size, shards.n_captions)
-        self.aligned_targets, self.drop_last = aligned_targets, drop_last
-        self.samples_per_epoch = samples_per_epoch
-        self.order = SAMPLERS.get(sampler, "optim.sampler")(seed)  # the order within a shard (random, grouped, hard)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.aligned_targets, self.drop_last = aligned_targets, passes.drop_last
+        self.samples_per_epoch = passes.samples_per_epoch
+        # the order within a shard (random, grouped, hard)
+        self.order = SAMPLERS.get(passes.sampler, "optim.sampler")(passes.seed)
+        self.generator = torch.Generator().manual_seed(passes.seed)
         self.world = world or Distributed()  # every rank draws the same global batch and keeps its share
         self._pass: _Pass | None = None  # the current pass
         self._pass_start: torch.Tensor = self.generator.get_state()  # generator state the pass was drawn from

@@ -10,8 +10,10 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
 from stitch.semi.pools import UnpairedPools, read_pools
 from stitch.semi.refine import refine_map
-from stitch.training.batching import CaptionBatches
+from stitch.training.batching import CaptionBatches, Passes
 from stitch.training.callbacks import (
     SCORED_MRR_PREFIX,
     Callback,
@@ -241,54 +243,68 @@ class Trainer:
             getattr(callback, hook)(self, *args)
 
 
-def train(
-    data: PairedEmbeddings | ShardedPairs,
-    config: TrainConfig | None,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    data_source: str = "",
-    epoch_callback=None,
-    force_config: bool = False,
-    image_moments: ColumnMoments | None = None,
-    teacher: Translator | None = None,
-) -> TrainResult:
-    """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
+@dataclass(frozen=True)
+class TrainOptions:
+    """How one call of :func:`train` runs, apart from the recipe (its config) and the data: how the run folder
+    is treated, what it reports, and what a caller brings from outside.
 
     With ``resume`` the run continues with its own config (a differing ``config`` is refused unless
-    ``force_config``), and nothing in the folder changes before the checkpoint is verified to fit.
+    ``force_config``), and nothing in the folder changes before the checkpoint is verified to fit; ``force``
+    replaces a finished run. ``data_source`` is recorded as where the data came from.
     ``epoch_callback(epoch, row)`` is called after each epoch (tuning reports and prunes with it).
     ``image_moments`` replace the training images' own z-scoring statistics (K-fold ensemble members).
     ``teacher``: the opened run of ``loss.teacher`` (``stitch.train`` opens it), distilled from.
     """
+
+    resume: bool = False
+    force: bool = False
+    force_config: bool = False
+    progress: bool = True
+    data_source: str = ""
+    epoch_callback: Callable[[int, dict], object] | None = None
+    image_moments: ColumnMoments | None = None
+    teacher: Translator | None = None
+
+
+def train(
+    data: PairedEmbeddings | ShardedPairs,
+    config: TrainConfig | None,
+    run_dir: str | Path | None = None,
+    options: TrainOptions | None = None,
+    **settings: Any,
+) -> TrainResult:
+    """Train ``config``'s recipe on the data's train images, early-stopping on its dev images.
+
+    ``settings`` are :class:`TrainOptions`' fields by name (``train(data, None, run_dir, resume=True)``),
+    applied over ``options`` (the defaults when None).
+    """
+    options = replace(options or TrainOptions(), **settings)
+    resume = options.resume
     if resume:
         if run_dir is None:
             raise RunError("--resume needs the run folder (--out)")
-        config = read_resume_config(run_dir, config, force_config)
+        config = read_resume_config(run_dir, config, options.force_config)
     if config.tensorboard:  # before any folder is made: a missing package leaves no half-made run
         TensorBoardLogger.check_available()
     device = resolve_device(config.device)
     world = Distributed.from_env(device)
     device = world.device(device)
     if not resume and run_dir is not None and world.is_main:
-        Run.create(run_dir, force)
+        Run.create(run_dir, options.force)
     world.barrier()  # the folder exists (or creating it failed) before any rank goes on
     _seed_everything(config.seed)
     train_set, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
     if resume:
         _check_same_data(Path(run_dir), data, train_set, dev_set, how)
-    run, train_set = _initial_run(
-        data, train_set, dev_set, how, config, run_dir, data_source, world.is_main, image_moments
-    )
+    run, train_set = _initial_run(data, train_set, dev_set, how, config, run_dir, options, world.is_main)
     run.model.to(device)
     if MODELS.tag(config.model.name, "closed_form", False):
         state = TrainState(0, best_epoch=0, history=[])
         return _finish(run, state, train_set, dev_set, device, how, None, world.is_main)
-    task = Task.for_config(run.model, config, world, _teacher(teacher, config, data, device)).to(device)
+    task = Task.for_config(run.model, config, world, _teacher(options.teacher, config, data, device)).to(device)
     batches = _batches(train_set, config, task, device, world)
     evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
-    callbacks = _callbacks(run, config, progress and world.is_main, epoch_callback, world.is_main)
+    callbacks = _callbacks(run, config, options.progress and world.is_main, options.epoch_callback, world.is_main)
     trainer = Trainer(task, batches, config, device, evaluator, callbacks)
     state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
     if resume and world.is_main:
@@ -299,16 +315,8 @@ def train(
 
 def _batches(train_set: ShardList, config: TrainConfig, task: Task, device, world: Distributed) -> CaptionBatches:
     """The training passes over ``train_set`` the config asks for (order, size, share of this rank)."""
-    return CaptionBatches(
-        train_set,
-        config.optim.batch_size,
-        device,
-        seed=config.seed,
-        aligned_targets=task.needs_aligned_targets,
-        world=world,
-        samples_per_epoch=config.optim.samples_per_epoch,
-        sampler=config.optim.sampler,
-    )
+    passes = Passes(config.seed, config.optim.sampler, config.optim.samples_per_epoch)
+    return CaptionBatches(train_set, config.optim.batch_size, device, passes, task.needs_aligned_targets, world)
 
 
 def _teacher(teacher: Translator | None, config: TrainConfig, data, device) -> Translator | None:
@@ -325,12 +333,12 @@ def _teacher(teacher: Translator | None, config: TrainConfig, data, device) -> T
     return teacher.to(device)
 
 
-def _initial_run(
-    data, train_set: ShardList, dev_set, how, config, run_dir, data_source, writes=True, image_moments=None
-):
+def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, options: TrainOptions, writes: bool = True):
     """A fresh model with its closed-form start fitted, its bank kept and (unless resuming) its info saved, and
     the training pairs it trains on (without the least consistent ones when ``filter_fraction`` is set). The
-    z-scoring and the closed-form start take one streamed pass over the training pairs."""
+    z-scoring and the closed-form start take one streamed pass over the training pairs. ``options`` give the
+    data's source (recorded) and image moments to use instead of the training images' own."""
+    image_moments = options.image_moments
     model = build_model(config.model, data.text_dim, data.image_dim)
     pools = _pools(config, data, dev_set)
     if config.model.standardize_target:
@@ -358,7 +366,7 @@ def _initial_run(
         "train_captions": train_captions,
         "dev_images": dev_set.n_images,
         "dev_captions": dev_set.n_captions,
-        "data": data_source,
+        "data": options.data_source,
         "encoders": data.encoders,
         **({"filtered": filtered} if filtered else {}),
         **({"self_learning": {"pools": pools.describe(), "rounds": rounds}} if pools is not None else {}),

@@ -16,6 +16,8 @@ towers produce soft targets for a distillation term, and are updated after every
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,10 +114,20 @@ def build_tower(kind: str, in_dim: int, out_dim: int, hidden: int, dropout: floa
     return TOWERS.get(kind, "tower")(in_dim, out_dim, hidden, dropout)
 
 
+@dataclass(frozen=True)
+class TowerTraining:
+    """How a :class:`DualEncoder`'s towers learn, apart from their shape: a frozen image tower, and the
+    momentum of the EMA copies that give distillation targets (0: no copies)."""
+
+    freeze_image: bool = False
+    momentum: float = 0.0
+
+
 class DualEncoder(Translator):
     """Text and image towers into a shared space; the image side is z-scored first.
 
-    Its gallery space is learnt, so it has no image-space predictions for submissions."""
+    Its gallery space is learnt, so it has no image-space predictions for submissions. ``settings`` are
+    :class:`TowerTraining`'s fields by name (``momentum=0.9``), applied over ``training``."""
 
     has_image_space = False
 
@@ -128,10 +140,12 @@ class DualEncoder(Translator):
         image_tower: str,
         hidden: int,
         dropout: float,
-        freeze_image: bool = False,
-        momentum: float = 0.0,
+        training: TowerTraining | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__(text_dim, image_dim)
+        training = replace(training or TowerTraining(), **settings)
+        freeze_image, momentum = training.freeze_image, training.momentum
         if image_tower == "identity":  # the shared space is one side's own: images', or (below) captions'
             shared_dim = image_dim
         elif text_tower == "identity":
@@ -157,8 +171,7 @@ class DualEncoder(Translator):
             c.image_tower,
             c.hidden,
             c.dropout,
-            c.freeze_image,
-            c.momentum,
+            TowerTraining(c.freeze_image, c.momentum),
         )
 
     @property
