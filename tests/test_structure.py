@@ -16,6 +16,7 @@ LAYERS = {
     "stitch.registries": 0,
     "stitch.packaged": 0,
     "stitch.errors": 0,
+    "stitch.bounds": 0,  # numeric bounds and their one check, read by config, index and rescorers
     "stitch.recipes": 0,  # named configs: a registry (pure data), read by training for ensemble partners
     "stitch.data": 1,
     "stitch.translators": 2,

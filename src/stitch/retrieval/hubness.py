@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from stitch.bounds import Bound, check
 from stitch.errors import UsageError
 from stitch.registries import RESCORERS
 from stitch.retrieval.index import IndexFileError
@@ -318,14 +319,19 @@ def build_rescorer(name: str, **params) -> Rescorer:
     return rescorer
 
 
+# the bounded rescorer parameters (a parameter named here is checked whichever rescorer takes it)
+RERANK_BOUNDS = {
+    "beta": Bound(1e-6, 1e4),
+    "k": Bound(1, 10**6, integer=True),
+    "top_k": Bound(1, 10**6, integer=True),
+    "gallery_weight": Bound(0, 10),
+    "eps": Bound(1e-12, 1e3),
+}
+
+
 def _check_param(name: str, key: str, value) -> None:
-    bounds = {"beta": (1e-6, 1e4), "k": (1, 10**6), "top_k": (1, 10**6), "gallery_weight": (0, 10), "eps": (1e-12, 1e3)}
-    low, high = bounds.get(key, (None, None))
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if low is not None and (not is_number or not low <= value <= high):
-        raise UsageError(f"rerank {name} parameter {key} must be a number in [{low}, {high}], got {value!r}")
-    if key in ("k", "top_k") and int(value) != value:
-        raise UsageError(f"rerank {name} parameter {key} must be a whole number, got {value!r}")
+    if key in RERANK_BOUNDS:
+        check(f"rerank {name} parameter {key}", value, RERANK_BOUNDS[key], UsageError, noun="a number")
 
 
 def configured_rescorer(name: str, params: dict | None, inference=None, temperature: float | None = None) -> Rescorer:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stitch.bounds import Bound, check
 from stitch.data.texts import as_texts
 from stitch.errors import StitchError
 from stitch.io.atomic import atomic_write, atomic_write_text
@@ -44,13 +45,13 @@ from stitch.registries import INDEX_KINDS
 DEFAULT_PARAMS = {kind: dict(INDEX_KINDS.tag(kind, "defaults")) for kind in INDEX_KINDS.names()}
 # inclusive bounds of every parameter: FAISS takes out-of-range values and overflows or eats the memory
 PARAM_BOUNDS = {
-    "nlist": (1, 1 << 20),
-    "nprobe": (1, 1 << 20),
-    "m": (2, 512),
-    "ef_construction": (1, 1 << 16),
-    "ef_search": (1, 1 << 16),
-    "nbits": (1, 16),
-    "refine_factor": (0, 1000),
+    "nlist": Bound(1, 1 << 20, integer=True),
+    "nprobe": Bound(1, 1 << 20, integer=True),
+    "m": Bound(2, 512, integer=True),
+    "ef_construction": Bound(1, 1 << 16, integer=True),
+    "ef_search": Bound(1, 1 << 16, integer=True),
+    "nbits": Bound(1, 16, integer=True),
+    "refine_factor": Bound(0, 1000, integer=True),
 }
 TRAIN_PER_LIST = 64  # IVF training rows per list (FAISS: at least 39, subsamples above 256)
 TRAIN_SAMPLE_CAP = 1 << 19  # most rows an IVF/IVF-PQ training sample holds (524,288: 1 GiB at 512-d)
@@ -272,11 +273,7 @@ def _check_params(kind: str, params: dict) -> None:
             f"unknown parameter(s) {sorted(unknown)} for {kind}; valid: {sorted(DEFAULT_PARAMS[kind])}"
         )
     for key, value in params.items():
-        low, high = PARAM_BOUNDS[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise IndexFileError(f"index parameter {key} must be a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise IndexFileError(f"index parameter {key} must be in [{low}, {high}], got {value}")
+        check(f"index parameter {key}", value, PARAM_BOUNDS[key], IndexFileError)
 
 
 def _faiss_index(kind: str, source: VectorSource, p: dict, seed: int) -> tuple[object, dict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from stitch.bounds import Bound, check
 from stitch.errors import UsageError
 
 
@@ -186,64 +187,64 @@ def _choices() -> dict[str, tuple[str, ...]]:
     }
 
 
-# inclusive numeric bounds of every numeric setting; None = unbounded on that side. A value outside
+# inclusive numeric bounds of every numeric setting (stitch.bounds); None = unbounded on that side. A value outside
 # them is an error naming the setting, never a silent NaN or an empty training.
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "model.hidden": (1, 1 << 16),
-    "model.depth": (1, 64),
-    "model.dropout": (0.0, 0.999),
-    "model.ridge_alpha": (0.0, 1e12),
-    "model.hub_bias": (0.0, 10.0),
-    "model.shared_dim": (1, 1 << 16),
-    "model.momentum": (0.0, 0.99999),
-    "model.distill_weight": (0.0, 1e6),
-    "model.distill_temperature": (1e-6, 1e3),
-    "model.slots": (1, 1024),
-    "model.slot_dropout": (0.0, 0.999),
-    "model.diversity_weight": (0.0, 1e6),
-    "model.diversity_margin": (-1.0, 1.0),
-    "model.global_weight": (0.0, 1e6),
-    "model.global_margin": (-1.0, 1.0),
-    "model.mmd_weight": (0.0, 1e6),
-    "model.uniformity_weight": (0.0, 1e6),
-    "loss.temperature": (1e-4, 100.0),
-    "loss.margin": (0.0, 100.0),
-    "loss.queue_size": (0, 1 << 24),
-    "loss.hard_negatives": (0, 1 << 24),
-    "loss.norm_weight": (0.0, 1e6),
-    "loss.sinkhorn_temperature": (1e-4, 100.0),
-    "loss.sinkhorn_iters": (1, 10_000),
-    "loss.mse_weight": (0.0, 1e6),
-    "loss.final_temperature": (0.0, 100.0),
-    "loss.teacher_weight": (0.0, 1e6),
-    "loss.teacher_temperature": (1e-4, 100.0),
-    "optim.mixup_alpha": (0.0, 100.0),
-    "filter_fraction": (0.0, 0.9),
-    "optim.lr": (1e-9, 10.0),
-    "optim.weight_decay": (0.0, 100.0),
-    "optim.epochs": (1, 100_000),
-    "optim.batch_size": (2, 1 << 20),
-    "optim.warmup_fraction": (0.0, 0.999),
-    "optim.grad_clip": (0.0, 1e9),
-    "optim.samples_per_epoch": (0, 1 << 40),
-    "inference.beta": (0.0, 1e4),
-    "inference.k": (1, 1 << 20),
-    "inference.bank_size": (1, 1 << 26),
-    "ensemble.folds": (0, 100),
-    "ensemble.seeds": (1, 1000),
-    "ensemble.partner_weight": (0.0, 1.0),
-    "seed": (0, 2**63 - 1),
-    "patience": (1, 100_000),
-    "dev_fraction": (0.0, 0.99),
-    "max_dev_images": (0, 1 << 40),
-    "eval_chunk": (1, 1 << 24),
-    "semi.rounds": (0, 1000),
-    "semi.threshold": (-1.0, 1.0),
-    "semi.max_pairs": (0, 1 << 40),
-    "semi.pseudo_weight": (1e-6, 1e6),
-    "semi.pool_sample": (0, 1 << 40),
-    "semi.k": (1, 1000),
-    "semi.clusters": (2, 10_000),
+RANGES: dict[str, Bound] = {
+    "model.hidden": Bound(1, 1 << 16),
+    "model.depth": Bound(1, 64),
+    "model.dropout": Bound(0.0, 0.999),
+    "model.ridge_alpha": Bound(0.0, 1e12),
+    "model.hub_bias": Bound(0.0, 10.0),
+    "model.shared_dim": Bound(1, 1 << 16),
+    "model.momentum": Bound(0.0, 0.99999),
+    "model.distill_weight": Bound(0.0, 1e6),
+    "model.distill_temperature": Bound(1e-6, 1e3),
+    "model.slots": Bound(1, 1024),
+    "model.slot_dropout": Bound(0.0, 0.999),
+    "model.diversity_weight": Bound(0.0, 1e6),
+    "model.diversity_margin": Bound(-1.0, 1.0),
+    "model.global_weight": Bound(0.0, 1e6),
+    "model.global_margin": Bound(-1.0, 1.0),
+    "model.mmd_weight": Bound(0.0, 1e6),
+    "model.uniformity_weight": Bound(0.0, 1e6),
+    "loss.temperature": Bound(1e-4, 100.0),
+    "loss.margin": Bound(0.0, 100.0),
+    "loss.queue_size": Bound(0, 1 << 24),
+    "loss.hard_negatives": Bound(0, 1 << 24),
+    "loss.norm_weight": Bound(0.0, 1e6),
+    "loss.sinkhorn_temperature": Bound(1e-4, 100.0),
+    "loss.sinkhorn_iters": Bound(1, 10_000),
+    "loss.mse_weight": Bound(0.0, 1e6),
+    "loss.final_temperature": Bound(0.0, 100.0),
+    "loss.teacher_weight": Bound(0.0, 1e6),
+    "loss.teacher_temperature": Bound(1e-4, 100.0),
+    "optim.mixup_alpha": Bound(0.0, 100.0),
+    "filter_fraction": Bound(0.0, 0.9),
+    "optim.lr": Bound(1e-9, 10.0),
+    "optim.weight_decay": Bound(0.0, 100.0),
+    "optim.epochs": Bound(1, 100_000),
+    "optim.batch_size": Bound(2, 1 << 20),
+    "optim.warmup_fraction": Bound(0.0, 0.999),
+    "optim.grad_clip": Bound(0.0, 1e9),
+    "optim.samples_per_epoch": Bound(0, 1 << 40),
+    "inference.beta": Bound(0.0, 1e4),
+    "inference.k": Bound(1, 1 << 20),
+    "inference.bank_size": Bound(1, 1 << 26),
+    "ensemble.folds": Bound(0, 100),
+    "ensemble.seeds": Bound(1, 1000),
+    "ensemble.partner_weight": Bound(0.0, 1.0),
+    "seed": Bound(0, 2**63 - 1),
+    "patience": Bound(1, 100_000),
+    "dev_fraction": Bound(0.0, 0.99),
+    "max_dev_images": Bound(0, 1 << 40),
+    "eval_chunk": Bound(1, 1 << 24),
+    "semi.rounds": Bound(0, 1000),
+    "semi.threshold": Bound(-1.0, 1.0),
+    "semi.max_pairs": Bound(0, 1 << 40),
+    "semi.pseudo_weight": Bound(1e-6, 1e6),
+    "semi.pool_sample": Bound(0, 1 << 40),
+    "semi.k": Bound(1, 1000),
+    "semi.clusters": Bound(2, 10_000),
 }
 
 
@@ -308,10 +309,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for key, allowed in _choices().items():
         if _get(config, key) not in allowed:
             raise ConfigError(f"{key} must be one of {list(allowed)}, got {_get(config, key)!r}")
-    for key, (low, high) in RANGES.items():
-        value = _get(config, key)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
+    for key, bound in RANGES.items():
+        check(key, _get(config, key), bound, ConfigError)
     _check_task(config)
     _check_ingredients(config)
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
