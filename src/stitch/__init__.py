@@ -8,7 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("load", "open", "train", "evaluate", "predict", "write_submission", "build_index", "open_searcher")
+_API = (
+    "load", "open", "train", "evaluate", "scorings", "predict", "write_submission", "build_index", "open_searcher",
+    "EvalOptions", "IndexOptions",
+)  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -7,8 +7,9 @@ resolves them."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,20 +142,31 @@ def _check_dims(run: Run, text_dim: int, image_dim: int | None = None) -> None:
         raise UsageError(f"the run predicts {model.image_dim}-d images, but the data has {image_dim}-d images")
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate` scores, apart from what (run, data, split) and under which protocol: the device,
+    chunk and seed of the scoring pass; ``rerank`` (another rescorer by name, ``"none"`` for plain cosine) with
+    ``rerank_params``; ``bank`` (raw caption embeddings replacing the run's query bank); whether evaluated
+    captions may be in that bank (``allow_train_overlap``); whether identical texts merge into one query."""
+
+    device: str = "auto"
+    chunk: int = 1024
+    seed: int = 0
+    rerank: str | None = None
+    rerank_params: dict | None = None
+    bank: np.ndarray | None = None
+    allow_train_overlap: bool = False
+    merge_duplicate_texts: bool = False
+
+
 def evaluate(
     run: RunLike,
     data: PairedEmbeddings,
     split: str | None = None,
     protocol: str = "full",
-    device: str = "auto",
-    chunk: int = 1024,
-    seed: int = 0,
-    rerank: str | None = None,
-    rerank_params: dict | None = None,
-    bank: np.ndarray | None = None,
-    allow_train_overlap: bool = False,
-    merge_duplicate_texts: bool = False,
     as_submitted: bool = False,
+    options: EvalOptions | None = None,
+    **settings: Any,
 ) -> list[DirectionReport]:
     """Retrieval metrics of a run on ``data`` (or its split ``split``), gallery = its images.
 
@@ -172,17 +184,21 @@ def evaluate(
     (training captions) for more than 1% of its rows is refused unless ``allow_train_overlap``: its figures
     would be flattered. Below that, identical caption texts on other images match bank rows; every report
     counts them (``train_overlap``) so the CLI can say so.
+
+    ``settings`` are :class:`EvalOptions`' fields by name (``evaluate(run, data, rerank="none")``), applied
+    over ``options``.
     """
-    dev = resolve_device(device)
+    o = replace(options or EvalOptions(), **settings)
+    dev = resolve_device(o.device)
     opened = open(run, dev)
-    data, overlap, scored = _evaluated(opened, data, split, bank, allow_train_overlap, merge_duplicate_texts)
+    data, overlap, scored = _evaluated(opened, data, split, o)
     if as_submitted:
         predictions = _image_space(opened, data.captions, dev, "direction")
-        reports = graded_reports(predictions, data.images, data.relevant, protocol, chunk, seed, dev)
+        reports = graded_reports(predictions, data.images, data.relevant, protocol, o.chunk, o.seed, dev)
     else:
-        scorer = opened.scorer(rerank, rerank_params, bank, dev)
+        scorer = opened.scorer(o.rerank, o.rerank_params, o.bank, dev)
         q, g = scorer.embed_queries(data.captions), scorer.embed_gallery(data.images)
-        reports = evaluate_embeddings(q, g, data.relevant, protocol, chunk, seed, dev, scorer)
+        reports = evaluate_embeddings(q, g, data.relevant, protocol, o.chunk, o.seed, dev, scorer)
     for report in reports:
         report.train_overlap = overlap
     return [SplitReport(**asdict(report), split=scored) for report in reports]
@@ -193,28 +209,26 @@ def scorings(
     data: PairedEmbeddings,
     split: str | None = None,
     protocol: str = "full",
-    device: str = "auto",
-    seed: int = 0,
-    allow_train_overlap: bool = False,
-    chunk: int = 1024,
     own: DirectionReport | None = None,
+    options: EvalOptions | None = None,
+    **settings: Any,
 ) -> dict[str, DirectionReport]:
     """Text->image figures of one run under each scoring a user meets, by name: ``own`` (the run's scoring;
     pass it when already computed), ``cosine`` (plain cosine in the run's space, when the run rescores) and,
     for runs with image-space predictions, ``as submitted`` (what a grader gives its submission). Side by
-    side they show what a submission keeps of the model."""
-    opened = open(run, resolve_device(device))
-    common = {"split": split, "protocol": protocol, "device": device, "seed": seed, "chunk": chunk}
-    common["allow_train_overlap"] = allow_train_overlap
-    out = {"own": own if own is not None else evaluate(opened, data, **common)[0]}
+    side they show what a submission keeps of the model. ``options``/``settings`` as :func:`evaluate` takes
+    them (the run's own scoring; the cosine row sets ``rerank="none"``)."""
+    o = replace(options or EvalOptions(), **settings)
+    opened = open(run, resolve_device(o.device))
+    out = {"own": own if own is not None else evaluate(opened, data, split, protocol, options=o)[0]}
     if out["own"].protocol.partition("+")[2]:
-        out["cosine"] = evaluate(opened, data, rerank="none", **common)[0]
+        out["cosine"] = evaluate(opened, data, split, protocol, options=replace(o, rerank="none"))[0]
     if opened.model.has_image_space:
-        out[AS_SUBMITTED] = evaluate(opened, data, as_submitted=True, **common)[0]
+        out[AS_SUBMITTED] = evaluate(opened, data, split, protocol, as_submitted=True, options=o)[0]
     return out
 
 
-def _evaluated(opened: Run, data, split, bank, allow_train_overlap: bool, merge_duplicate_texts: bool):
+def _evaluated(opened: Run, data, split, options: EvalOptions):
     """The evaluated rows of ``data`` (its split, duplicates merged if asked), checked against the run, and
     how many of its captions are in the run's query bank (refused above 1% unless allowed)."""
     # sharded data: only the evaluated split is read into memory; train/dev of a run that drew its own
@@ -222,15 +236,15 @@ def _evaluated(opened: Run, data, split, bank, allow_train_overlap: bool, merge_
     where = f"{opened.path / 'config.json'}" if opened.path is not None else "the in-memory run"
     data, scored = select_split(data, split, opened.info.meta.get(SEEDED_SPLIT), where)
     logger.info("evaluating %s", scored)
-    if merge_duplicate_texts:
+    if options.merge_duplicate_texts:
         data, merged = merge_duplicates(data)
         logger.info("merged duplicate texts: %s", merged.describe())
     _check_dims(opened, data.text_dim, data.image_dim)
-    query_bank = bank if bank is not None else opened.bank
+    query_bank = options.bank if options.bank is not None else opened.bank
     overlap = _overlap(query_bank, data.captions)
     # a held-out set shares a few identical texts with training (Flickr8k dev: 17 of 5,000); more than 1%
     # means the evaluated data holds the run's training captions
-    if overlap > 0.01 * data.n_captions and not allow_train_overlap:
+    if overlap > 0.01 * data.n_captions and not options.allow_train_overlap:
         raise DataError(
             f"{overlap} of the {data.n_captions} evaluated captions are in the run's query bank (its training "
             "captions): evaluate a held-out split (e.g. --split dev) or pass --allow-train-overlap to score them "
@@ -283,32 +297,45 @@ def write_submission(
     return submission.write_pt(out, queries, predictions, force=force, prediction=target)
 
 
+@dataclass(frozen=True)
+class IndexOptions:
+    """How a gallery is indexed, apart from which images and the index kind: ``rerank`` (another rescorer
+    than the run's, with ``rerank_params``) fitted on the gallery, the device, the IVF training sample's
+    ``seed``, the images embedded at a time (``chunk``), and whether a saved index may replace one (``force``)."""
+
+    rerank: str | None = None
+    rerank_params: dict | None = None
+    device: str = "auto"
+    seed: int = 0
+    chunk: int = CHUNK_ROWS
+    force: bool = False
+
+
 def gallery_index(
     run: RunLike,
     data: PairedEmbeddings | ShardedPairs,
     split: str | None = None,
     kind: str = "exact",
     params: dict | None = None,
-    rerank: str | None = None,
-    rerank_params: dict | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    chunk: int = CHUNK_ROWS,
+    options: IndexOptions | None = None,
+    **settings: Any,
 ):
     """``(run, index, scorer)``: an index over the images of ``data`` (or its split) in the run's scoring
     space, with the run's scoring (or ``rerank``) fitted on that gallery.
 
     ``data`` in memory or on disk (a sharded folder, memory-mapped) takes the same path: the gallery is read,
     embedded and indexed ``chunk`` images at a time (see :mod:`stitch.retrieval.search`); ``seed`` picks the
-    IVF training sample. Items are named by the data's image names, else by their row numbers in ``data``."""
+    IVF training sample. Items are named by the data's image names, else by their row numbers in ``data``.
+    ``settings`` are :class:`IndexOptions`' fields by name, applied over ``options``."""
     from stitch.retrieval.search import gallery_images, index_gallery
 
-    dev = resolve_device(device)
+    o = replace(options or IndexOptions(), **settings)
+    dev = resolve_device(o.device)
     opened = open(run, dev)
     _check_dims(opened, data.text_dim, data.image_dim)
     gallery = gallery_images(data, split or None)
-    scorer = opened.scorer(rerank, rerank_params, None, dev)
-    index = index_gallery(scorer, gallery, kind, params, seed=seed, chunk=chunk)
+    scorer = opened.scorer(o.rerank, o.rerank_params, None, dev)
+    index = index_gallery(scorer, gallery, kind, params, seed=o.seed, chunk=o.chunk)
     return opened, index, scorer
 
 
@@ -319,25 +346,20 @@ def build_index(
     split: str | None = None,
     kind: str = "exact",
     params: dict | None = None,
-    rerank: str | None = None,
-    rerank_params: dict | None = None,
-    force: bool = False,
-    device: str = "auto",
-    seed: int = 0,
-    chunk: int = CHUNK_ROWS,
+    options: IndexOptions | None = None,
+    **settings: Any,
 ) -> Path:
     """Index the gallery images of ``data`` (or its split) in the run's scoring space, saved to ``out``
     with the id of the run it serves. ``data`` may be a sharded folder larger than RAM (see
-    :func:`gallery_index`)."""
+    :func:`gallery_index`); ``settings`` are :class:`IndexOptions`' fields by name."""
     from stitch.retrieval.search import save_gallery_index
 
+    o = replace(options or IndexOptions(), **settings)
     opened = open(run)
     if opened.path is not None and Path(out).resolve() == opened.path.resolve():
         raise UsageError(f"{out} is the run folder itself: give the index a folder of its own")
-    opened, index, scorer = gallery_index(
-        opened, data, split, kind, params, rerank, rerank_params, device, seed=seed, chunk=chunk
-    )
-    return save_gallery_index(out, index, scorer, opened.run_id, force)
+    opened, index, scorer = gallery_index(opened, data, split, kind, params, o)
+    return save_gallery_index(out, index, scorer, opened.run_id, o.force)
 
 
 def open_searcher(
