@@ -17,7 +17,8 @@ def render() -> str:
     from stitch.apps.cli import build_parser
 
     parser = build_parser()
-    lines = ["# CLI reference", "", "Every `stitch` command with its flags, as `stitch COMMAND --help` prints them.", ""]
+    intro = "Every `stitch` command with its flags, as `stitch COMMAND --help` prints them."
+    lines = ["# CLI reference", "", intro, ""]
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subparsers.choices.items():
         sub.prog = f"stitch {name}"
