@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,18 +35,46 @@ def test_the_cli_reference_is_the_parser_s_own_help():
     assert done.returncode == 0, "docs/reference/cli.md is stale: run python docs/cli_reference.py"
 
 
-def test_the_documentation_site_builds_strictly(tmp_path):
-    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install 'stitch[docs]'")
-    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: pip install 'stitch[docs]'")
-    done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-        cwd=ROOT,
+def _mkdocs_build(folder: Path, site: Path) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` of the project in ``folder``. Not ``-q``: quiet mode drops the warnings
+    before strict mode counts them, so a broken link would pass."""
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
+
+
+def test_the_documentation_site_builds_strictly(tmp_path):
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install 'stitch[docs]'")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: pip install 'stitch[docs]'")
+    done = _mkdocs_build(ROOT, tmp_path / "site")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "WARNING" not in done.stderr, done.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "api" / "index.html").exists()
+
+
+def test_the_strict_build_fails_on_a_broken_link(tmp_path):
+    """A copy of the site builds; the same copy with one link to a page that does not exist does not, and
+    the error names the missing target."""
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install 'stitch[docs]'")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: pip install 'stitch[docs]'")
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    intact = _mkdocs_build(copy, tmp_path / "intact")
+    assert intact.returncode == 0, intact.stderr[-3000:]
+    assert (tmp_path / "intact" / "guide" / "usage" / "index.html").exists()
+
+    page = copy / "docs" / "guide" / "usage.md"
+    page.write_text(page.read_text() + "\nSee [the missing page](no-such-page.md).\n")
+    broken = _mkdocs_build(copy, tmp_path / "broken")
+    assert broken.returncode != 0, "a link to a missing page passed the strict build"
+    assert "guide/usage.md" in broken.stderr and "no-such-page.md" in broken.stderr, broken.stderr[-3000:]
+    assert "Aborted with 1 warnings in strict mode" in broken.stdout + broken.stderr, broken.stderr[-3000:]
 
 
 def test_no_page_speaks_of_how_the_project_is_made():
