@@ -161,6 +161,12 @@ def cmd_evaluate(args) -> int:
                 f"WARNING: {reports[0].train_overlap} evaluated captions equal captions in the run's query bank "
                 "(training captions, or identical texts of other images): their scores are flattered"
             )
+    if args.update_card:
+        from stitch.training.card import add_scores
+
+        card = add_scores(args.run, args.data or args.captions, args.split, reports, args.merge_duplicate_texts)
+        if not args.json:
+            print(f"model card updated: {card}")
     return 0
 
 
@@ -589,6 +595,12 @@ def _parser_evaluate(sub) -> None:
         "--merge-duplicate-texts",
         action="store_true",
         help="score identical caption texts as one query relevant to all their images (needs caption texts)",
+    )
+    p.add_argument(
+        "--update-card",
+        action="store_true",
+        help="add the text->image figures to the run's model card (README.md), one row per data, split, protocol "
+        "and scoring (the same again replaces its row)",
     )
     _add_rerank_args(p)
     p.set_defaults(func=cmd_evaluate)

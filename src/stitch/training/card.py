@@ -1,13 +1,19 @@
 """A run folder's model card (``README.md``): what the run is, what it scored under which protocol, how to use.
 
 A colleague without stitch at hand can read what a folder holds, as a sentence-transformers model folder
-says what it is. The figures are the final dev tables the trainer printed, each named with its protocol.
+says what it is. The figures are the final dev tables the trainer printed, each named with its protocol;
+``stitch evaluate --update-card`` adds a section of figures on other data (:func:`add_scores`).
 """
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
+from stitch.io.atomic import atomic_write_text
 from stitch.retrieval.evaluate import DirectionReport, describe_protocol
-from stitch.training.run import Run
+from stitch.training.run import CARD, CONFIG, Run, RunError
 
 SHOWN = ("recall@1", "recall@5", "recall@10", "mrr")
 
@@ -79,3 +85,88 @@ def _self_learning(record: dict | None) -> list[str]:
         precision = f"{row['precision']:.3f}" if known else "unknown (the pools' links are not known)"
         lines.append(f"| {row['round']} | {row['pseudo_pairs']} | {precision} |")
     return [*lines, ""]
+
+
+SCORES_HEADING = "## Scored on other data"
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def add_scores(
+    run_path: str | Path, data: str, split: str | None, reports: list[DirectionReport], merged_texts: bool = False
+) -> Path:
+    """Add the text->image figures of ``reports`` (one :func:`stitch.evaluate` call on ``data``, the path as
+    given, and ``split``, None for every image) to the run folder's model card, under "Scored on other data".
+
+    One row per (data, split, protocol, scoring): evaluating the same again replaces its row, in place. The
+    rest of the card is kept as it is; the card is written atomically. Only a folder stitch trained (it
+    holds ``config.json``) takes the section; a card that is a link is refused. Returns the card's path.
+    """
+    folder = Path(run_path)
+    if not (folder / CONFIG).is_file():
+        raise RunError(f"{folder} has no {CONFIG}: not a run folder stitch trained, so its card is not updated")
+    card = folder / CARD
+    if card.is_symlink() or (card.exists() and not card.is_file()):
+        raise RunError(f"{card} is not a plain file: the card is not updated")
+    text = card.read_text(encoding="utf-8") if card.exists() else f"# stitch run: {folder.name}\n"
+    head = reports[0]
+    base, _, rerank = head.protocol.partition("+")
+    scoring = head.scoring or rerank or "cosine"
+    if merged_texts:
+        scoring += ", identical texts merged"
+    key = [_cell(c) for c in (os.path.normpath(data), split or "every image", base, scoring)]
+    row = [*key, str(head.queries), f"{head.gallery} {head.gallery_kind}"]
+    row += [_figure(head.metrics, k) for k in SHOWN]
+    before, rows, after = _split_scores(text)
+    for i, old in enumerate(rows):
+        if old[:4] == key:
+            rows[i] = row
+            break
+    else:
+        rows.append(row)
+    atomic_write_text(card, before + _scores_section(rows) + after)
+    return card
+
+
+def _figure(metrics: dict, key: str) -> str:
+    """``metrics[key]``, or the protocol's cut form of it (aml2025 reports ``mrr@20``), to four places."""
+    cut = [name for name in metrics if name.startswith(f"{key}@")] if key == "mrr" else []
+    name = key if key in metrics else (cut[0] if cut else None)
+    return "" if name is None else f"{metrics[name]:.4f}"
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _split_scores(text: str) -> tuple[str, list[list[str]], str]:
+    """The card before the scores section, the section's rows (cells as written) and the card after it."""
+    start = text.find(f"\n{SCORES_HEADING}\n")
+    if start == -1:
+        gap = "" if text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"  # a blank line, then it
+        return text + gap, [], ""
+    end = text.find("\n## ", start + len(SCORES_HEADING) + 2)
+    section, after = (text[start:], "") if end == -1 else (text[start:end], text[end:])
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("| ") and line.endswith(" |"):
+            cells = [c.strip() for c in _CELL_SPLIT.split(line[1:-1])]
+            if len(cells) == 6 + len(SHOWN) and cells[:2] != ["data", "split"]:
+                rows.append(cells)
+    return text[: start + 1], rows, after
+
+
+def _scores_section(rows: list[list[str]]) -> str:
+    header = ["data", "split", "protocol", "scoring", "queries", "gallery", *SHOWN]
+    return "\n".join(
+        [
+            SCORES_HEADING,
+            "",
+            "Text->image figures of `stitch evaluate --update-card`, one row per data file, split, protocol and\n"
+            "scoring (evaluating the same again replaces its row; under aml2025 the MRR is cut at rank 20):",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|---" * len(header) + "|",
+            *("| " + " | ".join(cells) + " |" for cells in rows),
+            "",
+        ]
+    )
