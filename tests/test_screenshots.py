@@ -1,4 +1,5 @@
-"""The screenshots of the documentation: the site builds, Chromium renders each page, the PNGs are real."""
+"""The screenshots of the documentation: the site builds, the quickstart notebook runs, Chromium renders each
+page and the executed notebook, the PNGs are real."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "screenshots.py"
 SITE_PAGES = ("site_home.png", "site_api.png", "site_cli.png", "site_examples.png")
+NOTEBOOK_PNG = "notebook_quickstart.png"
 # from stitch.train's docstring (src/stitch/api.py): the API page shows the docstrings, not only the names
 TRAIN_DOCSTRING = "the folder holds everything to reopen it"
 
@@ -24,12 +26,14 @@ def screenshots(tmp_path_factory):
     pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
     pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: pip install -e '.[docs]'")
     pytest.importorskip("PIL", reason="Pillow is not installed: pip install pillow")
+    for module in ("nbclient", "nbconvert", "ipykernel"):
+        pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[notebook]'")
     folder = tmp_path_factory.mktemp("screenshots")
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(folder / "images"), "--site", str(folder / "site")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
@@ -39,8 +43,7 @@ def test_each_page_is_a_1280_pixel_wide_png_with_something_on_it(screenshots):
     from PIL import Image
 
     names = sorted(p.name for p in (screenshots / "images").glob("*.png"))
-    expected = set(SITE_PAGES) | ({"notebook_quickstart.png"} if _has("nbconvert") else set())
-    assert set(names) == expected
+    assert set(names) == {*SITE_PAGES, NOTEBOOK_PNG}
     for name in names:
         with Image.open(screenshots / "images" / name) as image:
             assert image.format == "PNG" and image.width == 1280 and 0 < image.height <= 1400, name
@@ -54,14 +57,15 @@ def test_the_api_page_shows_the_docstrings(screenshots):
     assert TRAIN_DOCSTRING in page
 
 
+def test_the_notebook_page_is_the_executed_notebook(screenshots):
+    """What was screenshotted holds the notebook's outputs: the graded table's lines and the inline plot."""
+    page = (screenshots / "site" / "_notebook_quickstart.html").read_text(encoding="utf-8")
+    assert "stitch in a notebook" in page and "PairedEmbeddings(2400 captions" in page
+    assert "as submitted  text-&gt;image, full, as submitted" in page  # the scorings table printed
+    assert "data:image/png;base64," in page  # the training curve, inline
+
+
 def test_the_committed_screenshots_are_pngs_of_the_same_width(screenshots):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
+    assert (ROOT / "docs" / "images" / NOTEBOOK_PNG).exists()
