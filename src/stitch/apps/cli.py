@@ -862,7 +862,7 @@ def _parser_convert(sub) -> None:
 
 def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="train and evaluate the default recipe on built-in synthetic data")
-    p.add_argument("--out", help="keep the demo run in this folder (default: a temporary one)")
+    p.add_argument("--out", help="keep the demo run in this folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smaller dataset, seconds instead of minutes")
     p.set_defaults(func=cmd_demo)
 
