@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from stitch.errors import UsageError
 from stitch.semi.pseudo import DEFAULT_CHUNK, check_pool
@@ -93,6 +92,8 @@ def match_structures(a: np.ndarray, b: np.ndarray, refinements: int = 20) -> np.
     by the Hungarian algorithm. Then, as in ICP, alternate a Procrustes rotation of ``a`` onto its
     partners with a Hungarian re-matching of the rotated rows, until the matching stops changing.
     (A quadratic-assignment solver (FAQ) on the Gram matrices stalled after two steps in trials.)"""
+    from scipy.optimize import linear_sum_assignment  # only the zero-pair mode needs scipy
+
     if len(a) != len(b):
         raise UsageError(f"structures to match need the same number of rows, got {len(a)} and {len(b)}")
     da, db = (-np.sort(-(m @ m.T), axis=1) for m in (a, b))
