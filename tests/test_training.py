@@ -134,3 +134,33 @@ def test_per_epoch_scored_mrr_is_what_evaluate_reports(small_data, rerank):
     assert best["dev_mrr"] == pytest.approx(result.dev_metrics["mrr"], abs=1e-6)
     plain = api.train(small_data, None, overrides=[*FAST, "optim.epochs=1", "inference.rerank=none"], progress=False)
     assert not any(k.startswith("dev_mrr_") for k in plain.history[0])
+
+
+def test_a_run_that_never_beats_its_closed_form_start_says_so(small_data, monkeypatch, caplog):
+    """The start (the closed-form map the residual network begins as) is scored before training; when no
+    epoch beats it the run says so, instead of keeping a worse epoch in silence."""
+    real, calls = DevEvaluator.scores, []
+
+    def start_scores_high(self, model, temperature):
+        out = real(self, model, temperature)
+        calls.append(out["mrr"])
+        return {**out, "mrr": 0.999} if len(calls) == 1 else out  # as if the closed form ranked nearly perfectly
+
+    monkeypatch.setattr(DevEvaluator, "scores", start_scores_high)
+    result = api.train(small_data, None, overrides=[*FAST, "optim.epochs=2"], progress=False)
+    assert len(calls) == 3  # the start, then one evaluation an epoch
+    assert "no epoch beat the closed-form start: dev MRR (cosine) 0.9990 before training" in caplog.text
+    assert f"the run keeps epoch {result.best_epoch}" in caplog.text
+
+
+def test_scoring_the_start_leaves_training_unchanged(small_data, monkeypatch):
+    import stitch.training.trainer as trainer
+
+    runs = []
+    for scored in (True, False):
+        monkeypatch.setattr(trainer, "_has_closed_form_start", lambda config, scored=scored: scored)
+        torch.manual_seed(0)
+        runs.append(api.train(small_data, None, overrides=[*FAST, "optim.epochs=2"], progress=False))
+    one, two = (r.run.model.state_dict() for r in runs)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert runs[0].history == runs[1].history

@@ -8,6 +8,7 @@ resumable exactly, progress, TensorBoard and tuning callbacks. Device choice liv
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -73,6 +74,8 @@ class TrainResult:
         return self.run.model
 
 
+logger = logging.getLogger(__name__)
+
 @dataclass
 class TrainState:
     """Where training stands; restored from a :class:`Checkpoint` on resume."""
@@ -113,8 +116,13 @@ class DevEvaluator:
         rows = self.world.query_shard(dev.n_captions)
         self.rows, self.shard = rows, dev.relevant.subset(rows, np.arange(dev.n_images))
 
-    @torch.no_grad()
     def __call__(self, model, temperature: float | None) -> dict[str, float]:
+        """The metrics of an epoch (callbacks and early stopping see these)."""
+        return self.scores(model, temperature)
+
+    @torch.no_grad()
+    def scores(self, model, temperature: float | None) -> dict[str, float]:
+        """The metrics of ``model`` as it is (also the closed-form start, before any epoch)."""
         model.eval()
         scorer = _scorer(model, self.config, self.config.inference.rerank, temperature, self.bank, self.device)
         plain = scorer.plain()
@@ -309,8 +317,26 @@ def train(
     state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
     if resume and world.is_main:
         run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
+    scored = not resume and _has_closed_form_start(config)
+    start = evaluator.scores(run.model, task.temperature)["mrr"] if scored else None
     state = trainer.fit(state)
+    if start is not None and world.is_main and 0 <= state.best < start:
+        logger.warning(start_note(start, state))
     return _finish(run, state, train_set, dev_set, device, how, task.temperature, world.is_main)
+
+
+def _has_closed_form_start(config: TrainConfig) -> bool:
+    """Whether the model kind starts from a closed-form map (``model.init``) that training should beat."""
+    return "init" in MODELS.tag(config.model.name, "config_keys", ())
+
+
+def start_note(start: float, state: TrainState) -> str:
+    """The line said when no trained epoch scored above the closed-form map the network started from."""
+    return (
+        f"no epoch beat the closed-form start: dev MRR (cosine) {start:.4f} before training, best epoch "
+        f"{state.best_epoch} {state.best:.4f}; the run keeps epoch {state.best_epoch}. The start alone is "
+        "model.name=ridge (or procrustes); with few pairs it often wins (stitch curve measures it)"
+    )
 
 
 def _batches(train_set: ShardList, config: TrainConfig, task: Task, device, world: Distributed) -> CaptionBatches:
