@@ -243,3 +243,17 @@ def test_self_learning_runs_are_reproducible(tmp_path):
     one = api.train(pairs, None, overrides=overrides, progress=False).run.model.state_dict()
     two = api.train(pairs, None, overrides=overrides, progress=False).run.model.state_dict()
     assert all(np.array_equal(one[k].numpy(), two[k].numpy()) for k in one)
+
+
+
+def test_a_pool_file_with_a_nan_row_or_other_dims_is_refused_naming_the_file(tmp_path):
+    from stitch.semi.pools import read_side
+
+    rows = np.ones((6, 4), np.float32)
+    np.save(tmp_path / "fine.npy", rows)
+    rows[4, 1] = np.nan
+    np.save(tmp_path / "captions.npy", rows)
+    with pytest.raises(DataError, match=r"captions\.npy: unpaired captions has NaN/Inf values in 1 row\(s\): 4"):
+        read_side(tmp_path / "captions.npy", "captions", 4)
+    with pytest.raises(DataError, match=r"fine\.npy: unpaired images have 4 dims, the pairs' images have 5"):
+        read_side(tmp_path / "fine.npy", "images", 5)

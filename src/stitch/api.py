@@ -16,6 +16,7 @@ import torch
 
 from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
+from stitch.data.dedupe import row_hashes
 from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import CHUNK_ROWS
 from stitch.data.splits import SEEDED_SPLIT, select_split
@@ -254,11 +255,10 @@ def _evaluated(opened: Run, data, split, options: EvalOptions):
 
 
 def _overlap(bank: np.ndarray | None, captions: np.ndarray) -> int:
-    """Evaluated caption rows that are also bank rows (exact bytes)."""
+    """Evaluated caption rows that are also bank rows (exact float32 copies)."""
     if bank is None or len(captions) == 0:
         return 0
-    kept = {row.tobytes() for row in np.asarray(bank, np.float32)}
-    return sum(row.tobytes() in kept for row in np.asarray(captions, np.float32))
+    return int(np.isin(row_hashes(captions), row_hashes(bank)).sum())
 
 
 def predict(

@@ -1,4 +1,5 @@
-"""Identical caption texts as one query relevant to all their images.
+"""Identical rows and texts: exact copies of embedding rows found by digest, and identical caption texts
+merged into one query relevant to all their images.
 
 Flickr8k and COCO attach the same text ("a dog runs through the grass") to several pictures; scored
 one caption -> one image, each copy has a single right answer and the others count as errors. Merging
@@ -7,6 +8,7 @@ copies into one query relevant to every image they describe shows how much that 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 
@@ -21,6 +23,13 @@ _FINAL_PUNCTUATION = re.compile(r"[\s.!?,;:]+$")
 def normalise_text(text: str) -> str:
     """Case, surrounding spaces, inner runs of spaces and final punctuation do not make a text different."""
     return _FINAL_PUNCTUATION.sub("", " ".join(text.lower().split()))
+
+
+def row_hashes(rows: np.ndarray) -> np.ndarray:
+    """One 16-byte digest per row of float32 values (so float16 and float32 copies of a row agree): exact
+    copies of a row between two sets (a query bank and evaluated captions, a pool and a dev split)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return np.array([hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows], dtype="S16")
 
 
 @dataclass(frozen=True)

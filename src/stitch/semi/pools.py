@@ -9,14 +9,14 @@ equal to dev captions (common texts repeat across pictures) are left out, and sa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stitch.data.dataset import PairedEmbeddings
+from stitch.data.dataset import PairedEmbeddings, check_matrix
+from stitch.data.dedupe import row_hashes
 from stitch.data.errors import DataError, describe_rows
 from stitch.data.npy import read_npy
 from stitch.data.readers import load_pairs, load_queries
@@ -56,17 +56,9 @@ def read_side(path: str | Path, side: str, dim: int) -> tuple[np.ndarray, Paired
         else:
             paired = opened if isinstance(opened, PairedEmbeddings) else opened.to_memory()
             rows = paired.captions if side == "captions" else paired.images
-    rows = np.asarray(rows)
-    if rows.ndim != 2 or rows.dtype.kind not in "iuf" or not len(rows):
-        raise DataError(
-            f"{path}: unpaired {side} must be a non-empty rows x dims matrix, got {rows.dtype} {rows.shape}"
-        )
+    rows = check_matrix(f"{path}: unpaired {side}", rows)  # 2-D, non-empty, numbers, finite: float32
     if rows.shape[1] != dim:
         raise DataError(f"{path}: unpaired {side} have {rows.shape[1]} dims, the pairs' {side} have {dim}")
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-    if len(bad):
-        raise DataError(f"{path}: unpaired {side} hold NaN/Inf in {describe_rows(bad)}")
     return rows, paired
 
 
@@ -84,12 +76,6 @@ def read_pools(
     kept = without_dev_captions(captions, dev.captions, f"{captions_path}: unpaired captions")
     truth = truth[kept] if truth is not None else None
     return UnpairedPools(captions[kept], images, truth, f"{captions_path} + {images_path}")
-
-
-def row_hashes(rows: np.ndarray) -> np.ndarray:
-    """One 16-byte digest per row of float32 values (so float16 and float32 copies of a row agree)."""
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    return np.array([hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows], dtype="S16")
 
 
 def without_dev_captions(pool: np.ndarray, dev: np.ndarray, where: str) -> np.ndarray:
