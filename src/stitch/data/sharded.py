@@ -226,7 +226,7 @@ def open_sharded(path: str | Path) -> ShardedPairs:
         shards.append(Shard(captions, images, owner, name=name))
         for column in manifest["columns"]:
             rows = entry["captions"] if column in TEXT_COLUMNS else entry["images"]
-            columns.setdefault(column, []).append(_open_column(path, f"{name}.{column}", rows, manifest["version"]))
+            columns.setdefault(column, []).append(_open_column(path, name, column, rows, manifest["version"]))
     return ShardedPairs(shards, columns, dict(manifest["encoders"]), source=str(path))
 
 
@@ -297,14 +297,18 @@ def _open_npy(folder: Path, name: str, mmap: bool) -> np.ndarray:
     return read_npy(file, mmap)
 
 
-def _open_column(folder: Path, stem: str, rows: int, version: int) -> np.ndarray | OffsetTexts:
-    """A text column of a shard: Arrow-style offsets and UTF-8 bytes (version 2), or a numpy string array
-    (version 1 folders, still read)."""
+def _column_files(column: str, version: int) -> list[str]:
+    """The files of a shard's text column after its ``NNNNN.`` prefix: Arrow-style offsets and UTF-8 bytes
+    (version 2), or one numpy string array (version 1 folders, still read)."""
+    return [f"{column}.npy"] if version == 1 else [f"{column}.{OFFSETS}", f"{column}.{UTF8}"]
+
+
+def _open_column(folder: Path, name: str, column: str, rows: int, version: int) -> np.ndarray | OffsetTexts:
+    """A text column of shard ``name``, each file opened inside the folder, memory-mapped."""
+    arrays = [_open_npy(folder, f"{name}.{file}", mmap=True) for file in _column_files(column, version)]
     if version == 1:
-        return _open_npy(folder, f"{stem}.npy", mmap=True)
-    for suffix in (OFFSETS, UTF8):
-        _open_npy(folder, f"{stem}.{suffix}", mmap=True)  # inside the folder, present and a regular file
-    return OffsetTexts.open(folder, stem, rows)
+        return arrays[0]
+    return OffsetTexts.checked(*arrays, folder / f"{name}.{_column_files(column, version)[0]}", rows)
 
 
 def write_sharded(
@@ -391,10 +395,7 @@ def _plain_file(path: Path) -> bool:
 def _written_names(manifest: dict) -> list[str]:
     """Every file the writer puts in a folder with this (validated) manifest, the manifest included."""
     files = ["captions.npy", "images.npy", "caption_image.npy"]
-    if manifest["version"] == 1:
-        files += [f"{column}.npy" for column in manifest["columns"]]
-    else:
-        files += [f"{column}.{part}" for column in manifest["columns"] for part in (OFFSETS, UTF8)]
+    files += [file for column in manifest["columns"] for file in _column_files(column, manifest["version"])]
     return [MANIFEST] + [f"{entry['name']}.{file}" for entry in manifest["shards"] for file in files]
 
 

@@ -43,8 +43,14 @@ class OffsetTexts:
 
     @classmethod
     def open(cls, folder: Path, stem: str, rows: int) -> OffsetTexts:
+        """The column ``stem`` of ``folder`` (its two files read memory-mapped), checked to hold ``rows`` rows."""
         offsets_path, utf8_path = folder / f"{stem}.{OFFSETS}", folder / f"{stem}.{UTF8}"
-        offsets, utf8 = read_npy(offsets_path, mmap=True), read_npy(utf8_path, mmap=True)
+        return cls.checked(read_npy(offsets_path, mmap=True), read_npy(utf8_path, mmap=True), offsets_path, rows)
+
+    @classmethod
+    def checked(cls, offsets: np.ndarray, utf8: np.ndarray, offsets_path: Path, rows: int) -> OffsetTexts:
+        """The column of arrays already read from ``offsets_path`` and its ``utf8`` sibling, checked."""
+        utf8_path = offsets_path.with_name(offsets_path.name.removesuffix(OFFSETS) + UTF8)
         if offsets.shape != (rows + 1,) or offsets.dtype != np.int64:
             raise DataError(f"{offsets_path}: expected {rows + 1} int64 offsets, got {offsets.dtype} {offsets.shape}")
         if utf8.ndim != 1 or utf8.dtype != np.uint8:
