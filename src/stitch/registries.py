@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 from stitch.errors import UsageError
 
 
+def resolve(target: str):
+    """The attribute a ``"module:attribute"`` target names, imported now."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One name of a family: where its implementation lives, one line of help, and facts others check."""
@@ -52,8 +58,7 @@ class Registry:
 
     def get(self, name: str, setting: str | None = None):
         """The implementation behind ``name`` (imported now)."""
-        module, _, attribute = self.entry(name, setting).target.partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        return resolve(self.entry(name, setting).target)
 
     def help(self) -> str:
         return "; ".join(f"{name}: {entry.help}" for name, entry in self.entries.items() if entry.help)

@@ -11,11 +11,10 @@ consult it.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from stitch.registries import Entry, Registry
+from stitch.registries import Entry, Registry, resolve
 
 _D = "stitch.data"
 _L = "stitch.data.layouts"
@@ -68,17 +67,12 @@ FORMATS = Registry(
 LAYOUTS = tuple(name for name in FORMATS.names() if FORMATS.tag(name, "layout"))
 
 
-def _resolve(target: str) -> Any:
-    module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
 def detect_format(path: str | Path, among: tuple[str, ...] | None = None) -> str | None:
     """The first of :data:`FORMATS` (of ``among`` when given) whose test recognises ``path``; None when
     none does. An ``.npz`` is opened to read its keys, so an unreadable one raises a DataError naming it."""
     path = Path(path)
     for name in FORMATS.names():
-        if (among is None or name in among) and _resolve(FORMATS.tag(name, "detect"))(path):
+        if (among is None or name in among) and resolve(FORMATS.tag(name, "detect"))(path):
             return name
     return None
 
