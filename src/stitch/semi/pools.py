@@ -56,23 +56,31 @@ def read_side(path: str | Path, side: str, dim: int) -> tuple[np.ndarray, Paired
         else:
             paired = opened if isinstance(opened, PairedEmbeddings) else opened.to_memory()
             rows = paired.captions if side == "captions" else paired.images
+    return _checked(path, side, rows, dim), paired
+
+
+def _checked(path: Path, side: str, rows: np.ndarray, dim: int) -> np.ndarray:
     rows = check_matrix(f"{path}: unpaired {side}", rows)  # 2-D, non-empty, numbers, finite: float32
     if rows.shape[1] != dim:
         raise DataError(f"{path}: unpaired {side} have {rows.shape[1]} dims, the pairs' {side} have {dim}")
-    return rows, paired
+    return rows
 
 
 def read_pools(
     captions_path: str, images_path: str, text_dim: int, image_dim: int, dev: PairedEmbeddings
 ) -> UnpairedPools:
-    """Both pools, checked against the pairs' dimensions and refused where a row is a dev row."""
+    """Both pools, checked against the pairs' dimensions and refused where a row is a dev row. Both from one
+    paired file: it is read once, and its links are the truth pseudo-pairs are measured against."""
     if not captions_path or not images_path:
         raise DataError("self-learning needs both pools: semi.unpaired_captions and semi.unpaired_images")
     captions, paired = read_side(captions_path, "captions", text_dim)
-    images, _ = read_side(images_path, "images", image_dim)
+    same_file = paired is not None and Path(captions_path).resolve() == Path(images_path).resolve()
+    if same_file:
+        images = _checked(Path(images_path), "images", paired.images, image_dim)
+    else:
+        images, _ = read_side(images_path, "images", image_dim)
     refuse_dev_rows(images, dev.images, f"{images_path}: unpaired images", "dev images")
-    same_file = Path(captions_path).resolve() == Path(images_path).resolve()
-    truth = np.asarray(paired.caption_image, dtype=np.int64) if same_file and paired is not None else None
+    truth = np.asarray(paired.caption_image, dtype=np.int64) if same_file else None
     kept = without_dev_captions(captions, dev.captions, f"{captions_path}: unpaired captions")
     truth = truth[kept] if truth is not None else None
     return UnpairedPools(captions[kept], images, truth, f"{captions_path} + {images_path}")
