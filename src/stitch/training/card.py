@@ -71,7 +71,7 @@ def card_text(run: Run, reports: list[DirectionReport], plain: dict, graded: Dir
 
 
 def _row(name: str, metrics: dict) -> str:
-    return f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" if k in metrics else "" for k in SHOWN) + " |"
+    return f"| {name} | " + " | ".join(_figure(metrics, k) for k in SHOWN) + " |"
 
 
 def _self_learning(record: dict | None) -> list[str]:
