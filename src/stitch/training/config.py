@@ -136,6 +136,9 @@ class SemiConfig:
     pool_sample: int = 0  # caption pool rows drawn per round (bounds a round's cost); 0 = the whole pool
     k: int = 10  # CSLS neighbourhood size
     clusters: int = 32  # zero-pair mode: k-means anchors matched between the pools
+    # learnt recipes (resmlp, ...) with pools: the last round's pseudo-pairs join the batches at pseudo_weight, and
+    neighbour_weight: float = 0.0  # > 0: weight of the regulariser keeping pool captions' neighbourhoods when mapped
+    neighbour_temperature: float = 0.1  # softmax temperature of that regulariser's similarity rows
 
 
 @dataclass
@@ -245,6 +248,8 @@ RANGES: dict[str, Bound] = {
     "semi.pool_sample": Bound(0, 1 << 40),
     "semi.k": Bound(1, 1000),
     "semi.clusters": Bound(2, 10_000),
+    "semi.neighbour_weight": Bound(0.0, 1e6),
+    "semi.neighbour_temperature": Bound(1e-4, 100.0),
 }
 
 
