@@ -126,17 +126,17 @@ def test_old_spellings_still_work_with_a_deprecation_warning(files, capsys, tmp_
 def test_only_anticipated_errors_become_one_line_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """Every error stitch raises on purpose is a StitchError (one line, exit 2); a ValueError from anywhere else
     is a bug and must not be hidden behind a one-line message."""
-    from stitch.apps import cli
+    from stitch.apps.cli import declare
     from stitch.errors import StitchError, UsageError
 
-    def anticipated(args):
+    def anticipated() -> int:
         raise UsageError("model.hidden must be positive")
 
-    def bug(args):
+    def bug() -> int:
         raise ValueError("operands could not be broadcast together")
 
     for handler, hidden in ((anticipated, True), (bug, False)):
-        monkeypatch.setattr(cli, "cmd_recipes", handler)
+        monkeypatch.setitem(declare.COMMANDS, "recipes", handler)
         if hidden:
             assert main(["recipes"]) == 2
             assert capsys.readouterr().err.strip() == "error: model.hidden must be positive"

@@ -17,6 +17,7 @@ LAYERS = {
     "stitch.packaged": 0,
     "stitch.errors": 0,
     "stitch.bounds": 0,  # numeric bounds and their one check, read by config, index and rescorers
+    "stitch.options": 0,  # settings objects of scoring and indexing passes (the CLI reads their fields)
     "stitch.recipes": 0,  # named configs: a registry (pure data), read by training for ensemble partners
     "stitch.data": 1,
     "stitch.translators": 2,

@@ -18,11 +18,12 @@ from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_q
 from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
 from stitch.data.dedupe import row_hashes
 from stitch.data.sharded import ShardedPairs
-from stitch.data.shards import CHUNK_ROWS
 from stitch.data.splits import SEEDED_SPLIT, select_split
 from stitch.errors import UsageError
+from stitch.options import EvalOptions, IndexOptions
 from stitch.outputs import submission
 from stitch.recipes import recipe_overrides
+from stitch.retrieval.answers import Answer
 from stitch.retrieval.evaluate import AS_SUBMITTED, DirectionReport, evaluate_embeddings
 from stitch.retrieval.graded import graded_reports
 from stitch.training import Run, TrainConfig, TrainResult, load_config, open_run
@@ -141,23 +142,6 @@ def _check_dims(run: Run, text_dim: int, image_dim: int | None = None) -> None:
         raise UsageError(f"the run translates {model.text_dim}-d captions, but the data has {text_dim}-d captions")
     if image_dim is not None and image_dim != model.image_dim:
         raise UsageError(f"the run predicts {model.image_dim}-d images, but the data has {image_dim}-d images")
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How :func:`evaluate` scores, apart from what (run, data, split) and under which protocol: the device,
-    chunk and seed of the scoring pass; ``rerank`` (another rescorer by name, ``"none"`` for plain cosine) with
-    ``rerank_params``; ``bank`` (raw caption embeddings replacing the run's query bank); whether evaluated
-    captions may be in that bank (``allow_train_overlap``); whether identical texts merge into one query."""
-
-    device: str = "auto"
-    chunk: int = 1024
-    seed: int = 0
-    rerank: str | None = None
-    rerank_params: dict | None = None
-    bank: np.ndarray | None = None
-    allow_train_overlap: bool = False
-    merge_duplicate_texts: bool = False
 
 
 def evaluate(
@@ -297,20 +281,6 @@ def write_submission(
     return submission.write_pt(out, queries, predictions, force=force, prediction=target)
 
 
-@dataclass(frozen=True)
-class IndexOptions:
-    """How a gallery is indexed, apart from which images and the index kind: ``rerank`` (another rescorer
-    than the run's, with ``rerank_params``) fitted on the gallery, the device, the IVF training sample's
-    ``seed``, the images embedded at a time (``chunk``), and whether a saved index may replace one (``force``)."""
-
-    rerank: str | None = None
-    rerank_params: dict | None = None
-    device: str = "auto"
-    seed: int = 0
-    chunk: int = CHUNK_ROWS
-    force: bool = False
-
-
 def gallery_index(
     run: RunLike,
     data: PairedEmbeddings | ShardedPairs,
@@ -380,3 +350,35 @@ def open_searcher(
         raise UsageError("give an index folder or the data whose images form the gallery")
     _, index, scorer = gallery_index(opened, data, split, device="cpu")
     return Searcher(scorer, index, candidates=len(index))
+
+
+def search_rows(searcher, rows, k: int = 10) -> list[Answer]:
+    """The top ``k`` of ``searcher`` for raw caption embedding ``rows`` (a list of vectors or an array)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return [Answer("embedding", hits) for hits in searcher.search(rows, k)]
+
+
+def search_file(searcher, path: str | Path, rows: slice = slice(0, 5), k: int = 10) -> list[Answer]:
+    """The top ``k`` of ``searcher`` for the queries ``rows`` of a query file, labelled by their texts (else
+    their row ids); when the file is paired data naming its images, each answer knows its relevant images."""
+    queries = load_queries(path)
+    picked = np.arange(len(queries))[rows]
+    if len(picked) == 0:
+        raise UsageError(f"rows {rows.start}:{rows.stop} select none of the {len(queries)} queries in {path}")
+    labels = [str(queries.texts[i]) if queries.texts is not None else str(queries.row_ids[i]) for i in picked]
+    relevant = _relevant_names(path, picked)
+    found = searcher.search(queries.embeddings[picked], k)
+    marks = relevant or [None] * len(picked)
+    return [Answer(label, hits, known) for label, hits, known in zip(labels, found, marks)]
+
+
+def _relevant_names(path: str | Path, picked: np.ndarray) -> list[frozenset[str]] | None:
+    """Names of the images relevant to each picked query when the query file is paired data that names its
+    images; None for a query-only file."""
+    try:
+        data = load_pairs(path, allow_images_without_captions=True)
+    except DataError:
+        return None  # a query-only file: nothing says which images are relevant
+    if data.image_names is None:
+        return None
+    return [frozenset(data.image_names[data.relevant.row(i)].tolist()) for i in picked]

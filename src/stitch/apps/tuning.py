@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from stitch.apps.study_options import StudyOptions
 from stitch.data import PairedEmbeddings
 from stitch.data.splits import train_dev_split
 from stitch.io.atomic import atomic_write_text
@@ -291,21 +292,6 @@ def _create_or_load(url: str, study_name: str, sampler, pruner, attempts: int = 
             time.sleep(0.5 * (attempt + 1))
 
 
-@dataclass(frozen=True)
-class StudyOptions:
-    """How a study runs, apart from what it searches: where it is stored (None: ``study.db`` in the output
-    folder) and under which name, how many trials in all and for how long, parallel jobs, the sampler's seed,
-    and whether each trial's run folder is kept."""
-
-    storage: str | None = None
-    study_name: str = "stitch"
-    trials: int = 20
-    timeout: float | None = None
-    n_jobs: int = 1
-    seed: int = 0
-    keep_runs: bool = False
-
-
 def tune(
     data: PairedEmbeddings,
     space: SearchSpace,
@@ -449,3 +435,39 @@ def write_results(study, space: SearchSpace, out_dir: Path) -> None:
             ]
         )
     atomic_write_text(out_dir / "trials.csv", buffer.getvalue())
+
+
+def space_yaml(space: SearchSpace) -> str:
+    """The resolved search space as YAML (``stitch tune --print-space``)."""
+    import dataclasses
+
+    return yaml.safe_dump(dataclasses.asdict(space), sort_keys=False)
+
+
+def completed(study) -> int:
+    """How many of the study's trials finished."""
+    return sum(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def study_lines(study, name: str, out_dir: str | Path) -> list[str]:
+    """What a finished study says: its trials by state, and the best one with where its config is."""
+    states = [t.state.name for t in study.trials]
+    lines = [
+        f"study {name}: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+        f"{states.count('FAIL')} failed"
+    ]
+    if states.count("COMPLETE"):
+        lines.append(f"best dev value {study.best_value:.4f}: {study.best_params}")
+        lines.append(f"train-ready config: {Path(out_dir) / 'best.yaml'}; trial table: {Path(out_dir) / 'trials.csv'}")
+    return lines
+
+
+def confirm_lines(result: Confirmation, space: SearchSpace, out_dir: str | Path) -> list[str]:
+    """The confirmation's scores per seed and its verdict."""
+    lines = [
+        f"  {name:<12} dev {space.objective} " + " ".join(f"{v:.4f}" for v in values)
+        for name, values in result.scores.items()
+    ]
+    verdict = "beats the default on every seed" if result.beats_default else "does not clearly beat the default"
+    lines.append(f"  {result.winner} {verdict} (mean Δ {result.gap:+.4f}); {Path(out_dir) / 'confirm.csv'}")
+    return lines

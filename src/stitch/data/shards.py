@@ -18,8 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from stitch.data.errors import DataError, describe_rows
-
-CHUNK_ROWS = 8192  # rows per chunk when streaming statistics (a few MB of float64 per side)
+from stitch.options import CHUNK_ROWS  # noqa: F401 - rows per chunk when streaming; its readers import it here
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.middleware.cors import CORSMiddleware
-
 from stitch.errors import UsageError
 
 CORS_METHODS = ("GET", "POST")
@@ -58,6 +56,8 @@ def add_cors(app: Any, origins: list[str]) -> None:
     """Answer CORS preflights and tag responses for ``origins`` (GET and POST, JSON bodies); nothing when
     ``origins`` is empty, so a default service sends no CORS header at all."""
     if origins:
+        from starlette.middleware.cors import CORSMiddleware
+
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=list(CORS_METHODS), allow_headers=list(CORS_HEADERS)
         )
