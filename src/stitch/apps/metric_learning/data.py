@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from stitch.data.dataset import DataError, check_matrix
+from stitch.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,20 @@ def load_labelled(path: str | Path) -> LabelledVectors:
         raise DataError(f"{path}: not a readable npz (truncated or corrupt?): {err}") from err
 
 
-def stratified_split(data: LabelledVectors, test_fraction: float = 0.5, seed: int = 0):
-    """Seeded split keeping each label's proportion on both sides."""
+def stratified_split(
+    data: LabelledVectors, test_fraction: float = 0.5, seed: int = 0
+) -> tuple[LabelledVectors, LabelledVectors]:
+    """Seeded split keeping each label's proportion on both sides; every label keeps at least one training
+    item, so each held-out item has references of its class."""
+    if not 0 < test_fraction < 1:
+        raise UsageError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     rng = np.random.default_rng(seed)
     test = []
     for label in np.unique(data.labels):
         rows = rng.permutation(np.flatnonzero(data.labels == label))
-        test.extend(rows[: int(round(test_fraction * len(rows)))])
+        test.extend(rows[: min(int(round(test_fraction * len(rows))), len(rows) - 1)])
+    if not test:
+        raise DataError(f"a test fraction of {test_fraction} holds out no item: every label has too few rows")
     test = np.sort(np.array(test, dtype=np.int64))
     train = np.setdiff1d(np.arange(len(data.labels)), test)
     return data.subset(train), data.subset(test)

@@ -1,58 +1,56 @@
-"""Retrieval-style accuracy of an embedding: precision@1, MAP@R, kNN classification and regression.
+"""How well a space separates classes, scored with the library's retrieval pieces.
 
-Queries are held-out items, references the training items (a query is never its own reference).
+Held-out items are the queries and training items the references (a query is never its own reference);
+every reference of a query's class is relevant to it (a class-level :class:`~stitch.data.Relevance`), so
+precision@1 and MAP@R are the retrieval metrics' ``hit@1`` and ``map@r`` (cosine, pessimistic ties). kNN
+classification and regression ask an exact :class:`~stitch.retrieval.index.GalleryIndex` of the references.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from stitch.retrieval.index import majority_vote
-
-
-def _neighbours(queries: np.ndarray, references: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
-    q, r = torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(references, dtype=torch.float32)
-    if metric == "cosine":
-        scores = F.normalize(q, dim=1) @ F.normalize(r, dim=1).T
-    else:
-        scores = -torch.cdist(q, r)
-    return scores.topk(min(k, len(r)), dim=1).indices.numpy()
+from stitch.apps.metric_learning.data import LabelledVectors
+from stitch.data import DataError
+from stitch.data.relevance import Relevance
+from stitch.retrieval.index import build_index, knn_classify, knn_regress
+from stitch.retrieval.metrics import relevance_metrics
+from stitch.retrieval.ranks import cosine_ready, relevant_ranks
 
 
-def precision_at_1(queries, query_labels, references, reference_labels, metric: str = "cosine") -> float:
-    nearest = _neighbours(queries, references, 1, metric)[:, 0]
-    return float(np.mean(np.asarray(reference_labels)[nearest] == np.asarray(query_labels)))
-
-
-def map_at_r(queries, query_labels, references, reference_labels, metric: str = "cosine") -> float:
-    """Mean over queries of (1/R) sum_{i<=R} P@i * rel(i), R = number of references sharing the label."""
+def class_relevance(query_labels: np.ndarray, reference_labels: np.ndarray) -> Relevance:
+    """Each query relevant to every reference sharing its label; a query label no reference has is an error
+    (its query could retrieve nothing)."""
     query_labels, reference_labels = np.asarray(query_labels), np.asarray(reference_labels)
-    counts = {label: int((reference_labels == label).sum()) for label in np.unique(query_labels)}
-    max_r = max(counts.values())
-    order = _neighbours(queries, references, max_r, metric)
-    scores = []
-    for row, label in zip(order, query_labels):
-        r = counts[label]
-        if r == 0:
-            continue
-        relevant = reference_labels[row[:r]] == label
-        precision = np.cumsum(relevant) / np.arange(1, r + 1)
-        scores.append(float((precision * relevant).sum() / r))
-    return float(np.mean(scores))
+    order = np.argsort(reference_labels, kind="stable")
+    classes, starts, counts = np.unique(reference_labels[order], return_index=True, return_counts=True)
+    if len(classes) == 0:
+        raise DataError("no references to retrieve")
+    place = np.minimum(np.searchsorted(classes, query_labels), len(classes) - 1)
+    missing = classes[place] != query_labels
+    if missing.any():
+        raise DataError(f"query labels with no reference of their class: {np.unique(query_labels[missing]).tolist()}")
+    members = [order[starts[c] : starts[c] + counts[c]] for c in place]
+    return Relevance.from_lists(members, len(reference_labels))
 
 
-def knn_accuracy(queries, query_labels, references, reference_labels, k: int = 5, metric: str = "cosine") -> float:
-    """Majority vote of the k nearest references (ties: the label of the nearest tied class)."""
-    votes = np.asarray(reference_labels)[_neighbours(queries, references, k, metric)]
-    return float(np.mean(majority_vote(votes) == np.asarray(query_labels)))
-
-
-def knn_position_error(
-    queries, query_targets, references, reference_targets, k: int = 5, metric: str = "cosine"
-) -> float:
-    """Mean Euclidean error of the k-nearest-neighbour average position (image-based localisation)."""
-    reference_targets = np.asarray(reference_targets, dtype=np.float64)
-    predicted = reference_targets[_neighbours(queries, references, k, metric)].mean(axis=1)
-    return float(np.linalg.norm(predicted - np.asarray(query_targets, dtype=np.float64), axis=1).mean())
+def score_space(
+    references: np.ndarray, reference_data: LabelledVectors, queries: np.ndarray, query_data: LabelledVectors, k: int
+) -> dict[str, float]:
+    """precision@1, MAP@R and kNN accuracy of ``queries`` (rows of ``query_data``) against ``references``
+    (rows of ``reference_data``) in one space, plus the kNN position error when the data have targets."""
+    relevance = class_relevance(query_data.labels, reference_data.labels)
+    ranks = relevant_ranks(cosine_ready(queries), cosine_ready(references), relevance)
+    retrieval = relevance_metrics(ranks, relevance)
+    index = build_index(references)
+    predicted = knn_classify(index, reference_data.labels, queries, k)
+    out = {
+        "precision@1": retrieval["hit@1"],
+        "map@r": retrieval["map@r"],
+        f"knn{k}_accuracy": float(np.mean(predicted == query_data.labels)),
+    }
+    if reference_data.targets is not None and query_data.targets is not None:
+        position = knn_regress(index, reference_data.targets, queries, k)
+        error = np.linalg.norm(position - np.asarray(query_data.targets, dtype=np.float64), axis=1)
+        out[f"knn{k}_position_error"] = float(error.mean())
+    return out

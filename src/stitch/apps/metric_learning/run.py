@@ -1,25 +1,23 @@
-"""The ``stitch metric`` workflow: split, train, compare with raw-feature kNN, plot, save."""
+"""The ``stitch metric`` workflow: split, train, compare with the raw features, plot, save."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stitch.apps.metric_learning.data import load_labelled, stratified_split
-from stitch.apps.metric_learning.evaluate import knn_accuracy, knn_position_error, map_at_r, precision_at_1
+from stitch.apps.metric_learning.evaluate import score_space
+from stitch.apps.metric_learning.folder import SUMMARY, write_embedding
 from stitch.apps.metric_learning.train import EmbeddingConfig, embed, train_embedding
-from stitch.io.atomic import atomic_write, atomic_write_text
+from stitch.bounds import Bound, check
+from stitch.errors import UsageError
+from stitch.registries import PROJECTIONS
 
 
-def score_space(train_x, train, test_x, test, k: int) -> dict[str, float]:
-    out = {
-        "precision@1": precision_at_1(test_x, test.labels, train_x, train.labels),
-        "map@r": map_at_r(test_x, test.labels, train_x, train.labels),
-        f"knn{k}_accuracy": knn_accuracy(test_x, test.labels, train_x, train.labels, k),
-    }
-    if train.targets is not None:
-        out[f"knn{k}_position_error"] = knn_position_error(test_x, test.targets, train_x, train.targets, k)
-    return out
+def _check_run(k: int, test_fraction: float, projection: str) -> None:
+    check("k", k, Bound(1, 1_000_000, integer=True), UsageError)
+    check("test_fraction", test_fraction, Bound(0.0, 1.0), UsageError)
+    if projection != "none":
+        PROJECTIONS.check(projection, "projection")
 
 
 def run_metric_learning(
@@ -31,11 +29,14 @@ def run_metric_learning(
     projection: str = "tsne",
     force: bool = False,
 ) -> dict:
+    """Train on a stratified split of the labelled vectors at ``data_path``, score held-out items against
+    the training items in raw and embedded space, and write the folder ``out`` (see ``folder``)."""
+    _check_run(k, test_fraction, projection)
+    out_dir = Path(out) if out else None
+    if out_dir is not None and (out_dir / SUMMARY).exists() and not force:
+        raise FileExistsError(f"{out_dir} already holds results; pass --force to replace them")
     data = load_labelled(data_path)
     train, test = stratified_split(data, test_fraction, config.seed)
-    out_dir = Path(out) if out else None
-    if out_dir is not None and (out_dir / "metrics.json").exists() and not force:
-        raise FileExistsError(f"{out_dir} already holds results; pass --force to replace them")
     print(
         f"{data_path}: {len(train.labels)} train / {len(test.labels)} held-out items (stratified, seed {config.seed})"
     )
@@ -48,27 +49,19 @@ def run_metric_learning(
         print(f"  {key:<22} {raw[key]:>13.4f} {learnt[key]:>10.4f}")
     result = {
         "config": config.to_dict(),
+        "in_dim": int(data.x.shape[1]),
+        "k": k,
         "raw": raw,
         "embedding": learnt,
         "train": len(train.labels),
         "held_out": len(test.labels),
     }
     if out_dir is not None:
-        from safetensors.torch import save_file
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        state = {k_: v.contiguous() for k_, v in net.state_dict().items()}
-        atomic_write(out_dir / "embedding.safetensors", lambda tmp: save_file(state, str(tmp)))
-        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+        write_embedding(out_dir, net, result)
         if projection != "none":
             from stitch.outputs.plots import project_2d, scatter_2d
 
             points = project_2d(embed(net, test.x), projection, config.seed)
-            plot = scatter_2d(
-                points,
-                test.labels,
-                out_dir / f"{projection}.png",
-                f"{projection.upper()} of held-out embeddings ({config.loss}, {config.miner})",
-            )
-            print(f"plot: {plot}")
+            title = f"{projection.upper()} of held-out embeddings ({config.loss}, {config.miner})"
+            print(f"plot: {scatter_2d(points, test.labels, out_dir / f'{projection}.png', title)}")
     return result
