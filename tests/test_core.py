@@ -33,7 +33,7 @@ def tiny_runs(tmp_path_factory, small_data):
     pools = [f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
     for name in RECIPES:
         extra = pools if uses_pools(name) else []
-        api.train(small_data, None, out=root / name, overrides=[*recipe_overrides(name), *TINY, *extra], progress=False)
+        api.train(small_data, None, out=root / name, overrides=[*recipe_overrides(name, TINY), *extra], progress=False)
     return root
 
 

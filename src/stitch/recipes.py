@@ -1,16 +1,36 @@
 """Named recipes: the reference pipelines' choices, scaled to the data's dimensions, and stitch's default.
 
-Each recipe is a list of config overrides on top of the defaults. ``reference_scoring`` recipes are
-evaluated as their references did (plain cosine); the leaderboard also shows every recipe with the
-inverted-softmax scoring the default recipe uses, so the two effects can be told apart.
+Each recipe is one YAML file in ``stitch/configs/recipes/`` (shipped with the package), read by
+:func:`read_recipe` and nothing else: ``name`` (the file's own name), ``reference`` (where its choices come
+from), ``notes`` (what ``stitch recipes`` prints), then the settings it changes from the defaults, in the
+sections of a config file (``model:``, ``loss:``, ``optim:``, ``inference:``, ...). The settings reach
+training as ``key=value`` overrides (:func:`recipe_overrides`) and are checked there like any other: an
+unknown key, a value out of range, or a model setting the recipe's model kind does not have is an error.
+
+Settings a recipe marks ``# pinned`` are defaults it keeps although the defaults changed (those before
+``stitch tune`` replaced them), so its leaderboard row, measured with them, stays what the recipe means.
+Recipes with ``inference.rerank: none`` are evaluated as their references did (plain cosine); the
+leaderboard also shows every recipe with the inverted-softmax scoring the default recipe uses, so the two
+effects can be told apart.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
 
 from stitch.errors import UsageError
 from stitch.registries import MODELS
+
+FOLDER = "configs/recipes"  # inside the stitch package
+ABOUT = ("name", "reference", "notes")  # a recipe file's keys that are not settings
+DEFAULT_KIND = "resmlp"  # the model kind of a recipe that names none: ModelConfig.name's default
 
 
 @dataclass(frozen=True)
@@ -21,275 +41,116 @@ class Recipe:
     notes: str
 
 
-_PLAIN = ("inference.rerank=none",)
-# The defaults before `stitch tune` replaced them (2026-11-22). Every other recipe pins them, so its
-# leaderboard row, measured with them, stays what the recipe means.
-_BEFORE_TUNING = (
-    "model.hidden=2048",
-    "model.dropout=0.2",
-    "loss.temperature=0.05",
-    "loss.queue_size=0",
-    "optim.lr=5e-4",
-    "optim.weight_decay=0.01",
-    "optim.epochs=30",
-    "optim.batch_size=1024",
-    "patience=5",
-)
-# today's defaults spelled out, for recipes built on them (the comprehension below prepends _BEFORE_TUNING)
-_TODAY = (
-    "model.hidden=3072",
-    "model.dropout=0.535",
-    "loss.temperature=0.0715",
-    "loss.queue_size=4096",
-    "optim.lr=7.08e-4",
-    "optim.weight_decay=0.014",
-    "optim.epochs=20",
-    "optim.batch_size=512",
-    "patience=3",
-)
-# seed 003's projection-head setup: MLP towers into 512-d, lr 1e-4, batch 512, up to 50 epochs
-_SEED003 = (
-    "model.name=dual",
-    "model.shared_dim=512",
-    "model.hidden=1024",
-    "optim.lr=1e-4",
-    "optim.batch_size=512",
-    "optim.epochs=50",
-)
-
-def _kind(overrides: tuple[str, ...] | list[str]) -> str:
-    """The model kind a list of overrides trains (the default's when it names none)."""
-    return next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), "resmlp")
+def read_recipe(path: str | Path) -> Recipe:
+    """The recipe in one YAML file; a file that is not one is a UsageError naming the file, on one line."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise _bad(path, f"not valid YAML{where} ({getattr(err, 'problem', None) or err.__class__.__name__})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise _bad(path, f"cannot be read ({err.__class__.__name__})") from err
+    if not isinstance(data, dict):
+        raise _bad(path, "must hold a mapping: name, reference, notes and the recipe's settings")
+    missing = [key for key in ABOUT if not isinstance(data.get(key), str) or not data[key].strip()]
+    if missing:
+        raise _bad(path, f"needs {', '.join(missing)} (text)")
+    if data["name"] != path.stem:
+        raise _bad(path, f"names itself {data['name']!r}; a recipe's name is its file's name, {path.stem!r}")
+    settings = {key: value for key, value in data.items() if key not in ABOUT}
+    notes = " ".join(data["notes"].split())
+    return Recipe(data["name"], data["reference"].strip(), tuple(_flatten(path, settings)), notes)
 
 
-def _pinned(overrides: tuple[str, ...]) -> tuple[str, ...]:
-    """The pre-tuning defaults a recipe pins: only the model.* settings its model kind reads."""
-    used = MODELS.tag(_kind(overrides), "config_keys", ())
-    return tuple(o for o in _BEFORE_TUNING if not o.startswith("model.") or o.split("=")[0][6:] in used)
+def _bad(path: Path, problem: str) -> UsageError:
+    return UsageError(f"recipe file {path}: {problem}")
 
 
-RECIPES: dict[str, Recipe] = {
-    r.name: r if r.name == "default" else Recipe(r.name, r.reference, (*_pinned(r.overrides), *r.overrides), r.notes)
-    for r in [
-        Recipe(
-            "default",
-            "stitch",
-            (),
-            "residual MLP (3072, dropout 0.535) on a Procrustes start, multi-positive symmetric InfoNCE with learnt "
-            "temperature (from 0.0715) and a 4096-image memory queue, AdamW 7.08e-4 / wd 0.014, batch 512, 20 epochs "
-            "(early stop on dev MRR, patience 3); inverted-softmax scoring at the learnt temperature over 10k "
-            "training captions (found by stitch tune, confirmed over 3 seeds)",
-        ),
-        Recipe(
-            "resmlp-infonce",
-            "shared/README.md reference",
-            ("model.init=ridge", *_PLAIN),
-            "ridge-initialised residual MLP + multi-positive symmetric InfoNCE, plain cosine scoring",
-        ),
-        Recipe(
-            "ridge",
-            "closed form",
-            ("model.name=ridge", *_PLAIN),
-            "ridge regression (alpha 1) into the z-scored image space",
-        ),
-        Recipe(
-            "self-learning",
-            "closed form + unpaired pools",
-            ("model.name=self-learning", "model.init=ridge", "semi.rounds=3", *_PLAIN),
-            "uses unpaired pools (--unpaired-captions, --unpaired-images): ridge on the pairs, then 3 refits on "
-            "seed pairs plus pseudo-pairs, mutual nearest neighbours under CSLS between the translated caption "
-            "pool and the image pool (Artetxe et al. 2017); for few pairs and many loose embeddings",
-        ),
-        Recipe(
-            "zero-pair",
-            "unpaired pools only",
-            ("model.name=self-learning", "model.init=procrustes", "semi.use_pairs=false", "semi.rounds=10", *_PLAIN),
-            "uses unpaired pools only (--unpaired-captions, --unpaired-images; the pairs serve the dev split): "
-            "k-means anchors of the two pools matched by their similarity structure, then 10 rounds of Procrustes "
-            "on CSLS pseudo-pairs (mini-vec2vec style); weak on encoders this unrelated, reported as measured",
-        ),
-        Recipe(
-            "procrustes",
-            "closed form",
-            ("model.name=procrustes", *_PLAIN),
-            "orthogonal Procrustes with a least-squares scale, z-scored image space",
-        ),
-        Recipe(
-            "course-mlp-mse",
-            "competition baseline",
-            (
-                "model.name=mlp",
-                "model.depth=2",
-                "model.hidden=2048",
-                "model.dropout=0",
-                "loss.name=mse",
-                "model.standardize_target=false",
-                "optim.lr=1e-3",
-                "optim.batch_size=256",
-                "optim.epochs=20",
-                "optim.weight_decay=0",
-                *_PLAIN,
-            ),
-            "MLP 2 x 2048 on raw image features, MSE, Adam-like lr 1e-3, batch 256, 20 epochs",
-        ),
-        Recipe(
-            "mlp-cosine",
-            "seed 002",
-            (
-                "model.name=mlp",
-                "model.hidden=4096",
-                "model.dropout=0.2",
-                "loss.name=cosine",
-                "optim.lr=1e-3",
-                "optim.batch_size=256",  # the seed's 64 is 4x the steps: over the CPU budget here
-                "optim.epochs=20",
-                "optim.weight_decay=0",
-                "model.standardize_target=false",
-                *_PLAIN,
-            ),
-            "MLP text -> 4096 -> image, dropout 0.2, cosine loss on raw features, lr 1e-3, 20 epochs; "
-            "batch 256 (seed: 64)",
-        ),
-        Recipe(
-            "linear-infonce",
-            "seed 004",
-            (
-                "model.name=dual",
-                "model.text_tower=linear",
-                "model.image_tower=linear",
-                "model.shared_dim=512",
-                "loss.temperature=0.07",
-                "loss.learnable_temperature=false",
-                "optim.lr=1e-3",
-                "optim.batch_size=256",
-                "optim.epochs=10",
-                "optim.weight_decay=0",
-                *_PLAIN,
-            ),
-            "linear projections of both sides to 512-d, InfoNCE at fixed tau 0.07, lr 1e-3, batch 256",
-        ),
-        Recipe(
-            "clip-heads",
-            "seed 003",
-            (
-                *_SEED003,
-                "model.text_tower=mlp",
-                "model.image_tower=mlp",
-                "model.dropout=0.1",
-                "loss.temperature=0.07",
-                *_PLAIN,
-            ),
-            "MLP projection heads (1024 hidden, 512 out, dropout 0.1), InfoNCE with learnable temperature, lr 1e-4, "
-            "batch 512, up to 50 epochs",
-        ),
-        Recipe(
-            "siglip-heads",
-            "seed 003",
-            (
-                *_SEED003,
-                "model.text_tower=mlp",
-                "model.image_tower=mlp",
-                "model.dropout=0",
-                "loss.name=siglip",
-                "loss.temperature=0.1",
-                *_PLAIN,
-            ),
-            "MLP heads without dropout, SigLIP sigmoid loss (t 10, b -10, both learnt), lr 1e-4, batch 512",
-        ),
-        Recipe(
-            "align-heads",
-            "seed 003",
-            (
-                *_SEED003,
-                "model.text_tower=align",
-                "model.image_tower=align",
-                "model.dropout=0.1",
-                "loss.temperature=0.07",
-                *_PLAIN,
-            ),
-            "wider BatchNorm heads (2048 hidden), InfoNCE with learnable temperature, lr 1e-4, batch 512",
-        ),
-        Recipe(
-            "blip-heads",
-            "seed 003",
-            (
-                *_SEED003,
-                "model.text_tower=mlp",
-                "model.image_tower=mlp",
-                "model.dropout=0.1",
-                "model.momentum=0.995",
-                "model.distill_weight=0.4",
-                "loss.temperature=0.07",
-                *_PLAIN,
-            ),
-            "MLP heads with momentum (EMA 0.995) towers and momentum distillation (alpha 0.4), lr 1e-4",
-        ),
-        Recipe(
-            "maxmatch",
-            "seed 000",
-            (
-                "model.name=set",
-                "loss.name=set-triplet",
-                "model.slots=6",
-                "model.slot_dropout=0.1",
-                "model.hidden=1024",
-                "loss.margin=0.2",
-                "loss.sinkhorn_temperature=0.2",
-                "loss.sinkhorn_iters=10",
-                "model.diversity_weight=0.1",
-                "model.diversity_margin=0.7",
-                "model.global_weight=0.1",
-                "model.global_margin=0.7",
-                "model.mmd_weight=0.01",
-                "optim.lr=1e-3",
-                "optim.weight_decay=1e-4",
-                "optim.batch_size=256",
-                "optim.epochs=20",
-                "model.aggregation=winner",
-                *_PLAIN,
-            ),
-            "set-prediction head, K 6 gated slots, triplet on Sinkhorn-matched set similarity with the hardest "
-            "in-batch negative (margin 0.2), intra-set diversity + global discrimination + MMD, lr 1e-3, 20 epochs",
-        ),
-        Recipe(
-            "reverse",
-            "stitch",
-            ("model.name=dual", "model.text_tower=identity", "model.image_tower=mlp", *_TODAY),
-            "the other direction: captions stay as they are and an MLP image tower (3072, dropout 0.535) maps "
-            "images into the caption space, trained like the default (InfoNCE, learnt temperature, queue 4096); "
-            "weaker alone, but its errors differ from the default's, so it is a fusion partner",
-        ),
-        Recipe(
-            "shared-heads",
-            "stitch",
-            ("model.name=dual", "model.text_tower=mlp", "model.image_tower=mlp", "model.shared_dim=512", *_TODAY),
-            "MLP towers on both sides (3072, dropout 0.535) into a 512-d shared space, trained like the default; "
-            "a fusion partner",
-        ),
-        Recipe(
-            "submission",
-            "stitch",
-            ("model.name=graded", "inference.rerank=none", *_TODAY),
-            "for competition submissions: the default's residual MLP and InfoNCE with queue, scored exactly as a "
-            "grader scores (unit prediction vs unit raw image, from a z-scored Procrustes start), with an "
-            "inverted-softmax bias linear in the image folded into the vector, so the submission is exact",
-        ),
-        Recipe(
-            "fused",
-            "stitch",
-            (*_TODAY, "ensemble.partner=reverse,shared-heads", "ensemble.partner_weight=0.15"),
-            "the default recipe, the reverse recipe and shared heads trained in one command and fused by score "
-            "(0.7 / 0.15 / 0.15), scored with inverted softmax; for searching a gallery you hold: a fusion has no "
-            "image-space predictions, so it cannot be submitted",
-        ),
-    ]
-}
+def _flatten(path: Path, settings: dict, prefix: str = "") -> Iterator[str]:
+    """``{"model": {"name": "mlp"}}`` -> ``"model.name=mlp"``: each setting as the override that gives it."""
+    for key, value in settings.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str):
+            raise _bad(path, f"setting names are text, got {full!r}")
+        if isinstance(value, dict):
+            yield from _flatten(path, value, full + ".")
+        elif isinstance(value, (str, int, float)):
+            yield f"{full}={_text(value)}"
+        else:
+            raise _bad(path, f"{full} must be a name, a number or true/false, got {value!r}")
 
 
-def recipe_overrides(name: str) -> list[str]:
+def _text(value: str | int | float) -> str:
+    """A setting's value as an override reads it back (a YAML scalar): text that would read as something else
+    (``"true"``, ``"1"``) is quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if isinstance(value, str):
+        try:
+            same = text == "" or yaml.safe_load(text) == value
+        except yaml.YAMLError:
+            same = False
+        return text if same else json.dumps(value)
+    return text
+
+
+def load_recipes(folder: str | Path | None = None) -> dict[str, Recipe]:
+    """Every recipe file in ``folder`` (the shipped recipes without one), by name: ``default`` first, then
+    alphabetically."""
+    root = Path(str(resources.files("stitch").joinpath(FOLDER))) if folder is None else Path(folder)
+    recipes = [read_recipe(path) for path in root.glob("*.yaml")]
+    return {r.name: r for r in sorted(recipes, key=lambda r: (r.name != "default", r.name))}
+
+
+@functools.cache
+def _shipped() -> dict[str, Recipe]:
+    return load_recipes()
+
+
+class _Shipped(Mapping):
+    """The shipped recipes, read when first used: a malformed file is then the one-line error of the command
+    that needs it, not a failure to import stitch."""
+
+    def __getitem__(self, name: str) -> Recipe:
+        return _shipped()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_shipped())
+
+    def __len__(self) -> int:
+        return len(_shipped())
+
+
+RECIPES: Mapping[str, Recipe] = _Shipped()
+
+
+def _kind(overrides: Iterable[str]) -> str:
+    """The model kind a list of overrides trains: the last one named, else the default's."""
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")]
+    return named[-1] if named else DEFAULT_KIND
+
+
+def _fits(override: str, kind: str) -> bool:
+    """Whether ``kind`` has the setting ``override`` gives: every non-model setting does, and every model
+    setting of a kind that declares none (registry tag ``config_keys``)."""
+    key = override.split("=", 1)[0]
+    has = MODELS.tag(kind, "config_keys", None)
+    return not key.startswith("model.") or has is None or key[len("model.") :] in (*has, "name")
+
+
+def recipe_overrides(name: str, shared: Iterable[str] = ()) -> list[str]:
+    """The recipe's settings as ``key=value`` overrides (for ``load_config``), then those of ``shared`` its
+    model kind has: ``shared`` are settings given to several recipes at once (a bench's or a learning curve's
+    ``model.hidden=32``), which apply where they fit; given to one recipe alone, a model setting its kind does
+    not have is an error."""
     if name not in RECIPES:
         raise UsageError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-    return list(RECIPES[name].overrides)
+    own, shared = list(RECIPES[name].overrides), list(shared)
+    kind = _kind([*own, *shared])
+    return [*own, *(o for o in shared if _fits(o, kind))]
 
 
 def uses_pools(name: str) -> bool:

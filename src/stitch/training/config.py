@@ -323,20 +323,24 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def _warn_ignored(model: ModelConfig) -> None:
-    """A model.* setting the chosen kind does not read (registry tag ``config_keys``), changed from its
-    default, is named in a warning: a set-head setting on a residual MLP would otherwise be silently ignored."""
-    import logging
+def check_kind_settings(model: ModelConfig) -> None:
+    """Each model kind has its own model settings (registry tag ``config_keys``); one the chosen kind does not
+    have, set to anything but its default, is an error naming the kind and its settings: a set-head setting on
+    a residual MLP would otherwise train as if it had not been given.
 
+    A value equal to the default passes, so a full config, which lists every model setting (``--print-config``,
+    :meth:`TrainConfig.to_yaml`, a run's config.json given as ``--config``), loads as written. A kind that
+    declares no settings (no ``config_keys`` tag) is not checked."""
     from stitch.registries import MODELS
 
-    used = set(MODELS.tag(model.name, "config_keys", ())) | {"name"}
+    has = MODELS.tag(model.name, "config_keys", None)
+    if has is None:
+        return
     given, defaults = asdict(model), asdict(ModelConfig())
-    ignored = [name for name, value in given.items() if value != defaults[name] and name not in used]
-    if ignored:
-        logging.getLogger(__name__).warning(
-            "model.name=%s does not use %s: ignored", model.name, ", ".join(f"model.{k}" for k in ignored)
-        )
+    foreign = [f"model.{k}" for k, v in given.items() if k != "name" and k not in has and v != defaults[k]]
+    if foreign:
+        verb = "is not a setting" if len(foreign) == 1 else "are not settings"
+        raise ConfigError(f"{', '.join(foreign)} {verb} of model kind {model.name!r} (its settings: {', '.join(has)})")
 
 
 def _check_task(config: TrainConfig) -> None:
@@ -435,24 +439,37 @@ def nest(flat: dict[str, object]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then the overrides; validated."""
+    """Defaults, then the YAML file, then the overrides; validated, and every model setting given checked
+    against the model kind (:func:`check_kind_settings`).
+
+    A run's own saved config is read by :func:`config_from_dict` instead, which validates but does not check
+    the kind: runs written while such a setting was only warned about still open."""
     config = TrainConfig()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys")
-        _apply(config, data)
+        _apply(config, _read_yaml(Path(path)))
     if overrides:
         _apply(config, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     validate(config)
-    _warn_ignored(config.model)  # here, where a user names settings; not on every reopening of a saved run
+    check_kind_settings(config.model)
     return config
 
 
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where} ({err.__class__.__name__})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return data
+
+
 def config_from_dict(data: dict) -> TrainConfig:
+    """A config as a run folder records it (every field): validated, not checked against the model kind."""
     config = TrainConfig()
     _apply(config, data)
     return validate(config)
