@@ -17,6 +17,7 @@ import torch
 from stitch.data import DataError, PairedEmbeddings, Queries, load_pairs, load_queries, read_npy_triplet
 from stitch.data.dedupe import merge_duplicate_texts as merge_duplicates
 from stitch.data.dedupe import row_hashes
+from stitch.data.pairs import Pairs
 from stitch.data.sharded import ShardedPairs
 from stitch.data.splits import SEEDED_SPLIT, select_split
 from stitch.errors import UsageError
@@ -74,7 +75,7 @@ def convert(
 ) -> Path:
     """Write any supported paired layout as stitch's sharded layout (whole images per shard, memory-mapped
     when read back), so large data is prepared once and then streamed."""
-    from stitch.data.sharded import ShardedPairs, write_sharded
+    from stitch.data.sharded import write_sharded
 
     if image_key:
         _check_keyed_layout(source)
@@ -283,7 +284,7 @@ def write_submission(
 
 def gallery_index(
     run: RunLike,
-    data: PairedEmbeddings | ShardedPairs,
+    data: Pairs,
     split: str | None = None,
     kind: str = "exact",
     params: dict | None = None,
@@ -311,7 +312,7 @@ def gallery_index(
 
 def build_index(
     run: RunLike,
-    data: PairedEmbeddings | ShardedPairs,
+    data: Pairs,
     out: str | Path,
     split: str | None = None,
     kind: str = "exact",

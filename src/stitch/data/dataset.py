@@ -223,6 +223,15 @@ class PairedEmbeddings:
         """The pairs of split ``split`` (all when None) in memory; the contract sharded data shares."""
         return self if split is None else self.split(split)
 
+    @property
+    def in_memory(self) -> bool:
+        """Every row is in RAM (see :class:`stitch.data.pairs.Pairs`)."""
+        return True
+
+    def to_memory(self) -> PairedEmbeddings:
+        """These pairs (already in RAM); the contract sharded data shares."""
+        return self
+
     def shards(self) -> ShardList:
         """These pairs as one in-memory shard: what training reads (data on disk is several)."""
         relevant = None if self.relevance is None else self.relevance.padded()

@@ -17,8 +17,8 @@ import numpy as np
 from stitch.data.dataset import DataError, PairedEmbeddings, Queries
 from stitch.data.formats import detect_format, open_format
 from stitch.data.npy import read_npy
+from stitch.data.pairs import Pairs
 from stitch.data.relevance import Relevance
-from stitch.data.sharded import ShardedPairs
 from stitch.io.untrusted import regular_file
 
 FLICKR_KEYS = ("captions/embeddings", "images/embeddings", "captions/image_index")
@@ -293,7 +293,7 @@ def _npz_keys(path: Path) -> list[str]:
         return npz.files
 
 
-def load_pairs(path: str | Path, **kwargs) -> PairedEmbeddings | ShardedPairs:
+def load_pairs(path: str | Path, **kwargs) -> Pairs:
     """Read a paired (train-style) file or open a folder, whichever of :data:`stitch.data.formats.FORMATS`
     it is: an npz recognised from its keys, a ``.pt`` dict, a query/item folder (read into memory), a stitch
     sharded folder or an on-disk layout (memory-mapped, read on demand)."""

@@ -171,6 +171,11 @@ class ShardedPairs:
             raise DataError(f"split {split!r} not found; the data has {self.split_names()}")
         return self.gather(np.concatenate(self.columns["image_split"]) == split)
 
+    @property
+    def in_memory(self) -> bool:
+        """Rows are read from disk on demand (see :class:`stitch.data.pairs.Pairs`)."""
+        return False
+
     def to_memory(self) -> PairedEmbeddings:
         """Every pair in RAM (float32): for data that fits, or to evaluate a whole file."""
         return self.gather(np.ones(self.n_images, dtype=bool))

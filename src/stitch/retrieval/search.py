@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stitch.data import PairedEmbeddings
 from stitch.data.errors import DataError
-from stitch.data.sharded import ShardedPairs
+from stitch.data.pairs import Pairs
 from stitch.data.shards import CHUNK_ROWS, Shard
 from stitch.data.texts import as_texts
 from stitch.errors import UsageError
@@ -142,7 +141,7 @@ class GalleryImages:
         return DataError(f"{self.source}: {err}" if self.source else str(err))
 
 
-def gallery_images(data: PairedEmbeddings | ShardedPairs, split: str | None = None) -> GalleryImages:
+def gallery_images(data: Pairs, split: str | None = None) -> GalleryImages:
     """The images of ``data`` (or of its split ``split``, by the ``image_split`` column) as a gallery.
 
     Items are named by the ``image_names`` column when there is one, else by their global row numbers in

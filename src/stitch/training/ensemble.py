@@ -275,7 +275,7 @@ def _split(data, config: TrainConfig) -> tuple[PairedEmbeddings | None, PairedEm
     if not config.ensemble.folds:
         _, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
         return None, dev_set, how
-    if not isinstance(data, PairedEmbeddings):
+    if not data.in_memory:
         raise RunError(
             "a K-fold ensemble deals training images into folds in memory: load the pairs into memory "
             "(ShardedPairs.to_memory()) or train seed members only (ensemble.folds=0)"
