@@ -20,7 +20,7 @@ def _train_once(name: str, run_dir: Path, data, extra_overrides, reuse: bool, pr
     if not (reuse and (run_dir / "summary.json").exists() and timing.exists()):
         print(f"[bench] training {name} -> {run_dir}", flush=True)
         start = time.perf_counter()
-        overrides = [*recipe_overrides(name), *(extra_overrides or [])]
+        overrides = recipe_overrides(name, extra_overrides or [])
         api.train(data, None, out=run_dir, overrides=overrides, force=True, progress=progress)
         timing.write_text(json.dumps({"train_s": time.perf_counter() - start}))
     return json.loads(timing.read_text())["train_s"]
