@@ -220,26 +220,17 @@ RESCORERS = Registry(
     },
 )
 
-_I = "stitch.retrieval.index"
-# defaults: the kind's parameters (each bounded by stitch.retrieval.index.PARAM_BOUNDS); the entry is its backend
+_I = "stitch.retrieval.index_kinds"
+# each entry is the kind itself (stitch.retrieval.index_kinds.IndexKind): its settings, their defaults and
+# bounds, the faiss.index_factory string they make, its search-time parameters, whether it trains
 INDEX_KINDS = Registry(
     "index kind",
     {
-        "exact": Entry(f"{_I}:ExactBackend", "chunked exact search, no dependency", {"defaults": {}}),
-        "flat": Entry(f"{_I}:FaissBackend", "FAISS exact inner product", {"faiss": True, "defaults": {}}),
-        "ivf": Entry(
-            f"{_I}:FaissBackend", "FAISS IVF-Flat", {"faiss": True, "defaults": {"nlist": 1024, "nprobe": 32}}
-        ),
-        "hnsw": Entry(
-            f"{_I}:FaissBackend",
-            "FAISS HNSW graph",
-            {"faiss": True, "defaults": {"m": 32, "ef_construction": 200, "ef_search": 128}},
-        ),
-        "ivfpq": Entry(
-            f"{_I}:FaissBackend",
-            "FAISS IVF-PQ + exact re-rank",
-            {"faiss": True, "defaults": {"nlist": 1024, "nprobe": 32, "m": 32, "nbits": 8, "refine_factor": 10}},
-        ),
+        "exact": Entry(f"{_I}:EXACT", "chunked exact search, no dependency"),
+        "flat": Entry(f"{_I}:FLAT", "FAISS exact inner product (Flat)"),
+        "ivf": Entry(f"{_I}:IVF_FLAT", "FAISS IVF-Flat (IVF{nlist},Flat)"),
+        "hnsw": Entry(f"{_I}:HNSW_GRAPH", "FAISS HNSW graph (HNSW{m})"),
+        "ivfpq": Entry(f"{_I}:IVF_PQ", "FAISS IVF-PQ + exact re-rank (IVF{nlist},PQ{m}x{nbits}np,RFlat)"),
     },
 )
 

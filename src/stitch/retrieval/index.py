@@ -1,15 +1,19 @@
 """Nearest-neighbour indexes over a gallery in the scoring space (inner product of unit vectors).
 
 ``exact`` is a chunked torch matmul (no extra dependency); ``flat``, ``ivf``, ``hnsw`` and ``ivfpq``
-are FAISS indexes (``pip install faiss-cpu``), imported only when used. An index folder holds
-``index.json`` (kind, parameters, dimension, item names) plus the vectors (``vectors.safetensors``
-for exact) or the FAISS file (``index.faiss``); loading one never unpickles anything.
+are FAISS indexes (``pip install faiss-cpu``), imported only when used. What a kind is - its settings and
+their bounds, its ``faiss.index_factory`` string, its search-time parameters, whether it trains - is its
+entry in ``stitch.registries.INDEX_KINDS`` (:mod:`stitch.retrieval.index_kinds`); this module builds, saves,
+loads and searches any of them the same way. An index folder holds ``index.json`` (format, kind,
+parameters, factory string, dimension, item names) plus the vectors (``vectors.safetensors`` for exact) or
+the FAISS file (``index.faiss``); loading one never unpickles anything, and never hands FAISS a string read
+from a file (the stored factory string must be the one the kind and its parameters make).
 
 Every kind is built from a :class:`VectorSource`: rows produced chunk by chunk (an array in memory, or a
 gallery on disk embedded a chunk at a time), so building never holds the gallery, only the index:
 
-- ``ivf``/``ivfpq`` train their coarse quantizer (and PQ codebooks) on a seeded sample of
-  :func:`train_sample_size` rows, ``min(n, max(64 nlist, 64 * 2**nbits for ivfpq), TRAIN_SAMPLE_CAP)``
+- ``ivf``/``ivfpq`` (the kinds that train) train their coarse quantizer (and PQ codebooks) on a seeded
+  sample of :func:`train_sample_size` rows, ``min(n, max(64 nlist, 64 * 2**nbits for ivfpq), TRAIN_SAMPLE_CAP)``
   (FAISS wants at least 39 points per centroid and subsamples above 256), read chunk-wise; ``nlist`` is
   lowered to ``sample // 39`` when the sample is smaller than that. Then the vectors are added in chunks.
 - ``exact`` fills its stored matrix chunk by chunk; ``flat``/``hnsw`` add chunk by chunk (HNSW inserts
@@ -34,25 +38,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stitch.bounds import Bound, check
 from stitch.data.texts import as_texts
 from stitch.errors import StitchError
 from stitch.io.atomic import atomic_write, atomic_write_text
 from stitch.io.untrusted import read_json, regular_file
 from stitch.registries import INDEX_KINDS
+from stitch.retrieval.index_kinds import PARAM_BOUNDS as PARAM_BOUNDS  # the bounds of every setting, re-exported
+from stitch.retrieval.index_kinds import IndexKind
 
-# each kind's parameters and their defaults: a tag of its registry entry (the one place kinds are named)
-DEFAULT_PARAMS = {kind: dict(INDEX_KINDS.tag(kind, "defaults")) for kind in INDEX_KINDS.names()}
-# inclusive bounds of every parameter: FAISS takes out-of-range values and overflows or eats the memory
-PARAM_BOUNDS = {
-    "nlist": Bound(1, 1 << 20, integer=True),
-    "nprobe": Bound(1, 1 << 20, integer=True),
-    "m": Bound(2, 512, integer=True),
-    "ef_construction": Bound(1, 1 << 16, integer=True),
-    "ef_search": Bound(1, 1 << 16, integer=True),
-    "nbits": Bound(1, 16, integer=True),
-    "refine_factor": Bound(0, 1000, integer=True),
-}
+# each kind's parameters and their defaults, as its registry entry (the one place kinds are named) states them
+DEFAULT_PARAMS = {kind: dict(INDEX_KINDS.get(kind).defaults) for kind in INDEX_KINDS.names()}
+# 2: index.json records its "format" and the FAISS "factory" string; 1 (no "format" key) recorded neither
+INDEX_FORMAT = 2
 TRAIN_PER_LIST = 64  # IVF training rows per list (FAISS: at least 39, subsamples above 256)
 TRAIN_SAMPLE_CAP = 1 << 19  # most rows an IVF/IVF-PQ training sample holds (524,288: 1 GiB at 512-d)
 MIN_PER_LIST = 39  # fewer training rows per centroid and FAISS k-means warns; nlist is lowered to keep this
@@ -124,6 +121,13 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def factory(self) -> str | None:
+        """The ``faiss.index_factory`` string of this index (None for ``exact``): its kind's, from the
+        parameters and what the build chose (recorded in ``meta``)."""
+        kind = kind_of(self.kind)
+        return kind.factory(kind.built_from(self.params, self.meta, IndexFileError))
+
     def search(self, queries: np.ndarray, k: int = 10, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, row ids) per query, best first."""
         queries = np.asarray(queries, dtype=np.float32)
@@ -138,12 +142,14 @@ class GalleryIndex:
         if (folder / "index.json").exists() and not force:
             raise FileExistsError(f"{folder} already holds an index; pass --force to replace it")
         folder.mkdir(parents=True, exist_ok=True)
-        kind = backend(self.kind)
-        kind.save(self.store, folder / kind.file)
+        store = backend(self.kind)
+        store.save(self.store, folder / store.file)
         meta = {
+            "format": INDEX_FORMAT,
             "kind": self.kind,
             "dim": self.dim,
             "params": self.params,
+            "factory": self.factory,
             "names": [str(n) for n in self.names],
             "meta": self.meta,
         }
@@ -151,12 +157,17 @@ class GalleryIndex:
         return folder
 
 
-def backend(kind: str):
-    """The backend of an index kind, as its registry entry names it (``exact`` or FAISS)."""
+def kind_of(kind: str) -> IndexKind:
+    """The registry entry of an index kind (an unknown one is refused, naming the kinds)."""
     try:
-        return INDEX_KINDS.get(kind, "index kind")()
+        return INDEX_KINDS.get(kind, "index kind")
     except ValueError as err:
         raise IndexFileError(str(err)) from err
+
+
+def backend(kind: str):
+    """What keeps and searches an index of this kind: the unit vectors (``exact``) or a FAISS index."""
+    return STORES[kind_of(kind).store]
 
 
 def build_index(
@@ -179,7 +190,7 @@ def build_index_from(
     names = as_texts(np.arange(n) if names is None else names, "gallery names")
     if len(names) != n:
         raise IndexFileError(f"{len(names)} names for {n} gallery rows")
-    store, built = backend(kind).build(kind, source, merged, seed)
+    store, built = backend(kind).build(kind_of(kind), source, merged, seed)
     return GalleryIndex(kind, dim, names, merged, store, meta=built)
 
 
@@ -207,15 +218,16 @@ def _checked(rows: np.ndarray, dim: int, where: str) -> np.ndarray:
 
 
 def train_sample_size(n: int, kind: str, params: dict) -> int:
-    """Rows an IVF/IVF-PQ index trains on: ``min(n, max(64 nlist, 64 * 2**nbits (ivfpq)), TRAIN_SAMPLE_CAP)``.
+    """Rows an index of a kind that trains fits on: ``min(n, 64 * centroids, TRAIN_SAMPLE_CAP)``, where
+    ``centroids`` is its largest k-means (``nlist``; for ``ivfpq`` also ``2**nbits`` a PQ sub-vector).
 
-    64 per list sits in FAISS's range (it warns below 39 points per centroid, subsamples above 256); PQ
-    trains ``2**nbits`` centroids per sub-vector, so it asks the same of them. The cap bounds the sample's
-    memory whatever the gallery (``nlist`` is then lowered to ``sample // 39``)."""
-    want = TRAIN_PER_LIST * int(params["nlist"])
-    if kind == "ivfpq":
-        want = max(want, TRAIN_PER_LIST * 2 ** int(params["nbits"]))
-    return int(min(n, want, TRAIN_SAMPLE_CAP))
+    64 per list sits in FAISS's range (it warns below 39 points per centroid, subsamples above 256). The cap
+    bounds the sample's memory whatever the gallery (``nlist`` is then lowered to ``sample // 39``)."""
+    return _sample_size(n, kind_of(kind), params)
+
+
+def _sample_size(n: int, kind: IndexKind, params: dict) -> int:
+    return int(min(n, TRAIN_PER_LIST * kind.centroids(params), TRAIN_SAMPLE_CAP))
 
 
 def training_rows(n: int, size: int, seed: int) -> np.ndarray:
@@ -227,7 +239,7 @@ def training_rows(n: int, size: int, seed: int) -> np.ndarray:
 
 def index_bytes(kind: str, n: int, dim: int, params: dict) -> int:
     """About how many bytes of RAM the built index holds (vectors, codes, ids, graph links)."""
-    return backend(kind).nbytes(kind, n, dim, params)
+    return kind_of(kind).nbytes(n, dim, params)
 
 
 def physical_memory() -> int | None:
@@ -257,96 +269,78 @@ def check_index_fits(kind: str, n: int, dim: int, params: dict) -> None:
 def check_request(kind: str, params: dict, n: int, dim: int) -> dict:
     """Check the kind, its parameters and the size (non-empty; the index fits in RAM, see
     :func:`check_index_fits`) before any work; the parameters with the kind's defaults filled in."""
-    backend(kind)  # an unknown kind is refused here, naming the kinds
-    _check_params(kind, params)
+    entry = kind_of(kind)  # an unknown kind is refused here, naming the kinds
+    entry.check_settings(kind, params, IndexFileError)
     if n == 0 or dim == 0:
         raise IndexFileError(f"gallery must be a non-empty 2-D array, got shape ({n}, {dim})")
     merged = {**DEFAULT_PARAMS[kind], **params}
+    entry.check_dim(dim, merged, IndexFileError)
     check_index_fits(kind, n, dim, merged)
     return merged
 
 
-def _check_params(kind: str, params: dict) -> None:
-    unknown = set(params) - set(DEFAULT_PARAMS[kind])
-    if unknown:
-        raise IndexFileError(
-            f"unknown parameter(s) {sorted(unknown)} for {kind}; valid: {sorted(DEFAULT_PARAMS[kind])}"
-        )
-    for key, value in params.items():
-        check(f"index parameter {key}", value, PARAM_BOUNDS[key], IndexFileError)
-
-
-def _faiss_index(kind: str, source: VectorSource, p: dict, seed: int) -> tuple[object, dict]:
-    """The FAISS index over ``source`` (trained on a seeded sample first for IVF), and what the build
-    chose (training rows, lists), recorded with it."""
+def _faiss_index(kind: IndexKind, source: VectorSource, p: dict, seed: int) -> tuple[object, dict]:
+    """The FAISS index ``faiss.index_factory`` makes from the kind's factory string, trained first on a
+    seeded sample when the kind trains, then filled chunk by chunk; and what the build chose (training
+    rows, seed, and the settings the sample could carry: IVF lists), recorded with it."""
     import faiss
 
     n, d = len(source), int(source.dim)
-    metric = faiss.METRIC_INNER_PRODUCT
-    built: dict = {}
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, int(p["m"]), metric)
-        index.hnsw.efConstruction = int(p["ef_construction"])
-        index.hnsw.efSearch = int(p["ef_search"])
-    else:
-        if kind == "ivfpq" and d % int(p["m"]):
-            raise IndexFileError(f"ivfpq needs the dimension ({d}) divisible by m ({p['m']})")
-        size = train_sample_size(n, kind, p)
-        nlist = max(1, min(int(p["nlist"]), size // MIN_PER_LIST))  # FAISS wants ~39 points per centroid
-        if nlist < int(p["nlist"]):
-            logger.info("ivf: %d lists for %d training rows (asked for %s)", nlist, size, p["nlist"])
-        quantizer = faiss.IndexFlatIP(d)
-        if kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
-        else:
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, int(p["m"]), int(p["nbits"]), metric)
+    built, sample = {}, None
+    if kind.trains:
+        size = _sample_size(n, kind, p)
+        chosen = kind.fit_to_sample(p, size, MIN_PER_LIST)  # FAISS wants ~39 points per centroid
+        for key in (key for key in chosen if chosen[key] != p[key]):
+            logger.info("index: %s=%s for %d training rows (asked for %s)", key, chosen[key], size, p[key])
         rows = training_rows(n, size, seed)
         sample = _checked(source.take(rows), d, f"the training sample of {len(rows)} rows (seed {seed})")
         if len(sample) != len(rows):
             raise IndexFileError(f"the gallery gave {len(sample)} training rows, expected {len(rows)}")
+        built, p = {"train_rows": int(size), "train_seed": int(seed), **chosen}, {**p, **chosen}
+    index = faiss.index_factory(d, kind.factory(p), faiss.METRIC_INNER_PRODUCT)
+    kind.prepare(index, p)
+    if sample is not None:
         index.train(sample)
         del sample
-        index.nprobe = min(int(p["nprobe"]), nlist)
-        built = {"train_rows": int(size), "train_seed": int(seed), "nlist": int(nlist)}
-        if kind == "ivfpq" and int(p["refine_factor"]) > 0:
-            index = faiss.IndexRefineFlat(index)  # re-rank k x refine_factor PQ candidates exactly
-            index.k_factor = float(p["refine_factor"])
+    _set_search_parameters(index, kind, p)
     for _, rows in _unit_chunks(source, n, d):
         index.add(rows)
     return index, built
 
 
-INDEX_META_KEYS = ("kind", "dim", "params", "names", "meta")  # what :meth:`GalleryIndex.save` writes
+def _set_search_parameters(index, kind: IndexKind, settings: dict) -> None:
+    import faiss
+
+    space = faiss.ParameterSpace()
+    for name, value in kind.search_parameters(settings).items():
+        space.set_index_parameter(index, name, value)
+
+
+# the keys of index.json a format has (``meta`` may be left out); format 1 had no "format" and no "factory"
+INDEX_META_KEYS = ("format", "kind", "dim", "params", "factory", "names", "meta")
+_FORMAT_KEYS = {1: ("kind", "dim", "params", "names", "meta"), 2: INDEX_META_KEYS}
 
 
 def load_index(folder: str | Path) -> GalleryIndex:
-    """A saved index, checked like untrusted input: ``index.json`` against the schema ``save`` writes and the
-    bounds a build uses, the vectors finite (a NaN would rank first), only regular files opened."""
+    """A saved index, checked like untrusted input: ``index.json`` against the schema ``save`` writes (or
+    format 1's, which had no factory string) and the bounds a build uses, its factory string against the one
+    its kind and parameters make, the stored index against that string, the vectors finite (a NaN would rank
+    first), only regular files opened."""
     folder = Path(folder)
     meta_path = folder / "index.json"
     if not meta_path.exists():
         raise IndexFileError(f"{folder} is not an index folder: index.json is missing")
-    kind, dim, names, params, extra = _read_index_meta(meta_path)
-    store = backend(kind).load(folder / backend(kind).file, kind, len(names), dim, params)
-    return GalleryIndex(kind, dim, names, params, store, meta=extra)
+    index, settings = _read_index_meta(meta_path)
+    store = backend(index.kind)
+    index.store = store.load(folder / store.file, kind_of(index.kind), len(index), index.dim, settings)
+    return index
 
 
-def _read_index_meta(path: Path) -> tuple[str, int, np.ndarray, dict, dict]:
-    """``(kind, dim, names, params, meta)`` of ``index.json``; any key, type or value a build would not
-    write is refused in one line naming the file and the key."""
-    try:
-        meta = read_json(path, IndexFileError)
-    except FileNotFoundError as err:
-        raise IndexFileError(f"{path} is missing") from err
-    if not isinstance(meta, dict):
-        raise IndexFileError(f"{path} is corrupt: expected a JSON object")
-    unknown = sorted(set(meta) - set(INDEX_META_KEYS))
-    missing = [key for key in INDEX_META_KEYS[:4] if key not in meta]
-    if unknown or missing:
-        raise IndexFileError(f"{path} is corrupt: unknown key(s) {unknown}, missing key(s) {missing}")
-    kind, dim, params, names, extra = (meta.get(key, {}) for key in INDEX_META_KEYS)
+def _read_index_meta(path: Path) -> tuple[GalleryIndex, dict]:
+    """The index ``index.json`` describes (no store yet) and the settings it was built with; any key, type
+    or value a build would not write is refused in one line naming the file and the key."""
+    meta = _index_json(path)
+    kind, dim, params, names, extra = (meta.get(key, {}) for key in ("kind", "dim", "params", "names", "meta"))
     if not isinstance(kind, str) or kind not in DEFAULT_PARAMS:
         raise IndexFileError(f"{path}: kind must be one of {sorted(DEFAULT_PARAMS)}, got {kind!r}")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -355,11 +349,45 @@ def _read_index_meta(path: Path) -> tuple[str, int, np.ndarray, dict, dict]:
         raise IndexFileError(f"{path}: names must be a non-empty list of strings, got {_short(names)}")
     if not isinstance(params, dict) or not isinstance(extra, dict):
         raise IndexFileError(f"{path}: params and meta must be JSON objects, got {_short(params)}, {_short(extra)}")
+    entry, params = kind_of(kind), {**DEFAULT_PARAMS[kind], **params}
     try:
-        _check_params(kind, params)
+        entry.check_settings(kind, params, IndexFileError)
+        settings = entry.built_from(params, extra, IndexFileError)
     except IndexFileError as err:
         raise IndexFileError(f"{path}: {err}") from err
-    return kind, dim, np.array(names), {**DEFAULT_PARAMS[kind], **params}, extra
+    index = GalleryIndex(kind, dim, np.array(names), params, meta=extra)
+    if "factory" in meta and meta["factory"] != entry.factory(settings):
+        # never handed to FAISS: a string the kind and settings do not make is refused
+        raise IndexFileError(
+            f"{path}: factory {_short(meta['factory'])} is not what kind {kind!r} with these parameters makes "
+            f"({entry.factory(settings)!r}); rebuild the index (stitch index build)"
+        )
+    return index, settings
+
+
+def _index_json(path: Path) -> dict:
+    """``index.json`` read as untrusted JSON: an object with the keys of its format (1 when it names none)."""
+    try:
+        meta = read_json(path, IndexFileError)
+    except FileNotFoundError as err:
+        raise IndexFileError(f"{path} is missing") from err
+    if not isinstance(meta, dict):
+        raise IndexFileError(f"{path} is corrupt: expected a JSON object")
+    version = meta.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise IndexFileError(f"{path}: format must be a whole number >= 1, got {_short(version)}")
+    if version > INDEX_FORMAT:
+        raise IndexFileError(
+            f"{path}: index format {version} is newer than this stitch reads ({INDEX_FORMAT}); upgrade stitch"
+        )
+    keys = _FORMAT_KEYS[version]
+    unknown = sorted(set(meta) - set(keys))
+    missing = [key for key in keys if key not in meta and key != "meta"]
+    if unknown or missing:
+        raise IndexFileError(
+            f"{path} is corrupt: unknown key(s) {unknown}, missing key(s) {missing} (index format {version})"
+        )
+    return meta
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -391,20 +419,20 @@ def _refuse_non_finite(rows: np.ndarray, start: int, path: Path) -> None:
         )
 
 
-def _check_faiss_finite(index, kind: str, path: Path) -> None:
+def _check_faiss_finite(index, path: Path) -> None:
     """Reconstruct every stored vector (and an IVF index's centroids) a chunk at a time and refuse NaN/Inf."""
     import faiss
 
-    if kind in ("ivf", "ivfpq"):
-        ivf = faiss.extract_index_ivf(index)
-        _finite_rows(ivf.quantizer, ivf.nlist, path)
-        ivf.make_direct_map()  # lets reconstruct find a vector by its id
-        try:
-            _finite_rows(index, index.ntotal, path)
-        finally:
-            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        _finite_rows(index, index.ntotal, path)
         return
-    _finite_rows(index, index.ntotal, path)
+    _finite_rows(ivf.quantizer, ivf.nlist, path)
+    ivf.make_direct_map()  # lets reconstruct find a vector by its id
+    try:
+        _finite_rows(index, index.ntotal, path)
+    finally:
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
 
 
 def _finite_rows(index, n: int, path: Path) -> None:
@@ -418,16 +446,20 @@ def _finite_rows(index, n: int, path: Path) -> None:
         _refuse_non_finite(rows, start, path)
 
 
-def _restore_search_params(index, kind: str, params: dict) -> None:
+def _structure(index) -> tuple:
+    """What a FAISS index is, as far as a factory string decides: dimension, metric, exact re-rank or not,
+    graph or not, and its inverted lists (count, code bytes a vector)."""
     import faiss
 
-    if kind == "hnsw":
-        index.hnsw.efSearch = int(params["ef_search"])
-    elif kind in ("ivf", "ivfpq"):
-        ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = min(int(params["nprobe"]), ivf.nlist)
-        if kind == "ivfpq" and isinstance(index, faiss.IndexRefine):
-            index.k_factor = float(params["refine_factor"])
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = None if ivf is None else (int(ivf.nlist), int(ivf.code_size))
+    return (
+        int(index.d),
+        int(index.metric_type),
+        isinstance(index, faiss.IndexRefine),
+        isinstance(index, faiss.IndexHNSW),
+        lists,
+    )
 
 
 class ExactBackend:
@@ -435,7 +467,7 @@ class ExactBackend:
 
     file = "vectors.safetensors"
 
-    def build(self, kind: str, source: VectorSource, params: dict, seed: int) -> tuple[np.ndarray, dict]:
+    def build(self, kind: IndexKind, source: VectorSource, params: dict, seed: int) -> tuple[np.ndarray, dict]:
         n, dim = len(source), int(source.dim)
         vectors = np.empty((n, dim), dtype=np.float32)
         for start, rows in _unit_chunks(source, n, dim):
@@ -456,19 +488,16 @@ class ExactBackend:
 
         atomic_write(path, lambda tmp: save_file({"vectors": vectors}, str(tmp)))
 
-    def load(self, path: Path, kind: str, n: int, dim: int, params: dict) -> np.ndarray:
+    def load(self, path: Path, kind: IndexKind, n: int, dim: int, settings: dict) -> np.ndarray:
         return _load_vectors(path, n, dim)
-
-    def nbytes(self, kind: str, n: int, dim: int, params: dict) -> int:
-        return 4 * n * dim
 
 
 class FaissBackend:
-    """``flat``, ``hnsw``, ``ivf``, ``ivfpq``: a FAISS inner-product index (``pip install 'stitch[index]'``)."""
+    """Every kind with a factory string: a FAISS inner-product index (``pip install 'stitch[index]'``)."""
 
     file = "index.faiss"
 
-    def build(self, kind: str, source: VectorSource, params: dict, seed: int) -> tuple[object, dict]:
+    def build(self, kind: IndexKind, source: VectorSource, params: dict, seed: int) -> tuple[object, dict]:
         return _faiss_index(kind, source, params, seed)
 
     def search(self, index, q: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -479,8 +508,10 @@ class FaissBackend:
 
         atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
-    def load(self, path: Path, kind: str, n: int, dim: int, params: dict):
-        """The FAISS file, checked: its size against ``index.json``, every stored vector finite."""
+    def load(self, path: Path, kind: IndexKind, n: int, dim: int, settings: dict):
+        """The FAISS file, checked: its size against ``index.json``, its structure against the factory
+        string the kind and ``settings`` (those it was built with) make, every stored vector finite; then
+        the kind's search-time parameters are set."""
         import faiss
 
         path = regular_file(path, error=IndexFileError)
@@ -490,20 +521,17 @@ class FaissBackend:
             raise IndexFileError(f"{path} cannot be read: {err}") from err
         if index.ntotal != n or index.d != dim:
             raise IndexFileError(f"index has {index.ntotal} x {index.d}, names/meta say {n} x {dim}")
-        _check_faiss_finite(index, kind, path)
-        _restore_search_params(index, kind, params)
+        factory = kind.factory(settings)
+        if _structure(index) != _structure(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)):
+            raise IndexFileError(
+                f"{path} does not hold the {factory} index index.json describes; rebuild the index (stitch index build)"
+            )
+        _check_faiss_finite(index, path)
+        _set_search_parameters(index, kind, settings)
         return index
 
-    def nbytes(self, kind: str, n: int, dim: int, params: dict) -> int:
-        vectors = 4 * n * dim
-        if kind == "hnsw":
-            return vectors + 4 * n * 2 * int(params["m"])  # level 0 holds 2m links a vector; upper levels are few
-        if kind == "ivf":
-            return vectors + 8 * n  # plus an id per vector in its list
-        if kind == "ivfpq":
-            codes = n * (int(params["m"]) * int(params["nbits"]) // 8 + 8)
-            return codes + (vectors if int(params["refine_factor"]) > 0 else 0)
-        return vectors
+
+STORES = {"vectors": ExactBackend(), "faiss": FaissBackend()}  # what each kind's ``store`` names
 
 
 def knn_classify(index: GalleryIndex, labels: np.ndarray, queries: np.ndarray, k: int = 5) -> np.ndarray:
