@@ -170,3 +170,17 @@ def test_i2t_random_baseline_matches_simulation():
     assert exact["hit@1"] == pytest.approx(3 / 120)
     assert exact["mrr"] == pytest.approx(sim["mrr"], rel=0.05)
     assert exact["mean_rank"] == pytest.approx(sim["mean_rank"], rel=0.05)
+
+
+def test_a_table_showing_hit_and_recall_says_which_is_which():
+    from stitch.data.relevance import Relevance
+    from stitch.retrieval.evaluate import RECALL_LEGEND, format_reports
+
+    rng = np.random.default_rng(0)
+    images, captions = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
+    relevant = Relevance.from_owner(np.repeat(np.arange(6), 2), 6)
+    reports = evaluate_embeddings(torch.from_numpy(captions), torch.from_numpy(images), relevant, "full")
+    text = format_reports(reports)
+    image_to_text = text[text.index("image->text") :]
+    assert image_to_text.index("hit@1") < image_to_text.index("recall@1")  # the familiar figure first
+    assert RECALL_LEGEND in image_to_text and RECALL_LEGEND not in text[: text.index("image->text")]

@@ -231,7 +231,16 @@ def format_reports(reports: list[DirectionReport]) -> str:
                 rand = report.random.get(key)
                 rand_s = f"{rand:>10.4f}" if rand is not None else f"{'':>10}"
                 lines.append(f"  {key:<12} {report.metrics[key]:>10.4f} {rand_s}")
+        if any(k.startswith("hit@") for k in shown) and any(k.startswith("recall@") for k in shown):
+            lines.append(RECALL_LEGEND)
     return "\n".join(lines)
+
+
+# when a query has several relevant items (an image's captions), the two figures differ; say which is which
+RECALL_LEGEND = (
+    "  hit@K: share of queries with a relevant item in their top K (what is usually called recall@K); "
+    "recall@K: share of each query's relevant items found in its top K"
+)
 
 
 SCORING_KEYS = ("recall@1", "recall@5", "recall@10", "mrr")
