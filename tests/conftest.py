@@ -131,3 +131,19 @@ def assert_served_top10_equals_evaluation(data_path: Path, tmp_path: Path) -> No
     for text, top in zip(dev.caption_texts[:20], expected.tolist()):
         hits = client.get("/search", params={"q": str(text), "k": 10}).json()["results"]
         assert [h["name"] for h in hits] == [str(dev.image_names[i]) for i in top]
+
+
+def clustered(n: int = 4000, d: int = 32, centres: int = 40, seed: int = 0) -> np.ndarray:
+    """Vectors around ``centres`` random centres: neighbours an approximate index can find."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d))
+    return (c[rng.integers(0, centres, n)] + 0.4 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def brute_top_k(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` of the top ``k`` by cosine, in numpy: what an index must return."""
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    scores = q @ g.T
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, ids, axis=1), ids

@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import brute_top_k, clustered
 from stitch.retrieval.index import IndexFileError, build_index, knn_classify, knn_regress, load_index
 
 
-def clustered(n=4000, d=32, centres=40, seed=0):
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, d))
-    return (c[rng.integers(0, centres, n)] + 0.4 * rng.standard_normal((n, d))).astype(np.float32)
-
-
 def brute(gallery, queries, k):
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    return np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :k]
+    return brute_top_k(gallery, queries, k)[1]
 
 
 def test_exact_equals_brute_force():

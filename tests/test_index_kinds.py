@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import brute_top_k, clustered
 from stitch.bounds import Bound
 from stitch.registries import INDEX_KINDS
 from stitch.retrieval.index import (
@@ -52,17 +53,11 @@ FACTORIES = {
 
 
 def data(seed=0, n=3000, d=32, centres=40):
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, d))
-    return (c[rng.integers(0, centres, n)] + 0.4 * rng.standard_normal((n, d))).astype(np.float32)
+    return clustered(n, d, centres, seed)
 
 
 def brute(gallery, queries, k):
-    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    scores = q @ g.T
-    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, ids, axis=1), ids
+    return brute_top_k(gallery, queries, k)
 
 
 def recall(ids, truth):

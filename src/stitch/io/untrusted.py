@@ -77,6 +77,17 @@ def read_json(path: str | Path, error: Error = ValueError) -> Any:
         raise error(f"{path}: not valid JSON (truncated?): {err}") from err
 
 
+def read_json_object(path: str | Path, error: Error = ValueError, missing: str = " is missing") -> dict:
+    """:func:`read_json` of a file that must hold one JSON object; a missing file is ``f"{path}{missing}"``."""
+    try:
+        found = read_json(path, error)
+    except FileNotFoundError as err:
+        raise error(f"{path}{missing}") from err
+    if not isinstance(found, dict):
+        raise error(f"{path} is corrupt: expected a JSON object")
+    return found
+
+
 def first_repeat(values: list) -> Any | None:
     """The first value that occurs a second time in ``values`` (None when all differ)."""
     seen: set = set()

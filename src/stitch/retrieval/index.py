@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from stitch.data.texts import as_texts
 from stitch.errors import StitchError
 from stitch.io.atomic import atomic_write, atomic_write_text
-from stitch.io.untrusted import read_json, regular_file
+from stitch.io.untrusted import read_json_object, regular_file
 from stitch.registries import INDEX_KINDS
 from stitch.retrieval.index_kinds import PARAM_BOUNDS as PARAM_BOUNDS  # the bounds of every setting, re-exported
 from stitch.retrieval.index_kinds import IndexKind
@@ -367,12 +367,7 @@ def _read_index_meta(path: Path) -> tuple[GalleryIndex, dict]:
 
 def _index_json(path: Path) -> dict:
     """``index.json`` read as untrusted JSON: an object with the keys of its format (1 when it names none)."""
-    try:
-        meta = read_json(path, IndexFileError)
-    except FileNotFoundError as err:
-        raise IndexFileError(f"{path} is missing") from err
-    if not isinstance(meta, dict):
-        raise IndexFileError(f"{path} is corrupt: expected a JSON object")
+    meta = read_json_object(path, IndexFileError)
     version = meta.get("format", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise IndexFileError(f"{path}: format must be a whole number >= 1, got {_short(version)}")

@@ -18,7 +18,7 @@ from stitch.data.layouts.arrow import ipc_table, table_part
 from stitch.data.layouts.grouping import assemble
 from stitch.data.layouts.rows import Part, Spec
 from stitch.data.sharded import ShardedPairs
-from stitch.io.untrusted import first_repeat, inside, read_json
+from stitch.io.untrusted import first_repeat, inside, read_json_object
 
 
 def is_hf_datasets(path: Path) -> bool:
@@ -88,10 +88,4 @@ def _hf_parts(folder: Path, spec: Spec, split: str) -> list[Part]:
 
 def _read_json(path: Path) -> dict:
     """A JSON object from a regular file, no key repeated (``json`` alone would keep the last)."""
-    try:
-        found = read_json(path, DataError)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: missing; not a datasets save_to_disk folder") from err
-    if not isinstance(found, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return found
+    return read_json_object(path, DataError, ": missing; not a datasets save_to_disk folder")
