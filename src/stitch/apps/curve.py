@@ -5,6 +5,9 @@ small, learnt ones large); the curve measures it on their data. Every point trai
 the training images (by image, so no image is split), growing in nested steps — the 1k-pair subset holds
 the 250-pair one — and is scored on the same dev images, under the run's own scoring and plain cosine.
 Writes ``curve.csv`` and ``curve.png`` after every point, so a long curve's partial results survive.
+
+A method is a recipe name; ``RECIPE+pools`` trains a recipe that does not need unpaired pools with them
+anyway (a learnt recipe then adds pseudo-pairs to its batches), beside the same recipe without.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ from stitch.io.atomic import atomic_write, atomic_write_text, ensure_writable
 from stitch.recipes import recipe_overrides, uses_pools
 
 DEFAULT_SIZES = (250, 1000, 4000, 16000, 0)  # training captions; 0 = all of them
+WITH_POOLS = "+pools"  # a method's suffix: the recipe trained with the unpaired pools
+
+
+def recipe_of(method: str) -> str:
+    """The recipe a curve method trains (``default+pools`` trains ``default``)."""
+    return method.removesuffix(WITH_POOLS)
+
+
+def takes_pools(method: str) -> bool:
+    """Whether a curve method trains with the unpaired pools: its recipe needs them, or it asks for them."""
+    return method.endswith(WITH_POOLS) or uses_pools(recipe_of(method))
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,7 @@ def learning_curve(
     methods that use unpaired pools get the rest of the training images as pools (see :class:`CurveSettings`)."""
     settings = settings or CurveSettings()
     for name in methods:
-        recipe_overrides(name)  # unknown names fail before any training
+        recipe_overrides(recipe_of(name))  # unknown names fail before any training
     ensure_writable(Path(out_dir) / "curve.csv", force)  # before hours of training, not after
     data = replace(data, relevance=None) if data.relevance is not None else data
     train, dev, how = train_dev_split(data)
@@ -109,7 +123,7 @@ def learning_curve(
     with tempfile.TemporaryDirectory(prefix="stitch-curve-pools-") as pool_dir:
         for images in subsets:
             subset = _with_split(train.subset_images(images), dev)
-            pooled = any(uses_pools(name) for name in methods)
+            pooled = any(takes_pools(name) for name in methods)
             pools = _pools(train, images, settings, Path(pool_dir) / str(len(images))) if pooled else []
             for name in methods:
                 point = _method_point(name, subset, dev, settings, pools, progress)
@@ -122,12 +136,13 @@ def learning_curve(
 def _method_point(name: str, subset, dev, settings: CurveSettings, pools: list[str], progress: bool):
     """One method's point on one subset; a method that uses pools gets them (and says which in its label),
     or is skipped when no training image is left to pool."""
-    if not uses_pools(name):
-        return _point(name, subset, dev, [*recipe_overrides(name), *settings.overrides], progress)
+    recipe = recipe_overrides(recipe_of(name))
+    if not takes_pools(name):
+        return _point(name, subset, dev, [*recipe, *settings.overrides], progress)
     if not pools:
         print(f"[curve] {name} on {subset.n_captions - dev.n_captions} pairs: skipped, no image left for pools")
         return None
-    point = _point(name, subset, dev, [*recipe_overrides(name), *settings.overrides, *pools], progress)
+    point = _point(name, subset, dev, [*recipe, *settings.overrides, *pools], progress)
     return replace(point, method=f"{name} ({settings.unpaired} pools)")
 
 

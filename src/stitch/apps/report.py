@@ -1,7 +1,8 @@
 """``stitch report``: one self-contained HTML page showing what a run learned.
 
 The config; metric tables for both protocols and directions; training curves (loss, dev MRR,
-temperature); the rank histogram; a t-SNE/PCA map of translated captions against images; and, with a
+temperature); for a run trained with unpaired pools, its pseudo-pairs and their precision per
+self-learning round; the rank histogram; a t-SNE/PCA map of translated captions against images; and, with a
 thumbnail folder, retrieval grids for the best and the worst queries with the true image marked.
 Figures and thumbnails are embedded as data URIs, so the file can be mailed or opened offline.
 """
@@ -75,7 +76,52 @@ def _metrics_table(reports) -> str:
     return f"<table><tr><th>direction, protocol</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _curves(history: list[dict]) -> str | None:
+def _rounds(rows: list[dict]) -> str | None:
+    """The self-learning rounds of ``metrics.csv``: a table of pseudo-pairs and precision per round and, with
+    two or more rounds, a plot of both."""
+    from stitch.training.run import round_rows_of
+
+    rounds = round_rows_of(rows)
+    if not rounds:
+        return None
+    cells = []
+    for r in rounds:
+        precision = r.get("pseudo_precision")
+        shown = f"{precision:.4f}" if isinstance(precision, (int, float)) else "unknown"
+        cells.append(f"<tr><td>{int(r['round'])}</td><td>{int(r['pseudo_pairs'])}</td><td>{shown}</td></tr>")
+    table = f"<table><tr><th>round</th><th>pseudo-pairs</th><th>precision</th></tr>{''.join(cells)}</table>"
+    note = (
+        "<p class=muted>Precision: the share of a round's pseudo-pairs whose image is the caption's own, known "
+        "only when both pools come from one paired file (never used to fit). A learnt recipe trains on the last "
+        "round's pseudo-pairs.</p>"
+    )
+    return "<h2>Pseudo-pairs per self-learning round</h2>" + table + note + _rounds_plot(rounds)
+
+
+def _rounds_plot(rounds: list[dict]) -> str:
+    if len(rounds) < 2:
+        return ""
+    from stitch.outputs.plots import new_figure
+
+    fig = new_figure(figsize=(6.8, 2.8))
+    left, right = fig.subplots(1, 2)
+    numbers = [int(r["round"]) for r in rounds]
+    left.plot(numbers, [r["pseudo_pairs"] for r in rounds], marker="o")
+    left.set_title("pseudo-pairs", fontsize=10)
+    known = [(n, r["pseudo_precision"]) for n, r in zip(numbers, rounds) if r.get("pseudo_precision") is not None]
+    if known:
+        right.plot(*zip(*known), marker="o", color="#dd8452")
+    right.set_title("precision" if known else "precision (unknown)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("round")
+    fig.tight_layout()
+    return f"<img class=fig src='{_png(fig)}' alt='pseudo-pairs and precision per round'>"
+
+
+def _curves(rows: list[dict]) -> str | None:
+    from stitch.training.run import epoch_rows
+
+    history = epoch_rows(rows)
     if not history or all(r.get("train_loss") in (None, "") for r in history):
         return None
     from stitch.outputs.plots import new_figure
@@ -230,6 +276,9 @@ def build_report(
     curves = _curves(opened.metrics)
     if curves:
         sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
+    rounds = _rounds(opened.metrics)
+    if rounds:
+        sections.append(rounds)
     histogram = _rank_histogram(ranks, target.n_images)
     sections.append(f"<h2>Rank histogram</h2><img class=fig src='{histogram}' alt='rank histogram'>")
     sections.append(_map_section(opened.model, q, g, target, options.projection, options.seed))

@@ -11,6 +11,7 @@ from stitch.losses.infonce import InfoNCELoss, multi_positive_nll
 from stitch.losses.memory import MemoryQueue
 from stitch.losses.metric import ContrastiveLoss, EmbeddingNormRegularizer, TripletMarginLoss
 from stitch.losses.miners import BatchHardMiner, DistanceWeightedMiner, TripletMiner, build_miner
+from stitch.losses.neighbourhood import NeighbourhoodLoss
 from stitch.losses.regression import CosineLoss, MSELoss
 from stitch.losses.siglip import SigLIPLoss
 from stitch.registries import LOSSES
@@ -25,10 +26,16 @@ class MinedLoss(PairLoss):
         self.norm = EmbeddingNormRegularizer()
         self.needs_aligned_targets = loss.needs_aligned_targets
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+    @property
+    def supports_weights(self) -> bool:
+        """Weights pass to the wrapped loss; a miner picks pairs or triplets, which carry no row weights."""
+        return self.miner is None and self.loss.supports_weights
+
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, weights=None):
         if indices_tuple is None and self.miner is not None:
             indices_tuple = self.miner(embeddings.detach(), labels, ref_emb, ref_labels)
-        value = self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        weighted = {} if weights is None else {"weights": weights}
+        value = self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, **weighted)
         if self.norm_weight:
             value = value + self.norm_weight * self.norm(embeddings)
         return value
@@ -74,6 +81,7 @@ __all__ = [
     "MSELoss",
     "MemoryQueue",
     "MinedLoss",
+    "NeighbourhoodLoss",
     "PairLoss",
     "SigLIPLoss",
     "TripletMarginLoss",

@@ -23,7 +23,11 @@ class MemoryQueue(PairLoss):
         self.register_buffer("cursor", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+    @property
+    def supports_weights(self) -> bool:
+        return self.loss.supports_weights
+
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, weights=None):
         if ref_emb is None or labels is None or ref_labels is None:
             raise UsageError("MemoryQueue needs labels, ref_emb and ref_labels")
         memory, memory_labels = self.memory()
@@ -34,9 +38,9 @@ class MemoryQueue(PairLoss):
             sims = F.normalize(embeddings.detach(), dim=1) @ F.normalize(memory, dim=1).T
             pick = sims.topk(self.hard_negatives, dim=1).indices.unique()
             memory, memory_labels = memory[pick], memory_labels[pick]
-        loss = self.loss(
-            embeddings, labels, indices_tuple, torch.cat([ref_emb, memory]), torch.cat([ref_labels, memory_labels])
-        )
+        everything, labels_all = torch.cat([ref_emb, memory]), torch.cat([ref_labels, memory_labels])
+        weighted = {} if weights is None else {"weights": weights}  # memory rows are nobody's positive
+        loss = self.loss(embeddings, labels, indices_tuple, everything, labels_all, **weighted)
         if self.training:
             self.enqueue(ref_emb.detach(), ref_labels)
         return loss

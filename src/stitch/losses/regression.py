@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from stitch.errors import UsageError
-from stitch.losses.base import PairLoss
+from stitch.losses.base import PairLoss, weighted_mean
 
 
 def _aligned(embeddings: torch.Tensor, ref_emb: torch.Tensor | None) -> torch.Tensor:
@@ -22,15 +22,19 @@ class MSELoss(PairLoss):
     """Mean squared error per coordinate (the competition baseline's loss)."""
 
     needs_aligned_targets = True
+    supports_weights = True
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        return F.mse_loss(embeddings, _aligned(embeddings, ref_emb))
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, weights=None):
+        if weights is None:
+            return F.mse_loss(embeddings, _aligned(embeddings, ref_emb))
+        return weighted_mean((embeddings - _aligned(embeddings, ref_emb)).pow(2).mean(dim=1), weights)
 
 
 class CosineLoss(PairLoss):
     """``1 - cos(prediction, target)``, averaged: cares about direction only, as retrieval does."""
 
     needs_aligned_targets = True
+    supports_weights = True
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        return (1 - F.cosine_similarity(embeddings, _aligned(embeddings, ref_emb), dim=1)).mean()
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, weights=None):
+        return weighted_mean(1 - F.cosine_similarity(embeddings, _aligned(embeddings, ref_emb), dim=1), weights)

@@ -50,6 +50,8 @@ class SetTripletLoss(PairLoss):
 
 
 class SetInfoNCELoss(InfoNCELoss):
+    supports_weights = False
+
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         scale = self.log_scale.exp().clamp(max=100)
         sims = torch.einsum("bkd,md->bkm", embeddings, F.normalize(ref_emb, dim=-1)).max(dim=1).values

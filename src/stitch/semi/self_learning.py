@@ -24,14 +24,16 @@ MATCHERS = ("csls", "sinkhorn")
 
 @dataclass
 class SelfLearningResult:
-    """The final map ``z = x @ weight + bias`` into the z-scored image space ``(y - mean) / std``, and
-    one dict per round (``round``, ``pseudo_pairs``, ``precision`` (NaN without a truth), ...)."""
+    """The final map ``z = x @ weight + bias`` into the z-scored image space ``(y - mean) / std``, one dict
+    per round (``round``, ``pseudo_pairs``, ``precision`` (NaN without a truth), ...) and the last round's
+    pseudo-pairs (caption pool row, image pool row), which the final map was refitted on."""
 
     weight: np.ndarray
     bias: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     log: list[dict] = field(default_factory=list)
+    pairs: PseudoPairs = field(default_factory=PseudoPairs.empty)
 
     def translate(self, x: np.ndarray) -> np.ndarray:
         """Predictions in the z-scored image space (score them by cosine against z-scored images)."""
@@ -199,6 +201,7 @@ def self_learn(
     log = [{"round": 0, "pseudo_pairs": 0, "precision": float("nan"), "mean_score": float("nan"), "seconds": 0.0}]
     options = {"max_pairs": s.max_pairs, "threshold": s.threshold, "chunk": s.chunk}
     options.update({"k": s.k} if s.matcher == "csls" else {"epsilon": s.epsilon, "iterations": s.sinkhorn_iterations})
+    pairs = PseudoPairs.empty()
     for r in range(1, s.rounds + 1):
         started = time.perf_counter()
         rows = np.arange(len(pool_x))
@@ -211,4 +214,4 @@ def self_learn(
             moments = pseudo if seed_moments is None else seed_moments.merge(pseudo)
             weight, bias = fit_linear(moments, s.method, s.alpha)
         log.append(_round_log(r, pairs, truth, started))
-    return SelfLearningResult(weight, bias, mean, std, log)
+    return SelfLearningResult(weight, bias, mean, std, log, pairs)

@@ -13,6 +13,11 @@ An epoch is a full pass, or ``samples_per_epoch`` captions of an endless sequenc
 large to evaluate after every pass). The position in the current pass is part of the state, so a resumed
 run draws exactly the batches the uninterrupted one would. Under torchrun every rank draws the same
 global batch and reads its share of the captions (see :mod:`stitch.training.distributed`).
+
+With unpaired pools a learnt recipe trains on :class:`PooledBatches`: each batch of pairs with pseudo-pairs
+added (a share of them in proportion to their number, so an epoch sees each about once), every row weighted
+(1 for a pair, ``semi.pseudo_weight`` for a pseudo-pair), and, for the neighbourhood regulariser, a sample
+of the caption pool.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 from stitch.data.shards import ShardList
+from stitch.errors import UsageError
 from stitch.registries import SAMPLERS
 from stitch.training.distributed import Distributed
 
@@ -190,4 +196,105 @@ def _stitch_rows(pieces: list[np.ndarray], parts, n: int, width: int) -> np.ndar
             out[at, : piece.shape[1]] = piece
         else:
             out[at] = piece
+    return out
+
+
+@dataclass(frozen=True)
+class PoolRows:
+    """What unpaired pools add to each batch: pseudo-pairs (raw caption and image rows, row-aligned, and each
+    image's id, which follows every paired image's id), their weight against a pair, and the caption pool
+    rows the neighbourhood regulariser samples ``pool_batch`` of a step (none: no regulariser)."""
+
+    captions: np.ndarray
+    images: np.ndarray
+    image_ids: np.ndarray
+    weight: float = 1.0
+    pool_captions: np.ndarray | None = None
+    pool_batch: int = 0
+
+
+class PooledBatches:
+    """:class:`CaptionBatches` with pool rows added to every batch (one loop: the pairs' batches set the
+    epoch). A batch is ``(captions, labels, images, ref_labels, weights, pool_captions)``: the pairs' rows,
+    then the pseudo-pairs' (their images after the pairs' images, ids still sorted), a weight per caption,
+    and the caption pool sample (None without the regulariser).
+
+    Pseudo-pairs are taken in order from an endless sequence of seeded permutations, and pool samples are
+    seeded by the step, so the state is two counters besides the pairs' batches: a resumed run draws what
+    the uninterrupted one would."""
+
+    def __init__(self, base: CaptionBatches, rows: PoolRows, seed: int = 0) -> None:
+        if base.world.active:
+            raise UsageError("unpaired pools with a learnt recipe train in one process, not under torchrun")
+        self.base, self.rows, self.seed = base, rows, seed
+        n = len(rows.captions)
+        self.per_batch = max(1, round(base.batch_size * n / base.shards.n_captions)) if n else 0
+        self.taken, self.steps = 0, 0
+        self._cycle, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def epoch(self):
+        for captions, labels, images, ref_labels in self.base.epoch():
+            picked = self._take(self.per_batch)
+            self.steps += 1
+            yield (*self._joined(captions, labels, images, ref_labels, picked), self._pool_sample())
+
+    def _take(self, count: int) -> np.ndarray:
+        """The next ``count`` pseudo-pair rows: permutation ``c`` of the pairs is seeded by ``(seed, c)``."""
+        n, out = len(self.rows.captions), []
+        for position in range(self.taken, self.taken + count):
+            cycle = position // n
+            if cycle != self._cycle:
+                self._cycle, self._order = cycle, np.random.default_rng([self.seed, cycle]).permutation(n)
+            out.append(self._order[position % n])
+        self.taken += count
+        return np.asarray(out, dtype=np.int64)
+
+    def _pool_sample(self) -> torch.Tensor | None:
+        pool = self.rows.pool_captions
+        if pool is None or not self.rows.pool_batch:
+            return None
+        rng = np.random.default_rng([self.seed, self.steps, 1])
+        picked = np.sort(rng.choice(len(pool), size=min(self.rows.pool_batch, len(pool)), replace=False))
+        return torch.as_tensor(pool[picked]).to(self.device)
+
+    def _joined(self, captions, labels, images, ref_labels, picked: np.ndarray):
+        """The pairs' batch with the picked pseudo-pairs after it, and the rows' weights."""
+        move = self.device
+        ids = torch.as_tensor(self.rows.image_ids[picked]).to(move)
+        pseudo_labels = ids if labels.dim() == 1 else _padded(ids, labels.shape[1])
+        weights = torch.cat([torch.ones(len(captions)), torch.full((len(picked),), float(self.rows.weight))])
+        if self.base.aligned_targets:
+            new_ids, new_images = ids, self.rows.images[picked]
+        else:
+            unique, first = np.unique(self.rows.image_ids[picked], return_index=True)
+            new_ids, new_images = torch.as_tensor(unique).to(move), self.rows.images[picked[first]]
+        return (
+            torch.cat([captions, torch.as_tensor(self.rows.captions[picked]).to(move)]),
+            torch.cat([labels, pseudo_labels]),
+            torch.cat([images, torch.as_tensor(new_images).to(move)]),
+            torch.cat([ref_labels, new_ids]),
+            weights.to(move),
+        )
+
+    def get_state(self) -> dict:
+        return {"pairs": self.base.get_state(), "taken": torch.tensor(self.taken), "steps": torch.tensor(self.steps)}
+
+    def set_state(self, state) -> None:
+        if not (isinstance(state, dict) and "pairs" in state):
+            raise UsageError("the checkpoint's batches were drawn without unpaired pools; resume with the run's config")
+        self.base.set_state(state["pairs"])
+        self.taken, self.steps = int(state["taken"]), int(state["steps"])
+
+
+def _padded(ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Ids as label rows of ``width`` (one relevant image each, padded with -1)."""
+    out = torch.full((len(ids), width), -1, dtype=ids.dtype, device=ids.device)
+    out[:, 0] = ids
     return out

@@ -62,7 +62,8 @@ def card_text(run: Run, reports: list[DirectionReport], plain: dict, graded: Dir
         "```",
         "",
         "Files: `model.safetensors` (weights), `config.json` (the full config, dimensions, split), `metrics.csv`",
-        "(one row per epoch), `summary.json`, `bank.safetensors` (training captions for hubness-aware scoring).",
+        "(one row per epoch, after one per self-learning round when trained with unpaired pools), `summary.json`,",
+        "`bank.safetensors` (training captions for hubness-aware scoring).",
         "Weights are safetensors, configs JSON; `checkpoint.pt` (resume state) loads with `weights_only=True`,",
         "so opening the folder runs no code from it.",
         "",
@@ -75,7 +76,8 @@ def _row(name: str, metrics: dict) -> str:
 
 
 def _self_learning(record: dict | None) -> list[str]:
-    """The pools a self-learning run drew pseudo-pairs from, and each round's count and precision."""
+    """The pools a run drew pseudo-pairs from, each round's count and precision, and for a learnt recipe how
+    many pseudo-pairs joined its batches at which weight."""
     if not record:
         return []
     lines = [f"Self-learning on {record['pools']}; pseudo-pairs per round:", "", "| round | pseudo-pairs | precision |"]
@@ -84,6 +86,11 @@ def _self_learning(record: dict | None) -> list[str]:
         known = row["precision"] is not None
         precision = f"{row['precision']:.3f}" if known else "unknown (the pools' links are not known)"
         lines.append(f"| {row['round']} | {row['pseudo_pairs']} | {precision} |")
+    batches = record.get("in_batches")
+    if batches:
+        lines += ["", f"The last round's {batches['pseudo_pairs']} pseudo-pairs joined the training batches, each "
+                  f"weighted {batches['weight']:g} against a pair; the network started from the closed-form map "
+                  "of the pairs and those pseudo-pairs."]  # fmt: skip
     return [*lines, ""]
 
 

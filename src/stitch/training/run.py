@@ -2,8 +2,17 @@
 ``SentenceTransformer``).
 
 The folder holds ``model.safetensors`` (best epoch), ``config.json`` (the config, dimensions, split,
-data), ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (resume state), ``bank.safetensors``
-(training captions for hubness-aware scoring, and the learnt temperature) and ``summary.json``.
+data), ``metrics.csv`` (one row per epoch, after one per self-learning round of a run with unpaired pools),
+``checkpoint.pt`` (resume state), ``bank.safetensors`` (training captions for hubness-aware scoring, and the
+learnt temperature) and ``summary.json``.
+
+``metrics.csv`` columns. An epoch's row: ``epoch``, ``train_loss``, ``dev_mrr`` and ``dev_recall@1`` (plain
+cosine), ``dev_mrr_<scoring>`` (the run's own scoring), ``lr``, ``seconds`` and the loss's logged scalars
+(``temperature``). A self-learning round's row (runs trained with unpaired pools), its ``epoch`` empty:
+``round`` (1, 2, ...), ``pseudo_pairs`` (how many the round drew), ``pseudo_precision`` (the share whose image is
+the caption's own, known only when both pools come from one paired file; empty otherwise, and never used to
+fit), ``pseudo_score`` (their mean confidence) and ``seconds``. A learnt recipe trains on the last round's
+pseudo-pairs.
 Weights load with ``safetensors`` and checkpoints with ``torch.load(weights_only=True)``: opening a run
 never executes code from it.
 """
@@ -163,8 +172,9 @@ class Run:
 
     @property
     def metrics(self) -> list[dict]:
-        """Per-epoch rows of ``metrics.csv`` as numbers (``pandas.DataFrame(run.metrics)`` plots them); empty
-        in memory or before the first epoch; a blank cell is None."""
+        """The rows of ``metrics.csv`` as numbers (``pandas.DataFrame(run.metrics)`` plots them): one per
+        self-learning round (``epoch`` None, ``round`` set), then one per epoch (see the module's column list);
+        empty in memory or before anything was written; a blank cell is None."""
         if self.path is None or not (self.path / METRICS).exists():
             return []
         with (self.path / METRICS).open() as handle:
@@ -316,6 +326,32 @@ def _read_bank(path: Path) -> tuple[np.ndarray | None, float | None]:
     except Exception as err:
         raise RunError(f"{bank} cannot be read (truncated or corrupt?): {err}") from err
     return captions, float(temperature) if temperature else None
+
+
+def round_rows(rounds: list[dict]) -> list[dict]:
+    """``metrics.csv`` rows of self-learning rounds (the log's round 0, the start, drew no pairs: left out)."""
+    return [
+        {
+            "epoch": None,
+            "round": row["round"],
+            "pseudo_pairs": row["pseudo_pairs"],
+            "pseudo_precision": row["precision"],
+            "pseudo_score": row["mean_score"],
+            "seconds": round(float(row["seconds"]), 2),
+        }
+        for row in rounds
+        if row["round"] > 0
+    ]
+
+
+def epoch_rows(rows: list[dict]) -> list[dict]:
+    """The epochs' rows of ``metrics.csv`` rows (self-learning rounds left out)."""
+    return [row for row in rows if row.get("epoch") is not None]
+
+
+def round_rows_of(rows: list[dict]) -> list[dict]:
+    """The self-learning rounds' rows of ``metrics.csv`` rows."""
+    return [row for row in rows if row.get("epoch") is None and row.get("round") is not None]
 
 
 def run_summary(best_epoch: int, metrics: dict, split: str, scoring: str) -> dict:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.losses import LossSettings, build_loss
+from stitch.losses import LossSettings, NeighbourhoodLoss, build_loss
+from stitch.losses.base import weighted_mean
 from stitch.losses.pairs import same_label
 from stitch.losses.set_losses import global_discrimination, intra_set_diversity, mmd_rbf, uniformity
 from stitch.registries import LOSSES, MODELS, TASKS
@@ -23,7 +24,9 @@ from stitch.translators import Translator
 
 
 class Task(nn.Module):
-    """``training_step(captions, labels, images, ref_labels) -> loss`` for one batch."""
+    """``training_step(captions, labels, images, ref_labels) -> loss`` for one batch; batches with unpaired
+    pools add a weight per caption (pseudo-pairs count ``semi.pseudo_weight``) and a sample of the caption
+    pool, whose neighbourhoods the regulariser ``semi.neighbour_weight`` keeps when mapped."""
 
     def __init__(
         self, model: Translator, config, world: Distributed | None = None, teacher: Translator | None = None
@@ -33,6 +36,7 @@ class Task(nn.Module):
         self.world = world or Distributed()
         self.loss = self.build_loss(config.loss)
         self.distill = None if teacher is None else ScoreDistillation.from_config(teacher, config.loss)
+        self.neighbour = NeighbourhoodLoss.from_config(config.semi) if config.semi.neighbour_weight else None
 
     @staticmethod
     def for_config(
@@ -54,20 +58,25 @@ class Task(nn.Module):
         """Regression losses compare each caption with its own image row, not a deduplicated batch."""
         return LOSSES.tag(self.config.loss.name, "kind") == "regression"
 
-    def training_step(self, captions, labels, images, ref_labels) -> torch.Tensor:
+    def training_step(self, captions, labels, images, ref_labels, weights=None, pool_captions=None) -> torch.Tensor:
         """The batch's loss. ``captions`` are this rank's share; ``labels``, ``images`` and ``ref_labels`` are the
-        whole batch's, and every rank's translated captions are gathered (with gradients) before the loss."""
+        whole batch's, and every rank's translated captions are gathered (with gradients) before the loss.
+        ``weights`` (one per caption) weigh the loss's rows; ``pool_captions`` feed the neighbourhood term."""
         if self.config.optim.mixup_alpha:
             captions, labels, images, ref_labels = self.mixup(captions, labels, images, ref_labels)
         local, gallery = self.model.training_queries(captions), self.model.embed_gallery(images)
         queries = self.world.gather(local)
-        loss = self.loss(queries.float(), labels, None, gallery.float(), ref_labels)
+        weighted = {} if weights is None else {"weights": weights}
+        loss = self.loss(queries.float(), labels, None, gallery.float(), ref_labels, **weighted)
         own = self.world.local_rows(labels)
         if self.config.loss.mse_weight:
             targets = gallery[torch.searchsorted(ref_labels, _own_image(own))]
-            loss = loss + self.config.loss.mse_weight * (local.float() - targets.float()).pow(2).mean()
+            squared = (local.float() - targets.float()).pow(2).mean(dim=-1)
+            loss = loss + self.config.loss.mse_weight * weighted_mean(squared, weights)
         if self.distill is not None:
             loss = loss + self.distill(captions, images, local, gallery)
+        if self.neighbour is not None and pool_captions is not None:
+            loss = loss + self.neighbour(pool_captions, self.model.training_queries(pool_captions))
         return loss + self.auxiliary_loss(captions, local, images, gallery, own, ref_labels)
 
     def mixup(self, captions, labels, images, ref_labels):
@@ -94,9 +103,14 @@ class Task(nn.Module):
             start = self.config.loss.temperature
             self.loss.set_temperature(final + (start - final) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
 
-    def forward(self, captions, labels, images, ref_labels) -> torch.Tensor:
+    def forward(self, captions, labels, images, ref_labels, weights=None, pool_captions=None) -> torch.Tensor:
         """One training step (what DDP calls)."""
-        return self.training_step(captions, labels, images, ref_labels)
+        return self.training_step(captions, labels, images, ref_labels, weights, pool_captions)
+
+    @property
+    def weighs_rows(self) -> bool:
+        """Whether the loss can weigh its rows (pseudo-pairs need it)."""
+        return bool(self.loss.supports_weights)
 
     def auxiliary_loss(self, captions, queries, images, gallery, labels, ref_labels) -> torch.Tensor:
         return captions.new_zeros(())

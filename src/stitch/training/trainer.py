@@ -24,7 +24,7 @@ from stitch.data.sharded import ShardedPairs
 from stitch.data.shards import ShardList
 from stitch.data.splits import SEEDED_SPLIT, is_seeded, split_record
 from stitch.io.atomic import atomic_write_text
-from stitch.registries import MODELS, RESCORERS
+from stitch.registries import LOSSES, MODELS, RESCORERS
 from stitch.retrieval.evaluate import (
     DirectionReport,
     evaluate_embeddings,
@@ -35,8 +35,9 @@ from stitch.retrieval.graded import graded_reports
 from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
 from stitch.semi.pools import UnpairedPools, read_pools
-from stitch.semi.refine import refine_map
-from stitch.training.batching import CaptionBatches, Passes
+from stitch.semi.refine import TrainingPairs, refine_map, training_pairs
+from stitch.semi.self_learning import weighted_moments
+from stitch.training.batching import CaptionBatches, Passes, PooledBatches, PoolRows
 from stitch.training.callbacks import (
     SCORED_MRR_PREFIX,
     Callback,
@@ -52,7 +53,17 @@ from stitch.training.device import autocast, resolve_device
 from stitch.training.distributed import Distributed
 from stitch.training.filtering import consistency_scores, drop_least_consistent
 from stitch.training.hub_bias import fold_hub_bias
-from stitch.training.run import CARD, Checkpoint, Run, RunError, RunInfo, read_resume_config, run_summary
+from stitch.training.run import (
+    CARD,
+    Checkpoint,
+    Run,
+    RunError,
+    RunInfo,
+    epoch_rows,
+    read_resume_config,
+    round_rows,
+    run_summary,
+)
 from stitch.training.tasks import Task
 from stitch.translators import Translator, build_model, image_space_rows
 from stitch.translators.moments import ColumnMoments, PairMoments
@@ -150,7 +161,9 @@ def _scorer(model, config: TrainConfig, rerank: str, temperature, bank, device) 
 class Trainer:
     """Epochs of ``task`` over ``batches`` with AdamW + warmup/cosine; callbacks see every epoch."""
 
-    def __init__(self, task: Task, batches: CaptionBatches, config: TrainConfig, device, evaluate, callbacks) -> None:
+    def __init__(
+        self, task: Task, batches: CaptionBatches | PooledBatches, config: TrainConfig, device, evaluate, callbacks
+    ) -> None:
         self.task, self.batches, self.config, self.device = task, batches, config, device
         self.step = task.world.wrap(task)  # DDP under torchrun: gradients averaged over ranks
         self.evaluate, self.callbacks = evaluate, list(callbacks)
@@ -182,9 +195,9 @@ class Trainer:
     def train_epoch(self, epoch: int, state: TrainState) -> float:
         self.task.train()
         running, count = 0.0, 0
-        for captions, labels, images, ref_labels in self.batches.epoch():
+        for batch in self.batches.epoch():  # (captions, labels, images, ref_labels[, weights, pool captions])
             with autocast(self.device, self.config.amp):
-                loss = self.step(captions, labels, images, ref_labels)
+                loss = self.step(*batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.optim.grad_clip > 0:
@@ -304,17 +317,19 @@ def train(
     train_set, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
     if resume:
         _check_same_data(Path(run_dir), data, train_set, dev_set, how)
-    run, train_set = _initial_run(data, train_set, dev_set, how, config, run_dir, options, world.is_main)
+    run, train_set, pooled = _initial_run(data, train_set, dev_set, how, config, run_dir, options, world.is_main)
     run.model.to(device)
     if MODELS.tag(config.model.name, "closed_form", False):
         state = TrainState(0, best_epoch=0, history=[])
         return _finish(run, state, train_set, dev_set, device, how, None, world.is_main)
     task = Task.for_config(run.model, config, world, _teacher(options.teacher, config, data, device)).to(device)
     batches = _batches(train_set, config, task, device, world)
+    if pooled is not None:
+        batches = PooledBatches(batches, _pool_rows(pooled, train_set, config, task), config.seed)
     evaluator = DevEvaluator(dev_set, config, run.bank, device, world)
     callbacks = _callbacks(run, config, options.progress and world.is_main, options.epoch_callback, world.is_main)
     trainer = Trainer(task, batches, config, device, evaluator, callbacks)
-    state = trainer.restore(run.load_checkpoint(), run.metrics) if resume else TrainState()
+    state = trainer.restore(run.load_checkpoint(), epoch_rows(run.metrics)) if resume else TrainState()
     if resume and world.is_main:
         run.save_info()  # verified: the checkpoint fits this model, loss and optimiser
     scored = not resume and _has_closed_form_start(config)
@@ -380,7 +395,14 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
     # closed-form fits use every caption-image link, weighted 1/(images of the caption): the mean target
     moments = PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks())
     model.initialise(moments, config.model)
-    rounds = _self_learn(model, train_set, pools, config) if pools is not None else None
+    pooled, rounds = None, None
+    if pools is not None and MODELS.tag(config.model.name, "uses_pools", False):
+        rounds = _self_learn(model, train_set, pools, config)
+    elif pools is not None:  # a learnt recipe: pseudo-pairs join its batches, and its start
+        pooled = training_pairs(_seed_pairs(train_set), pools, config)
+        pseudo = weighted_moments(pooled.captions, in_space(pooled.images), pooled.weight) if len(pooled) else None
+        model.initialise(moments if pseudo is None else moments.merge(pseudo), config.model)
+        rounds = pooled.rounds
     bank = _keep_bank(train_set, config)
     filtered, train_images, train_captions = "", train_set.n_images, train_set.n_captions
     if config.filter_fraction:
@@ -395,28 +417,69 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
         "data": options.data_source,
         "encoders": data.encoders,
         **({"filtered": filtered} if filtered else {}),
-        **({"self_learning": {"pools": pools.describe(), "rounds": rounds}} if pools is not None else {}),
+        **({"self_learning": _pool_record(pools, rounds, pooled)} if pools is not None else {}),
         **_seeded_split(data, dev_set, how, config),
     }
     run = Run(model, RunInfo(config, data.text_dim, data.image_dim, meta), run_dir, bank)
     if writes and run_dir is not None and not (Path(run_dir) / "checkpoint.pt").exists():
         run.save_info()
-    return run, train_set
+        for row in round_rows(rounds or []):  # metrics.csv: the rounds first, then the epochs
+            run.append_metrics(row)
+    return run, train_set, pooled
 
 
 def _pools(config: TrainConfig, data, dev_set) -> UnpairedPools | None:
-    """The unpaired pools of a model kind that uses them (``semi.*``), checked against the pairs and dev."""
-    if not MODELS.tag(config.model.name, "uses_pools", False):
-        return None
+    """The unpaired pools (``semi.*``), checked against the pairs and dev: always for a model kind that uses
+    them, and when given for a learnt kind (its batches take pseudo-pairs); a closed-form kind that does not
+    use them (ridge) leaves them."""
     semi = config.semi
+    uses = MODELS.tag(config.model.name, "uses_pools", False)
+    given = bool(semi.unpaired_captions or semi.unpaired_images)
+    if not uses and not (given and not MODELS.tag(config.model.name, "closed_form", False)):
+        return None
+    if not uses and config.optim.mixup_alpha:
+        raise RunError("optim.mixup_alpha mixes pairs; with unpaired pools (pseudo-pairs in the batches) set it to 0")
     return read_pools(semi.unpaired_captions, semi.unpaired_images, data.text_dim, data.image_dim, dev_set)
+
+
+def _seed_pairs(train_set: ShardList) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training pairs, raw, one row per caption-image link (None without any)."""
+    pairs = list(train_set.pair_chunks())
+    return (np.concatenate([c for c, _ in pairs]), np.concatenate([i for _, i in pairs])) if pairs else None
 
 
 def _self_learn(model, train_set: ShardList, pools: UnpairedPools, config: TrainConfig) -> list[dict]:
     """Self-learning on the training pairs (raw, one row per link) and the pools; the model's map is set."""
-    pairs = list(train_set.pair_chunks())
-    seed = (np.concatenate([c for c, _ in pairs]), np.concatenate([i for _, i in pairs])) if pairs else None
-    return refine_map(model, seed, pools, config)
+    return refine_map(model, _seed_pairs(train_set), pools, config)
+
+
+def _pool_record(pools: UnpairedPools, rounds: list[dict], pooled: TrainingPairs | None) -> dict:
+    """config.json's ``self_learning``: the pools, each round's pseudo-pairs, and for a learnt recipe how many
+    joined its batches at which weight."""
+    record = {"pools": pools.describe(), "rounds": rounds}
+    if pooled is not None:
+        record["in_batches"] = {"pseudo_pairs": len(pooled), "weight": pooled.weight}
+    return record
+
+
+def _pool_rows(pooled: TrainingPairs, train_set: ShardList, config: TrainConfig, task: Task) -> PoolRows:
+    """What the pools add to a learnt recipe's batches: the pseudo-pairs, their images numbered after the
+    training images, and the caption pool for the neighbourhood regulariser (when it is on)."""
+    if len(pooled) and not task.weighs_rows:
+        weighing = [name for name in LOSSES.names() if LOSSES.get(name).supports_weights is True]
+        raise RunError(
+            f"loss.name={config.loss.name} cannot weigh its rows, which pseudo-pairs from unpaired pools need; "
+            f"use one of {weighing} (with loss.miner=none), or train without pools"
+        )
+    regularised = config.semi.neighbour_weight > 0
+    return PoolRows(
+        pooled.captions,
+        pooled.images,
+        pooled.image_rows + train_set.n_images,
+        pooled.weight,
+        pooled.pool if regularised else None,
+        config.optim.batch_size if regularised else 0,
+    )
 
 
 def _seeded_split(data, dev_set, how: str, config: TrainConfig) -> dict:
