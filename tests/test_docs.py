@@ -25,7 +25,7 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path):
     client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
-    assert "as submitted" in text and "PairedEmbeddings(2400 captions" in text
+    assert "as submitted" in text and "PairedEmbeddings(4500 captions" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the figure shows inline
     assert (tmp_path / "runs" / "notebook-submission" / "README.md").exists()  # the run's model card
 

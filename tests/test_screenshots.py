@@ -60,7 +60,7 @@ def test_the_api_page_shows_the_docstrings(screenshots):
 def test_the_notebook_page_is_the_executed_notebook(screenshots):
     """What was screenshotted holds the notebook's outputs: the graded table's lines and the inline plot."""
     page = (screenshots / "site" / "_notebook_quickstart.html").read_text(encoding="utf-8")
-    assert "stitch in a notebook" in page and "PairedEmbeddings(2400 captions" in page
+    assert "stitch in a notebook" in page and "PairedEmbeddings(4500 captions" in page
     assert "as submitted  text-&gt;image, full, as submitted" in page  # the scorings table printed
     assert "data:image/png;base64," in page  # the training curve, inline
 
