@@ -43,3 +43,16 @@ def test_slots_are_filled_once_not_recursively():
     page = render_page(title="{{GALLERY}} & co", gallery=7)
     assert "<title>{{GALLERY}} &amp; co · stitch search</title>" in page
     assert "gallery of 7 images" in page and "{{TITLE}}" not in page
+
+
+def test_the_page_says_what_the_scores_on_the_hits_are():
+    from types import SimpleNamespace
+
+    from stitch.apps.service.app import scoring_words
+
+    assert scoring_words(SimpleNamespace(rescorer=None)) == "cosine"
+    words = scoring_words(SimpleNamespace(rescorer=SimpleNamespace(name="is")))
+    assert words == "is (inverted softmax over the bank)"
+    page = render_page(title="run", gallery=3, scoring=words)
+    assert "scores: is (inverted softmax over the bank)" in page
+    assert "scores: cosine" in render_page(title="run", gallery=3)

@@ -40,6 +40,7 @@ from stitch.apps.service.validation import QueryError, check_text
 from stitch.data.synthetic import SYNTHETIC_ENCODER
 from stitch.errors import ModelOutputError, UsageError
 from stitch.io.atomic import safe_member
+from stitch.registries import RESCORERS
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def _gallery_routes(app: FastAPI, searcher, batcher: MicroBatcher, images_dir: P
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return render_page(title=title, gallery=len(searcher.index))
+        return render_page(title=title, gallery=len(searcher.index), scoring=scoring_words(searcher))
 
 
 def build_app(config: ServeConfig) -> FastAPI:
@@ -255,3 +256,10 @@ def serve(config: ServeConfig) -> None:
     uvicorn_config = server_config(app, config.host, config.port, config.limits, uvicorn_level)
     print(f"serving {config.run} on http://{config.host}:{config.port}/")
     uvicorn.Server(uvicorn_config).run()
+
+
+def scoring_words(searcher) -> str:
+    """What a hit's number is, in the page's words: the searcher's rescoring by its registry line, else cosine."""
+    if searcher.rescorer is None:
+        return "cosine"
+    return f"{searcher.rescorer.name} ({RESCORERS.entry(searcher.rescorer.name).help})"

@@ -32,7 +32,8 @@ PAGE = """<!doctype html>
 </style>
 </head>
 <body>
-<header><h1>stitch · cross-modal search</h1><p>run {{TITLE}} · gallery of {{GALLERY}} images</p></header>
+<header><h1>stitch · cross-modal search</h1>
+<p>run {{TITLE}} · gallery of {{GALLERY}} images · scores: {{SCORING}}</p></header>
 <form id="search-form">
   <input id="q" type="search" name="q" placeholder="Describe a picture, e.g. a dog runs on the beach" maxlength="500"
          autofocus required>
@@ -79,8 +80,8 @@ form.addEventListener('submit', async (event) => {
 _SLOT = re.compile(r"\{\{([A-Z]+)\}\}")
 
 
-def render_page(title: str, gallery: int) -> str:
+def render_page(title: str, gallery: int, scoring: str = "cosine") -> str:
     """The page with its slots filled, each value escaped, in one pass (a title holding ``{{GALLERY}}``
-    stays literal text instead of being filled in turn)."""
-    values = {"TITLE": str(title), "GALLERY": str(gallery)}
+    stays literal text instead of being filled in turn). ``scoring`` says what the numbers on the hits are."""
+    values = {"TITLE": str(title), "GALLERY": str(gallery), "SCORING": scoring}
     return _SLOT.sub(lambda m: html.escape(values[m.group(1)], quote=True), PAGE)
