@@ -297,3 +297,40 @@ def test_the_curve_trains_a_learnt_recipe_with_pools_beside_it_without(tmp_path)
     assert points[0].pairs == points[1].pairs and 0 < points[1].mrr <= 1
     with pytest.raises(ValueError, match="unknown recipe"):
         learning_curve(data, ["nothing+pools"], tmp_path / "x", settings)
+
+
+def test_pool_captions_already_paired_are_left_out_and_a_pool_of_the_pairs_changes_nothing(tmp_path, caplog):
+    """A pool of "all my captions" holds the paired ones: their image is known, so they are left out (said), and
+    a pool holding only the training pairs leaves the self-learning recipe exactly where ridge is."""
+    from stitch.semi.pools import read_pools, without_paired_captions
+
+    pairs, pool = _pairs_and_pool(tmp_path)
+    train = pairs.split("train")
+    own = write_flickr_like(tmp_path / "own.npz", train, images__split=None)
+    overrides = ["model.init=ridge", f"semi.unpaired_captions={own}", f"semi.unpaired_images={own}"]
+    learnt = api.train(pairs, None, overrides=["model.name=self-learning", *overrides], progress=False)
+    ridge = api.train(pairs, None, overrides=["model.name=ridge"], progress=False)
+    probe = pairs.split("dev").captions[:9]
+    np.testing.assert_allclose(api.predict(learnt.run, probe), api.predict(ridge.run, probe), rtol=1e-4, atol=1e-5)
+    assert "left out 120 of 120 row(s) equal to training captions (already paired); none is left" in caplog.text
+    assert all(r["pseudo_pairs"] == 0 for r in learnt.run.info.meta["self_learning"]["rounds"])
+    pooled = [*SMALL, "optim.epochs=2", "semi.neighbour_weight=1", *overrides[1:]]
+    with_pool = api.train(pairs, None, overrides=pooled, progress=False).history
+    without = api.train(pairs, None, overrides=[*SMALL, "optim.epochs=2"], progress=False).history
+    assert [r["dev_mrr"] for r in with_pool] == pytest.approx([r["dev_mrr"] for r in without], abs=1e-5)
+    # a pool overlapping the pairs in part keeps its other captions, and their links
+    rest = api.load(pool)
+    both = tmp_path / "both.npz"
+    np.savez(
+        both,
+        **{
+            "captions/embeddings": np.concatenate([train.captions, rest.captions]),
+            "captions/image_index": np.concatenate([train.caption_image, rest.caption_image + train.n_images]),
+            "images/embeddings": np.concatenate([train.images, rest.images]),
+        },
+    )
+    pools = read_pools(str(both), str(both), pairs.text_dim, pairs.image_dim, pairs.split("dev"))
+    kept = without_paired_captions(pools, [train.captions])
+    assert len(kept.captions) == len(pools.captions) - train.n_captions
+    np.testing.assert_array_equal(kept.captions, pools.captions[train.n_captions :])
+    np.testing.assert_array_equal(kept.truth, pools.truth[train.n_captions :])

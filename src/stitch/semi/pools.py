@@ -4,12 +4,15 @@ file stitch reads (a ``.npy`` matrix, a query file, a paired file or folder, who
 They are untrusted like paired data: dimensions are checked against the pairs, NaN/Inf rows named by file
 and row, and an image pool row equal to an evaluated dev image is refused (exact duplicates, found by
 hashing rows), since pseudo-pairs drawn on the dev set would score what was trained on; caption pool rows
-equal to dev captions (common texts repeat across pictures) are left out, and said.
+equal to dev captions (common texts repeat across pictures) are left out, and said. So are caption pool rows
+equal to a training pair's caption: their image is known, and a pseudo-pair could only repeat or contradict it
+(a pool of "all my captions" holds the paired ones too).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +107,24 @@ def without_dev_captions(pool: np.ndarray, dev: np.ndarray, where: str) -> np.nd
             row,
         )
     return np.flatnonzero(~shared)
+
+
+def without_paired_captions(pools: UnpairedPools, paired: Iterable[np.ndarray]) -> UnpairedPools:
+    """``pools`` without the caption rows equal to a caption of ``paired`` (the training pairs' captions, in
+    chunks): already paired, they are left out and said; the image pool is kept whole (an unpaired caption may
+    well describe a paired image). Nothing may be left, and then no pseudo-pair is drawn."""
+    known = [row_hashes(chunk) for chunk in paired]
+    shared = np.isin(row_hashes(pools.captions), np.concatenate(known) if known else np.zeros(0, "S16"))
+    if not shared.any():
+        return pools
+    logger.warning(
+        "unpaired captions: left out %d of %d row(s) equal to training captions (already paired)%s",
+        int(shared.sum()),
+        len(shared),
+        "; none is left, so no pseudo-pair is drawn" if shared.all() else "",
+    )
+    truth = None if pools.truth is None else pools.truth[~shared]
+    return UnpairedPools(pools.captions[~shared], pools.images, truth, pools.source)
 
 
 def refuse_dev_rows(pool: np.ndarray, dev: np.ndarray, where: str, dev_name: str) -> None:

@@ -34,7 +34,7 @@ from stitch.retrieval.evaluate import (
 from stitch.retrieval.graded import graded_reports
 from stitch.retrieval.metrics import relevance_metrics
 from stitch.retrieval.scorer import Scorer
-from stitch.semi.pools import UnpairedPools, read_pools
+from stitch.semi.pools import UnpairedPools, read_pools, without_paired_captions
 from stitch.semi.refine import TrainingPairs, refine_map, training_pairs
 from stitch.semi.self_learning import weighted_moments
 from stitch.training.batching import CaptionBatches, Passes, PooledBatches, PoolRows
@@ -381,7 +381,7 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
     data's source (recorded) and image moments to use instead of the training images' own."""
     image_moments = options.image_moments
     model = build_model(config.model, data.text_dim, data.image_dim)
-    pools = _pools(config, data, dev_set)
+    pools = _pools(config, data, dev_set, train_set)
     if config.model.standardize_target:
         own = image_moments is None
         images = train_set.image_chunks()  # loose images inform the image space's statistics as paired ones do
@@ -428,10 +428,11 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
     return run, train_set, pooled
 
 
-def _pools(config: TrainConfig, data, dev_set) -> UnpairedPools | None:
-    """The unpaired pools (``semi.*``), checked against the pairs and dev: always for a model kind that uses
-    them, and when given for a learnt kind (its batches take pseudo-pairs); a closed-form kind that does not
-    use them (ridge) leaves them."""
+def _pools(config: TrainConfig, data, dev_set, train_set: ShardList) -> UnpairedPools | None:
+    """The unpaired pools (``semi.*``), checked against the pairs and dev: always for a model kind that uses them,
+    and when given for a learnt kind (its batches take pseudo-pairs); a closed-form kind that does not use them
+    (ridge) leaves them. Pool captions already paired in ``train_set`` are left out (unless the pairs are not
+    fitted on, ``semi.use_pairs=false``)."""
     semi = config.semi
     uses = MODELS.tag(config.model.name, "uses_pools", False)
     given = bool(semi.unpaired_captions or semi.unpaired_images)
@@ -439,7 +440,10 @@ def _pools(config: TrainConfig, data, dev_set) -> UnpairedPools | None:
         return None
     if not uses and config.optim.mixup_alpha:
         raise RunError("optim.mixup_alpha mixes pairs; with unpaired pools (pseudo-pairs in the batches) set it to 0")
-    return read_pools(semi.unpaired_captions, semi.unpaired_images, data.text_dim, data.image_dim, dev_set)
+    pools = read_pools(semi.unpaired_captions, semi.unpaired_images, data.text_dim, data.image_dim, dev_set)
+    if not semi.use_pairs:  # the zero-pair mode fits on no pair: none of its pool rows is paired
+        return pools
+    return without_paired_captions(pools, (captions for captions, _ in train_set.pair_chunks()))
 
 
 def _seed_pairs(train_set: ShardList) -> tuple[np.ndarray, np.ndarray] | None:
@@ -471,7 +475,7 @@ def _pool_rows(pooled: TrainingPairs, train_set: ShardList, config: TrainConfig,
             f"loss.name={config.loss.name} cannot weigh its rows, which pseudo-pairs from unpaired pools need; "
             f"use one of {weighing} (with loss.miner=none), or train without pools"
         )
-    regularised = config.semi.neighbour_weight > 0
+    regularised = config.semi.neighbour_weight > 0 and len(pooled.pool) >= 2
     return PoolRows(
         pooled.captions,
         pooled.images,
