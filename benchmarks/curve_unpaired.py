@@ -1,15 +1,28 @@
-"""Few pairs with unpaired pools, measured through the product: ``stitch curve --unpaired`` on Flickr8k.
+"""Few pairs with unpaired pools, measured through the product on Flickr8k, in three parts.
 
-For each seed (the nested image subsets' seed) and each pool variant (``same``: the rest of the training
-images, captions and images of the same pictures, links dropped; ``disjoint``: captions of one half of the
-rest, images of the other), one ``stitch curve`` trains ridge (pairs only), the ``self-learning`` recipe
-and the ``zero-pair`` recipe at 250 and 1,000 training captions and scores them on the 1,000 dev images
-(5,000 captions): own scoring and as submitted (a grader's cosine with the raw image). Then the mean and
-half range over seeds.
+``--part closed-form``: for each seed (the nested image subsets' seed) and each pool variant (``same``: the
+rest of the training images, captions and images of the same pictures, links dropped; ``disjoint``:
+captions of one half of the rest, images of the other), one ``stitch curve`` trains ridge (pairs only), the
+``self-learning`` recipe and the ``zero-pair`` recipe at 250 and 1,000 training captions and scores them on
+the 1,000 dev images (5,000 captions): own scoring and as submitted (a grader's cosine with the raw image).
+Then the mean and half range over seeds.
 
-    .venv/bin/python benchmarks/curve_unpaired.py [--data PATH] [--seeds 0 1 2] [--out /tmp/curves]
+``--part learnt``: the default recipe (a residual MLP trained by gradient) at 1,000 training captions (or
+``--sizes``), on
+the pairs only and with the rest of the training images as ``same`` pools (``default+pools``: pseudo-pairs
+in its batches and in its closed-form start), and the latter again with each ``--set`` override (the
+neighbourhood regulariser, another pseudo-pair weight).
 
-Curves already in ``--out`` are read, not re-run.
+``--part checks``: every training pair, without pools and with the training set's own captions and images
+as pools (links dropped), for ridge against the ``self-learning`` recipe and, with ``--learnt``, the default
+recipe against itself with pools: with nothing left to learn from, the pools should not cost dev MRR.
+
+    .venv/bin/python benchmarks/curve_unpaired.py --part closed-form [--seeds 0 1 2] [--out /tmp/curves]
+    .venv/bin/python benchmarks/curve_unpaired.py --part learnt --seeds 0 [--sizes 1000] [--set semi.neighbour_weight=1]
+    .venv/bin/python benchmarks/curve_unpaired.py --part checks [--learnt]
+
+Curves already in ``--out`` are read, not re-run, so seeds can be added one command at a time; each part
+rewrites its own block of ``results_curve_unpaired.txt`` and keeps the others.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import argparse
 import csv
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +40,13 @@ import numpy as np
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "flickr8k.npz"
 RESULTS = Path(__file__).with_name("results_curve_unpaired.txt")
 METHODS = ("ridge", "self-learning", "zero-pair")
+LEARNT = ("default", "default+pools")
+PARTS = ("closed-form", "learnt", "checks")
+
+
+def _rows(folder: Path) -> list[dict]:
+    lines = (folder / "curve.csv").read_text().splitlines()
+    return list(csv.DictReader(line for line in lines if not line.startswith("#")))
 
 
 def curve(data: Path, out: Path, seed: int, variant: str) -> list[dict]:
@@ -35,18 +56,28 @@ def curve(data: Path, out: Path, seed: int, variant: str) -> list[dict]:
                    "--sizes", "250", "1000", "--unpaired", variant, "--seed", str(seed), "--out", str(folder),
                    "--quiet"]  # fmt: skip
         subprocess.run(command, check=True)
-    lines = (folder / "curve.csv").read_text().splitlines()
-    return list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    return _rows(folder)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/curves"))
-    args = parser.parse_args()
-    if not args.data.exists():
-        raise SystemExit(f"{args.data} is absent: this benchmark needs Flickr8k (../shared)")
+def learnt_curve(data: Path, folder: Path, settings_of: tuple[int, int], methods: tuple[str, ...], overrides=()):
+    """One in-process curve of learnt methods at ``(seed, size)`` with ``same`` pools (read back when present)."""
+    if not (folder / "curve.csv").exists():
+        from stitch import api
+        from stitch.apps.curve import CurveSettings, learning_curve
+
+        seed, size = settings_of
+        settings = CurveSettings(sizes=(size,), seed=seed, overrides=tuple(overrides), unpaired="same")
+        learning_curve(api.load(data), list(methods), folder, settings)
+    return _rows(folder)
+
+
+def _summary(values: list[tuple[float, float]]) -> str:
+    own, graded = np.array(values).T
+    spread = f"{own.mean():.4f} ± {np.ptp(own) / 2:.4f}  {graded.mean():.4f} ± {np.ptp(graded) / 2:.4f}"
+    return f"{spread}  (n={len(values)})"
+
+
+def closed_form(args) -> list[str]:
     table: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for variant in ("same", "disjoint"):
         for seed in args.seeds:
@@ -63,14 +94,101 @@ def main() -> None:
         "size  method         pools      own MRR          submitted MRR",
     ]
     for (size, method, label), values in sorted(table.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
-        own, graded = np.array(values).T
-        lines.append(
-            f"{size:>5} {method:<14} {label:<9} {own.mean():.4f} ± {np.ptp(own) / 2:.4f}  "
-            f"{graded.mean():.4f} ± {np.ptp(graded) / 2:.4f}  (n={len(values)})"
-        )
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.write_text(text + "\n")
+        lines.append(f"{size:>5} {method:<14} {label:<9} {_summary(values)}")
+    return lines
+
+
+def learnt(args) -> list[str]:
+    table: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    for size in args.sizes:
+        for seed in args.seeds:
+            where = f"learnt{seed}" if size == 1000 else f"learnt{seed}-{size}"
+            for row in learnt_curve(args.data, args.out / where, (seed, size), LEARNT):
+                table[(size, row["method"])].append((float(row["mrr"]), float(row["submitted_mrr"])))
+            for override in args.set:
+                folder = args.out / f"{where}-{override.replace('=', '-')}"
+                for row in learnt_curve(args.data, folder, (seed, size), LEARNT[1:], [override]):
+                    label = f"{row['method']}, {override}"
+                    table[(size, label)].append((float(row["mrr"]), float(row["submitted_mrr"])))
+    lines = [
+        "Learnt recipe with unpaired pools on Flickr8k: training captions from nested by-image subsets of train,",
+        "the rest of train as same pools (links dropped; dev never in a pool); dev text->image, full gallery of",
+        "1000 images, 5000 captions; mean (± half range) over the seeds of each row, own scoring and as submitted",
+        " size  method                                               own MRR          submitted MRR",
+    ]
+    lines += [f"{size:>5}  {method:<52} {_summary(values)}" for (size, method), values in table.items()]
+    return lines
+
+
+def checks(args) -> list[str]:
+    """Every training pair, with and without the training set's own captions and images as pools."""
+    from stitch import api
+    from stitch.recipes import recipe_overrides
+
+    data = api.load(args.data)
+    train = data.split("train")
+    pool = args.out / "own-pool.npz"
+    if not pool.exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        np.savez(pool, **{"captions/embeddings": train.captions, "captions/image_index": train.caption_image,
+                          "images/embeddings": train.images})  # fmt: skip
+    pooled = [f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
+    runs = [("ridge", []), ("self-learning", pooled)]
+    if args.learnt:
+        runs += [("default", []), ("default", pooled)]
+    lines = [
+        "All training pairs (Flickr8k train split), without pools and with the training set's own captions and",
+        "images as pools (links dropped; 47 captions equal to dev captions left out); dev text->image, full",
+        "gallery of 1000 images, 5000 captions, own scoring; seed 0",
+        "recipe          pools       own MRR  submitted MRR  seconds",
+    ]
+    for name, pools in runs:
+        started = time.perf_counter()
+        result = api.train(data, None, overrides=[*recipe_overrides(name), *pools], progress=False)
+        graded = api.evaluate(result, data.split("dev"), as_submitted=True)[0].metrics["mrr"]
+        own, seconds = result.dev_reports[0].metrics["mrr"], time.perf_counter() - started
+        label = "own train" if pools else "none"
+        lines.append(f"{name:<15} {label:<10} {own:.4f}   {graded:.4f}         {seconds:.0f}")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def write_block(name: str, lines: list[str]) -> None:
+    """Replace the block ``## name`` of the results file (to the next ``## `` header), keeping the others in their
+    order; a new block goes last."""
+    blocks: dict[str, list[str]] = {}
+    old = RESULTS.read_text().splitlines() if RESULTS.exists() else []
+    current = None if any(line.startswith("## ") for line in old) else "closed-form"  # a file of one block
+    if current is not None:
+        blocks[current] = []
+    for line in old:
+        if line.startswith("## "):
+            current = line[3:]
+            blocks[current] = []
+        elif current is not None:
+            blocks[current].append(line)
+    blocks[name] = [*lines, ""]
+    text = "\n".join(line for block, body in blocks.items() for line in (f"## {block}", *body))
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=PARTS, default="closed-form")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/curves"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000], help="learnt: training captions")
+    parser.add_argument("--set", nargs="*", default=[], help="learnt: overrides, each one more default+pools row")
+    parser.add_argument("--learnt", action="store_true", help="checks: the default recipe too (slow)")
+    args = parser.parse_args()
+    if not args.data.exists():
+        raise SystemExit(f"{args.data} is absent: this benchmark needs Flickr8k (../shared)")
+    lines = {"closed-form": closed_form, "learnt": learnt, "checks": checks}[args.part](args)
+    lines.insert(0, "$ .venv/bin/python benchmarks/curve_unpaired.py " + " ".join(sys.argv[1:]))
+    print("\n".join(lines))
+    sizes = "" if args.part != "learnt" or args.sizes == [1000] else f" ({' '.join(map(str, args.sizes))} pairs)"
+    write_block(args.part + sizes, lines)
 
 
 if __name__ == "__main__":
