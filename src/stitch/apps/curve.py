@@ -136,13 +136,13 @@ def learning_curve(
 def _method_point(name: str, subset, dev, settings: CurveSettings, pools: list[str], progress: bool):
     """One method's point on one subset; a method that uses pools gets them (and says which in its label),
     or is skipped when no training image is left to pool."""
-    recipe = recipe_overrides(recipe_of(name))
+    recipe = recipe_overrides(recipe_of(name), settings.overrides)  # shared settings where the kind has them
     if not takes_pools(name):
-        return _point(name, subset, dev, [*recipe, *settings.overrides], progress)
+        return _point(name, subset, dev, recipe, progress)
     if not pools:
         print(f"[curve] {name} on {subset.n_captions - dev.n_captions} pairs: skipped, no image left for pools")
         return None
-    point = _point(name, subset, dev, [*recipe, *settings.overrides, *pools], progress)
+    point = _point(name, subset, dev, [*recipe, *pools], progress)
     return replace(point, method=f"{name} ({settings.unpaired} pools)")
 
 

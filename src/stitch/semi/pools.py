@@ -57,7 +57,7 @@ def read_side(path: str | Path, side: str, dim: int) -> tuple[np.ndarray, Paired
                 raise
             rows = load_queries(path).embeddings  # a query file: captions with no images
         else:
-            paired = opened if isinstance(opened, PairedEmbeddings) else opened.to_memory()
+            paired = opened.to_memory()  # in memory already, or read from disk
             rows = paired.captions if side == "captions" else paired.images
     return _checked(path, side, rows, dim), paired
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stitch.data import PairedEmbeddings
-from stitch.data.sharded import ShardedPairs
+from stitch.data.pairs import Pairs
 from stitch.data.shards import ShardList
 from stitch.data.splits import SEEDED_SPLIT, is_seeded, split_record
 from stitch.io.atomic import atomic_write_text
@@ -288,7 +288,7 @@ class TrainOptions:
 
 
 def train(
-    data: PairedEmbeddings | ShardedPairs,
+    data: Pairs,
     config: TrainConfig | None,
     run_dir: str | Path | None = None,
     options: TrainOptions | None = None,

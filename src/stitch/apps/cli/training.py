@@ -33,8 +33,9 @@ class TrainSettings:
     unpaired_captions: str | None = field(
         default=None,
         metadata=option(
-            "caption embeddings with no image (.npy, a query file or a paired file's captions) for the recipes "
-            "that use unpaired pools (self-learning, zero-pair); a row equal to a dev row is refused"
+            "caption embeddings with no image (.npy, a query file or a paired file's captions): self-learning and "
+            "zero-pair need them; learnt recipes (the default) add pseudo-pairs drawn from them to their batches; "
+            "a row equal to a dev row is refused, one equal to a training pair's caption is dropped"
         ),
     )
     unpaired_images: str | None = field(
