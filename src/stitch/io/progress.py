@@ -1,11 +1,14 @@
-"""Progress for long chunked loops: a tqdm bar on a terminal, a log line every tenth off one (so logs do
-not fill with redraws), nothing for short loops."""
+"""Progress for long loops: a redrawn bar where one can draw (a terminal, or a notebook with ipywidgets),
+otherwise a line at a time (so logs do not fill with redraws), nothing for short loops. In a notebook the
+lines go to stdout: Jupyter draws stderr as an error."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
+from typing import TextIO
 
 log = logging.getLogger("stitch")
 LONG = 20  # chunks: shorter loops finish in a few seconds and show nothing
@@ -17,7 +20,7 @@ def chunk_starts(total: int, step: int, desc: str) -> Iterator[int]:
     if len(starts) < LONG:
         yield from starts
         return
-    if sys.stderr.isatty():
+    if live_bars():
         from tqdm.auto import tqdm
 
         yield from tqdm(starts, desc=desc, unit="chunk", leave=False, dynamic_ncols=True)
@@ -27,3 +30,23 @@ def chunk_starts(total: int, step: int, desc: str) -> Iterator[int]:
         if i % tenth == 0:
             log.info("%s: %d%%", desc, 100 * i // len(starts))
         yield start
+
+
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (IPython's kernel shell), where a widget bar can draw."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def live_bars() -> bool:
+    """Whether to draw redrawn bars: on a terminal, or in a notebook that has ipywidgets (without them
+    tqdm.auto falls back to text bars on stderr, which a notebook shows as an error)."""
+    if sys.stderr.isatty():
+        return True
+    return in_notebook() and importlib.util.find_spec("ipywidgets") is not None
+
+
+def status_stream() -> TextIO:
+    """Where progress lines go: stdout in a notebook, stderr elsewhere (results stay alone on stdout)."""
+    return sys.stdout if in_notebook() else sys.stderr

@@ -7,10 +7,10 @@ order, so early stopping has decided whether an epoch is the best before the run
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 from stitch.errors import StitchError, UsageError
+from stitch.io.progress import live_bars, status_stream
 
 SCORED_MRR_PREFIX = "dev_mrr_"
 
@@ -84,7 +84,7 @@ class ProgressBar(Callback):
         self.enabled, self.bar = enabled, None
 
     def on_train_start(self, trainer, state) -> None:
-        if not self.enabled or not sys.stderr.isatty():
+        if not self.enabled or not live_bars():
             return
         from tqdm.auto import tqdm
 
@@ -103,12 +103,12 @@ class ProgressBar(Callback):
             scored = scored_mrr_key(row)
             own = f", {scored[len(SCORED_MRR_PREFIX) :]} {row[scored]:.4f}" if scored else ""
             line = f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, dev MRR cosine {row['dev_mrr']:.4f}{own}"
-            print(line, file=sys.stderr, flush=True)
+            print(line, file=status_stream(), flush=True)
         if state.stop:
             print(
                 f"early stop after epoch {row['epoch']}: no gain in dev MRR (cosine) for {state.stale} epochs; "
                 f"keeping epoch {state.best_epoch} (dev MRR {state.best:.4f})",
-                file=sys.stderr,
+                file=status_stream(),
                 flush=True,
             )
 
