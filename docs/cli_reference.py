@@ -23,13 +23,17 @@ def render() -> str:
     for name, sub in subparsers.choices.items():
         sub.prog = f"stitch {name}"
         lines += [f"## stitch {name}", "", "```text", _help(sub), "```", ""]
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for inner_name, inner in nested[0].choices.items() if nested else ():
+            inner.prog = f"stitch {name} {inner_name}"
+            lines += [f"### stitch {name} {inner_name}", "", "```text", _help(inner), "```", ""]
     return "\n".join(lines)
 
 
 def _help(parser: argparse.ArgumentParser) -> str:
     import os
 
-    os.environ["COLUMNS"] = "100"  # one width for every machine
+    os.environ["COLUMNS"] = "80"  # one width for every machine, and one that fits the page's code blocks
     return parser.format_help().rstrip()
 
 
