@@ -48,3 +48,19 @@ def test_epoch_lines_follow_the_stream(monkeypatch, capsys, small_data):
     api.train(small_data, None, overrides=["model.name=mlp", "model.hidden=16", "optim.epochs=1"], progress=True)
     out, err = capsys.readouterr()
     assert "epoch 0: loss" in out and "epoch 0: loss" not in err
+
+
+def test_steps_say_each_step_as_it_starts_off_a_terminal(monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    steps = progress.Steps("report", 3)
+    for name in ("scoring", "map", "examples"):
+        steps(name)
+    steps.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "report [1/3]: scoring",
+        "report [2/3]: map",
+        "report [3/3]: examples",
+    ]
+    quiet = progress.Steps("report", 1, enabled=False)
+    quiet("scoring")
+    assert capsys.readouterr().err == ""

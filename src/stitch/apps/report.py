@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from stitch.io.atomic import atomic_write_text, ensure_writable, safe_member
+from stitch.io.progress import Steps
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 24px 48px;color:#222}
@@ -232,6 +233,7 @@ class ReportOptions:
     n_examples: int = 4
     k: int = 5
     seed: int = 0
+    progress: bool = True  # a line (or a bar) per step: scoring, as submitted, curves, map, examples
 
 
 def build_report(
@@ -252,8 +254,10 @@ def build_report(
 
     opened = api.open(run)  # before anything is written: a bad run leaves no half-made output
     out = ensure_writable(out, force)
+    step = Steps("report", 5 if images_dir is not None else 4, options.progress)
     data = api.load(data_path)
     target = data.select(split)
+    step(f"scoring {target.n_captions} captions against {target.n_images} images")
     scorer = opened.scorer()
     q, g = scorer.embed_queries(target.captions), scorer.embed_gallery(target.images)
     scorer.fit(g)
@@ -261,6 +265,7 @@ def build_report(
     q_s, g_s = scorer.prepare_queries(q), scorer.prepare_gallery(g)
     ranks = _first_ranks(q_s, g_s, target, scorer)
     title = html.escape(opened.name)
+    step("as submitted, as a grader scores it")
     sections = [
         f"<h1>stitch report — {title}</h1>",
         f"<p class=muted>data {html.escape(str(data_path))}, split {html.escape(str(split))}: "
@@ -273,16 +278,12 @@ def build_report(
     if kaggle:
         sections.append(_metrics_table(kaggle))
     sections.append(_submission_section(opened, data, split))
-    curves = _curves(opened.metrics)
-    if curves:
-        sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
-    rounds = _rounds(opened.metrics)
-    if rounds:
-        sections.append(rounds)
-    histogram = _rank_histogram(ranks, target.n_images)
-    sections.append(f"<h2>Rank histogram</h2><img class=fig src='{histogram}' alt='rank histogram'>")
+    step("training curves and rank histogram")
+    sections += _training_sections(opened.metrics, ranks, target.n_images)
+    step(f"map of the scoring space ({options.projection})")
     sections.append(_map_section(opened.model, q, g, target, options.projection, options.seed))
     if images_dir is not None and target.image_names is not None:
+        step("retrieval examples")
         scores = torch.cat([scorer.scores(q_s[i : i + 1024], g_s) for i in range(0, len(q_s), 1024)])
         sections.append(_examples(scores, ranks, target, Path(images_dir), options.n_examples, options.k))
     sections.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(opened.config.to_dict(), indent=2))}</pre>")
@@ -291,7 +292,22 @@ def build_report(
         f"</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
     atomic_write_text(out, page)
+    step.close()
     return out
+
+
+def _training_sections(metrics: list[dict], ranks: np.ndarray, n_images: int) -> list[str]:
+    """The training curves, the self-learning rounds (when the run had pools) and the rank histogram."""
+    sections = []
+    curves = _curves(metrics)
+    if curves:
+        sections.append(f"<h2>Training curves</h2><img class=fig src='{curves}' alt='training curves'>")
+    rounds = _rounds(metrics)
+    if rounds:
+        sections.append(rounds)
+    histogram = _rank_histogram(ranks, n_images)
+    sections.append(f"<h2>Rank histogram</h2><img class=fig src='{histogram}' alt='rank histogram'>")
+    return sections
 
 
 def _submission_section(opened, data, split) -> str:

@@ -50,3 +50,30 @@ def live_bars() -> bool:
 def status_stream() -> TextIO:
     """Where progress lines go: stdout in a notebook, stderr elsewhere (results stay alone on stdout)."""
     return sys.stdout if in_notebook() else sys.stderr
+
+
+class Steps:
+    """The named steps of a job that takes a while (``stitch report``): a bar of steps where one can draw,
+    else one line per step as it starts, so a minute of work is never silent."""
+
+    def __init__(self, desc: str, total: int, enabled: bool = True) -> None:
+        self.desc, self.total, self.done, self.bar = desc, total, 0, None
+        self.enabled = enabled
+        if enabled and live_bars():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+    def __call__(self, name: str) -> None:
+        """Step ``name`` starts (the one before it is done)."""
+        if self.bar is not None:
+            self.bar.update(min(1, self.done))
+            self.bar.set_postfix_str(name)
+        elif self.enabled:
+            print(f"{self.desc} [{self.done + 1}/{self.total}]: {name}", file=status_stream(), flush=True)
+        self.done += 1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.total - self.bar.n)
+            self.bar.close()

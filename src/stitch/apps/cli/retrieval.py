@@ -198,13 +198,16 @@ def report(
     projection: Annotated[str, Opt(choices=registries.PROJECTIONS.names)] = "tsne",
     out: Annotated[str | None, Opt("the HTML file (default: RUN/report.html)")] = None,
     force: Annotated[bool, Opt("replace an earlier report at --out")] = False,
+    quiet: bool = False,
 ) -> int:
     """a self-contained HTML report of what a run learned"""
     from stitch.apps.report import build_report
 
     scored = None if split == "none" else split
     page = out or Path(run) / "report.html"
-    path = build_report(run, data, page, split=scored, images_dir=image_dir, projection=projection, force=force)
+    path = build_report(
+        run, data, page, split=scored, images_dir=image_dir, projection=projection, force=force, progress=not quiet
+    )
     print(f"wrote {path}")
     return 0
 
