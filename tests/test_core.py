@@ -31,11 +31,16 @@ TINY_MLP = [o for o in TINY if not o.startswith("model.shared_dim=")]  # for the
 def tiny_runs(tmp_path_factory, small_data):
     """Every named recipe, shrunk to one epoch on the small synthetic set."""
     root = tmp_path_factory.mktemp("recipes")
-    pool = write_flickr_like(root / "pool.npz", small_data.split("train"))  # the train images, links dropped
+    # the recipes that use pools train on the dev images and half the train images; the other half, links
+    # dropped, are their pools (a pool caption equal to a training caption would be dropped as already paired)
+    train_rows = np.flatnonzero(small_data.image_split == "train")
+    pooled = train_rows[::2]
+    paired = small_data.subset_images(np.setdiff1d(np.arange(small_data.n_images), pooled))
+    pool = write_flickr_like(root / "pool.npz", small_data.subset_images(pooled))
     pools = [f"semi.unpaired_captions={pool}", f"semi.unpaired_images={pool}"]
     for name in RECIPES:
-        extra = pools if uses_pools(name) else []
-        api.train(small_data, None, out=root / name, overrides=[*recipe_overrides(name, TINY), *extra], progress=False)
+        data, extra = (paired, pools) if uses_pools(name) else (small_data, [])
+        api.train(data, None, out=root / name, overrides=[*recipe_overrides(name, TINY), *extra], progress=False)
     return root
 
 
@@ -45,6 +50,9 @@ def test_every_recipe_evaluates_predicts_indexes_and_searches(tiny_runs, small_d
     dev = small_data.split("dev")
     t2i = api.evaluate(run, small_data, split="dev")[0]
     assert t2i.metrics["mrr"] > 0.05  # far above random (1/60 gallery): the run learnt something
+    if uses_pools(name):  # its pools gave pseudo-pairs, each round logged with its precision (links known)
+        rounds = [row for row in run.metrics if row.get("round") is not None]
+        assert rounds and all(row["pseudo_pairs"] > 0 and 0 <= row["pseudo_precision"] <= 1 for row in rounds)
     if run.model.has_image_space:
         assert api.predict(run, dev.captions[:4]).shape == (4, small_data.image_dim)
     else:
