@@ -23,7 +23,7 @@ from stitch.io.atomic import atomic_write_text
 from stitch.training.config import EnsembleConfig, TrainConfig, config_from_dict, load_config
 from stitch.training.device import resolve_device
 from stitch.training.distributed import Distributed
-from stitch.training.run import CONFIG, SUMMARY, Run, RunError, run_summary
+from stitch.training.run import CONFIG, SUMMARY, Run, RunError, epoch_rows, run_summary
 from stitch.training.trainer import TrainResult, dev_tables, train
 from stitch.translators.ensemble import Ensemble, Fusion, check_weights
 from stitch.translators.moments import ColumnMoments
@@ -291,7 +291,7 @@ def _member(data, config: TrainConfig, folder: Path | None, moments, **kwargs) -
         _, dev_set, how = data.holdout(config.dev_fraction, config.seed, config.max_dev_images)
         plain, reports, _ = dev_tables(run, dev_set, resolve_device(config.device))
         best = json.loads((folder / SUMMARY).read_text())["best_epoch"]
-        return TrainResult(run, int(best), plain, run.metrics, how, reports)
+        return TrainResult(run, int(best), plain, epoch_rows(run.metrics), how, reports)  # as a fresh run gives it
     resuming = folder is not None and (folder / "checkpoint.pt").exists()
     return train(data, None if resuming else config, folder, resume=resuming, image_moments=moments, **kwargs)
 
