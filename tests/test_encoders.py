@@ -196,3 +196,18 @@ def test_hugging_face_vision_encoder_from_a_local_folder(tmp_path, pooling):
     expected = hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(1)
     assert got.shape == (2, 16) and np.allclose(got, expected.numpy(), atol=1e-5)
     assert not np.allclose(got[0], got[1])
+
+
+def test_image_encoder_kinds_come_from_their_registry(tmp_path):
+    from stitch.encoders.image import image_encoder
+    from stitch.errors import UsageError
+    from stitch.registries import IMAGE_ENCODERS
+
+    for spec in ("clip:/models/x", "tflite", "/models/x.tflite"):
+        with pytest.raises(UsageError, match="unknown image encoder") as caught:
+            image_encoder(spec)
+        assert all(f"{kind}:" in str(caught.value) for kind in IMAGE_ENCODERS.names())
+    with pytest.raises(UsageError, match="does not exist"):  # dispatched to the TFLite kind
+        image_encoder(f"tflite:{tmp_path / 'missing.tflite'}")
+    with pytest.raises(UsageError, match="pooling must be cls or mean"):  # to the Hugging Face kind
+        image_encoder(f"hf:{tmp_path}#max")

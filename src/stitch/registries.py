@@ -259,6 +259,15 @@ TEXT_ENCODERS = Registry(
     },
 )
 
+# the part of an image-encoder spec before ":"
+IMAGE_ENCODERS = Registry(
+    "image encoder",
+    {
+        "tflite": Entry("stitch.encoders.image:TFLiteEncoder", "a TFLite model: tflite:/path/model.tflite"),
+        "hf": Entry("stitch.encoders.image:HFVisionEncoder", "a Hugging Face vision model: hf:/path[#cls|#mean]"),
+    },
+)
+
 PROJECTIONS = Registry(
     "projection",
     {name: Entry("stitch.outputs.plots:project_2d") for name in ("tsne", "pca", "umap")},

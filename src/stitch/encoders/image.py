@@ -22,6 +22,11 @@ class ImageEncoder:
 
 
 class TFLiteEncoder(ImageEncoder):
+    @classmethod
+    def from_spec(cls, rest: str, device: str = "cpu") -> TFLiteEncoder:
+        """``tflite:PATH`` without its ``tflite:``; TFLite runs on the CPU whatever ``device`` says."""
+        return cls(rest)
+
     def __init__(self, path: str | Path) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -51,6 +56,12 @@ class TFLiteEncoder(ImageEncoder):
 
 
 class HFVisionEncoder(ImageEncoder):
+    @classmethod
+    def from_spec(cls, rest: str, device: str = "cpu") -> HFVisionEncoder:
+        """``hf:PATH[#cls|#mean]`` without its ``hf:``."""
+        path, _, pooling = rest.partition("#")
+        return cls(path, pooling or "cls", device)
+
     def __init__(self, path: str | Path, pooling: str = "cls", device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoImageProcessor, AutoModel
@@ -77,9 +88,10 @@ class HFVisionEncoder(ImageEncoder):
 
 
 def image_encoder(spec: str, device: str = "cpu") -> ImageEncoder:
-    if spec.startswith("tflite:"):
-        return TFLiteEncoder(spec[len("tflite:") :])
-    if spec.startswith("hf:"):
-        path, _, pooling = spec[3:].partition("#")
-        return HFVisionEncoder(path, pooling or "cls", device)
-    raise UsageError(f"unknown image encoder {spec!r}; use tflite:/path/model.tflite or hf:/path[#cls|#mean]")
+    """The encoder a spec names (``tflite:PATH``, ``hf:PATH[#cls|#mean]``); kinds live in ``IMAGE_ENCODERS``."""
+    from stitch.registries import IMAGE_ENCODERS
+
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in IMAGE_ENCODERS:
+        raise UsageError(f"unknown image encoder {spec!r}; use {IMAGE_ENCODERS.help()}")
+    return IMAGE_ENCODERS.get(kind, "image encoder").from_spec(rest, device)

@@ -235,12 +235,8 @@ def export(
 class Encoders:
     """Which encoders embed raw captions and pictures, and on which device."""
 
-    text_encoder: str = field(
-        default="minilm", metadata=option("minilm | st:/path | onnx:minilm | static:/path (stitch distill-encoder)")
-    )
-    image_encoder: str | None = field(
-        default=None, metadata=option("tflite:/path/model.tflite | hf:/path/to/model[#cls|#mean]")
-    )
+    text_encoder: str = field(default="minilm", metadata=option(registries.TEXT_ENCODERS.help()))
+    image_encoder: str | None = field(default=None, metadata=option(registries.IMAGE_ENCODERS.help()))
     device: str = field(default="cpu", metadata=option("device of the encoders (cpu, cuda, cuda:N)"))
 
 
