@@ -17,6 +17,7 @@ from typing import Any
 
 from stitch.apps.service.cors import check_cors_origins
 from stitch.errors import UsageError
+from stitch.registries import TEXT_ENCODERS
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BODY_TIMEOUT_S = 10.0
@@ -134,7 +135,8 @@ class ServeConfig:
         },
     )
     text_encoder: str | None = field(
-        default=None, metadata={"help": "override the text encoder the data records (e.g. minilm)"}
+        default=None,
+        metadata={"help": f"the query encoder, when not the one the data records: {TEXT_ENCODERS.help()}"},
     )
     text_precision: str = field(
         default="fp32",
