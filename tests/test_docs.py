@@ -54,7 +54,8 @@ def test_the_documentation_site_builds_strictly(tmp_path):
     done = _mkdocs_build(ROOT, tmp_path / "site")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "WARNING" not in done.stderr, done.stderr[-3000:]
-    assert (tmp_path / "site" / "reference" / "api" / "index.html").exists()
+    api_page = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert "<code>Run</code>" in api_page and ":class:" not in api_page and ":func:" not in api_page
 
 
 def test_the_strict_build_fails_on_a_broken_link(tmp_path):
