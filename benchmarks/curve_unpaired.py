@@ -11,18 +11,22 @@ Then the mean and half range over seeds.
 ``--sizes``), on
 the pairs only and with the rest of the training images as ``same`` pools (``default+pools``: pseudo-pairs
 in its batches and in its closed-form start), and the latter again with each ``--set`` override (the
-neighbourhood regulariser, another pseudo-pair weight).
+neighbourhood regulariser, another pseudo-pair weight). ``--unpaired disjoint`` gives ``default+pools`` the
+``disjoint`` pools instead (captions of one half of the rest, images of the other), so that any gain is not
+pool matching.
 
 ``--part checks``: every training pair, without pools and with the training set's own captions and images
 as pools (links dropped), for ridge against the ``self-learning`` recipe and, with ``--learnt``, the default
 recipe against itself with pools: with nothing left to learn from, the pools should not cost dev MRR.
 
     .venv/bin/python benchmarks/curve_unpaired.py --part closed-form [--seeds 0 1 2] [--out /tmp/curves]
-    .venv/bin/python benchmarks/curve_unpaired.py --part learnt --seeds 0 [--sizes 1000] [--set semi.neighbour_weight=1]
+    .venv/bin/python benchmarks/curve_unpaired.py --part learnt --seeds 0 [--sizes 1000] [--unpaired disjoint]
+        [--set semi.neighbour_weight=1]
     .venv/bin/python benchmarks/curve_unpaired.py --part checks [--learnt]
 
 Curves already in ``--out`` are read, not re-run, so seeds can be added one command at a time; each part
-rewrites its own block of ``results_curve_unpaired.txt`` and keeps the others.
+rewrites its own block of ``results_curve_unpaired.txt`` and keeps the others (a learnt part at other sizes
+or with disjoint pools is a block of its own, e.g. ``## learnt (250 pairs, disjoint pools)``).
 """
 
 from __future__ import annotations
@@ -59,14 +63,22 @@ def curve(data: Path, out: Path, seed: int, variant: str) -> list[dict]:
     return _rows(folder)
 
 
-def learnt_curve(data: Path, folder: Path, settings_of: tuple[int, int], methods: tuple[str, ...], overrides=()):
-    """One in-process curve of learnt methods at ``(seed, size)`` with ``same`` pools (read back when present)."""
+def learnt_curve(
+    data: Path,
+    folder: Path,
+    settings_of: tuple[int, int],
+    methods: tuple[str, ...],
+    overrides=(),
+    unpaired: str = "same",
+):
+    """One in-process curve of learnt methods at ``(seed, size)`` with ``unpaired`` pools (read back when
+    present)."""
     if not (folder / "curve.csv").exists():
         from stitch import api
         from stitch.apps.curve import CurveSettings, learning_curve
 
         seed, size = settings_of
-        settings = CurveSettings(sizes=(size,), seed=seed, overrides=tuple(overrides), unpaired="same")
+        settings = CurveSettings(sizes=(size,), seed=seed, overrides=tuple(overrides), unpaired=unpaired)
         learning_curve(api.load(data), list(methods), folder, settings)
     return _rows(folder)
 
@@ -103,16 +115,21 @@ def learnt(args) -> list[str]:
     for size in args.sizes:
         for seed in args.seeds:
             where = f"learnt{seed}" if size == 1000 else f"learnt{seed}-{size}"
-            for row in learnt_curve(args.data, args.out / where, (seed, size), LEARNT):
+            where += "" if args.unpaired == "same" else f"-{args.unpaired}"
+            for row in learnt_curve(args.data, args.out / where, (seed, size), LEARNT, (), args.unpaired):
                 table[(size, row["method"])].append((float(row["mrr"]), float(row["submitted_mrr"])))
             for override in args.set:
                 folder = args.out / f"{where}-{override.replace('=', '-')}"
-                for row in learnt_curve(args.data, folder, (seed, size), LEARNT[1:], [override]):
+                for row in learnt_curve(args.data, folder, (seed, size), LEARNT[1:], [override], args.unpaired):
                     label = f"{row['method']}, {override}"
                     table[(size, label)].append((float(row["mrr"]), float(row["submitted_mrr"])))
+    same = ["the rest of train as same pools (links dropped; dev never in a pool); dev text->image, full gallery of"]
+    disjoint = ["the rest of train as disjoint pools (captions of one half of its images, images of the other half,",
+                "so the pools do not correspond; dev never in a pool); dev text->image, full gallery of"]  # fmt: skip
+    pools = same if args.unpaired == "same" else disjoint
     lines = [
         "Learnt recipe with unpaired pools on Flickr8k: training captions from nested by-image subsets of train,",
-        "the rest of train as same pools (links dropped; dev never in a pool); dev text->image, full gallery of",
+        *pools,
         "1000 images, 5000 captions; mean (± half range) over the seeds of each row, own scoring and as submitted",
         " size  method                                               own MRR          submitted MRR",
     ]
@@ -155,7 +172,7 @@ def checks(args) -> list[str]:
 
 def write_block(name: str, lines: list[str]) -> None:
     """Replace the block ``## name`` of the results file (to the next ``## `` header), keeping the others in their
-    order; a new block goes last."""
+    order; a new block goes last, and one blank line parts each block from the next."""
     blocks: dict[str, list[str]] = {}
     old = RESULTS.read_text().splitlines() if RESULTS.exists() else []
     current = None if any(line.startswith("## ") for line in old) else "closed-form"  # a file of one block
@@ -167,8 +184,8 @@ def write_block(name: str, lines: list[str]) -> None:
             blocks[current] = []
         elif current is not None:
             blocks[current].append(line)
-    blocks[name] = [*lines, ""]
-    text = "\n".join(line for block, body in blocks.items() for line in (f"## {block}", *body))
+    blocks[name] = list(lines)
+    text = "\n\n".join("\n".join([f"## {block}", *body]).rstrip("\n") for block, body in blocks.items())
     RESULTS.write_text(text.rstrip("\n") + "\n")
 
 
@@ -179,6 +196,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("/tmp/curves"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000], help="learnt: training captions")
+    parser.add_argument("--unpaired", choices=("same", "disjoint"), default="same", help="learnt: the pools")
     parser.add_argument("--set", nargs="*", default=[], help="learnt: overrides, each one more default+pools row")
     parser.add_argument("--learnt", action="store_true", help="checks: the default recipe too (slow)")
     args = parser.parse_args()
@@ -187,8 +205,17 @@ def main() -> None:
     lines = {"closed-form": closed_form, "learnt": learnt, "checks": checks}[args.part](args)
     lines.insert(0, "$ .venv/bin/python benchmarks/curve_unpaired.py " + " ".join(sys.argv[1:]))
     print("\n".join(lines))
-    sizes = "" if args.part != "learnt" or args.sizes == [1000] else f" ({' '.join(map(str, args.sizes))} pairs)"
-    write_block(args.part + sizes, lines)
+    write_block(args.part + _qualifier(args), lines)
+
+
+def _qualifier(args) -> str:
+    """A learnt block's qualifier: its sizes unless 1000 and its pools unless ``same`` (`` (250 pairs, disjoint
+    pools)``); none for the default learnt block or another part."""
+    if args.part != "learnt":
+        return ""
+    words = [] if args.sizes == [1000] else [f"{' '.join(map(str, args.sizes))} pairs"]
+    words += [] if args.unpaired == "same" else [f"{args.unpaired} pools"]
+    return f" ({', '.join(words)})" if words else ""
 
 
 if __name__ == "__main__":
