@@ -381,7 +381,10 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
     data's source (recorded) and image moments to use instead of the training images' own."""
     image_moments = options.image_moments
     model = build_model(config.model, data.text_dim, data.image_dim)
-    pools = _pools(config, data, dev_set, train_set)
+    pools = _pools(config, data, dev_set)
+    seed = None if pools is None else _seed_pairs(train_set)  # read once, for the pools and the start
+    if pools is not None and config.semi.use_pairs:  # the zero-pair mode fits on no pair: nothing is paired
+        pools = without_paired_captions(pools, [] if seed is None else [seed[0]])
     if config.model.standardize_target:
         own = image_moments is None
         images = train_set.image_chunks()  # loose images inform the image space's statistics as paired ones do
@@ -394,15 +397,7 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
 
     # closed-form fits use every caption-image link, weighted 1/(images of the caption): the mean target
     moments = PairMoments.of_chunks((c, in_space(t)) for c, t in train_set.pair_chunks())
-    model.initialise(moments, config.model)
-    pooled, rounds = None, None
-    if pools is not None and MODELS.tag(config.model.name, "uses_pools", False):
-        rounds = _self_learn(model, train_set, pools, config)
-    elif pools is not None:  # a learnt recipe: pseudo-pairs join its batches, and its start
-        pooled = training_pairs(_seed_pairs(train_set), pools, config)
-        pseudo = weighted_moments(pooled.captions, in_space(pooled.images), pooled.weight) if len(pooled) else None
-        model.initialise(moments if pseudo is None else moments.merge(pseudo), config.model)
-        rounds = pooled.rounds
+    pooled, rounds = _fit_start(model, moments, in_space, seed, pools, config)
     bank = _keep_bank(train_set, config)
     filtered, train_images, train_captions = "", train_set.n_images, train_set.n_captions
     if config.filter_fraction:
@@ -428,22 +423,19 @@ def _initial_run(data, train_set: ShardList, dev_set, how, config, run_dir, opti
     return run, train_set, pooled
 
 
-def _pools(config: TrainConfig, data, dev_set, train_set: ShardList) -> UnpairedPools | None:
+def _pools(config: TrainConfig, data, dev_set) -> UnpairedPools | None:
     """The unpaired pools (``semi.*``), checked against the pairs and dev: always for a model kind that uses them,
     and when given for a learnt kind (its batches take pseudo-pairs); a closed-form kind that does not use them
-    (ridge) leaves them. Pool captions already paired in ``train_set`` are left out (unless the pairs are not
-    fitted on, ``semi.use_pairs=false``)."""
+    (ridge) leaves them."""
     semi = config.semi
     uses = MODELS.tag(config.model.name, "uses_pools", False)
     given = bool(semi.unpaired_captions or semi.unpaired_images)
-    if not uses and not (given and not MODELS.tag(config.model.name, "closed_form", False)):
+    learnt = not MODELS.tag(config.model.name, "closed_form", False)
+    if not (uses or (given and learnt)):
         return None
     if not uses and config.optim.mixup_alpha:
         raise RunError("optim.mixup_alpha mixes pairs; with unpaired pools (pseudo-pairs in the batches) set it to 0")
-    pools = read_pools(semi.unpaired_captions, semi.unpaired_images, data.text_dim, data.image_dim, dev_set)
-    if not semi.use_pairs:  # the zero-pair mode fits on no pair: none of its pool rows is paired
-        return pools
-    return without_paired_captions(pools, (captions for captions, _ in train_set.pair_chunks()))
+    return read_pools(semi.unpaired_captions, semi.unpaired_images, data.text_dim, data.image_dim, dev_set)
 
 
 def _seed_pairs(train_set: ShardList) -> tuple[np.ndarray, np.ndarray] | None:
@@ -452,9 +444,21 @@ def _seed_pairs(train_set: ShardList) -> tuple[np.ndarray, np.ndarray] | None:
     return (np.concatenate([c for c, _ in pairs]), np.concatenate([i for _, i in pairs])) if pairs else None
 
 
-def _self_learn(model, train_set: ShardList, pools: UnpairedPools, config: TrainConfig) -> list[dict]:
-    """Self-learning on the training pairs (raw, one row per link) and the pools; the model's map is set."""
-    return refine_map(model, _seed_pairs(train_set), pools, config)
+def _fit_start(model, moments: PairMoments, in_space, seed, pools: UnpairedPools | None, config: TrainConfig):
+    """``(pooled, rounds)``, the model's closed-form start fitted once: on the pairs' ``moments``; for a learnt
+    recipe with pools, on the pairs plus the pseudo-pairs that will join its batches (``pooled``); a model kind
+    that uses pools has its map refitted on them by self-learning. ``rounds``: the self-learning log."""
+    if pools is None:
+        model.initialise(moments, config.model)
+        return None, None
+    if MODELS.tag(config.model.name, "uses_pools", False):
+        model.initialise(moments, config.model)
+        return None, refine_map(model, seed, pools, config)
+    pooled = training_pairs(seed, pools, config)
+    if len(pooled):
+        moments = moments.merge(weighted_moments(pooled.captions, in_space(pooled.images), pooled.weight))
+    model.initialise(moments, config.model)
+    return pooled, pooled.rounds
 
 
 def _pool_record(pools: UnpairedPools, rounds: list[dict], pooled: TrainingPairs | None) -> dict:
