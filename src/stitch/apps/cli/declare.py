@@ -82,16 +82,6 @@ def _is_group(kind: Any) -> bool:
     return dataclasses.is_dataclass(kind) and isinstance(kind, type)
 
 
-@dataclass(frozen=True)
-class _Param:
-    """One parameter of a command (or field of a group): where argparse keeps it and how to add it."""
-
-    dest: str
-    kind: Any
-    opt: Opt
-    default: Any  # inspect.Parameter.empty / dataclasses.MISSING: required
-
-
 def _params_of(func: Callable[..., int]) -> list[tuple[str, Any, Opt | None, Any]]:
     hints = typing.get_type_hints(func, include_extras=True)
     out = []
@@ -111,9 +101,8 @@ def _fields_of(group: type) -> list[tuple[str, Any, Opt, Any]]:
     for f in dataclasses.fields(group):
         if "help" not in f.metadata and not _is_group(_without_none(hints[f.name])):
             continue  # a field the command line does not set (an array, a device the API picks)
-        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
-        if f.default_factory is not dataclasses.MISSING:
-            default = None  # a nested group: built from its own fields
+        # MISSING: required; a nested group (default_factory) is built from its own fields
+        default = None if f.default_factory is not dataclasses.MISSING else f.default
         opt = Opt(**{k: v for k, v in f.metadata.items() if k in _OPT_FIELDS})
         out.append((f.name, hints[f.name], opt, default))
     return out

@@ -47,7 +47,8 @@ def evaluate(
 
     o = options or EvalOptions()
     data = source.load()
-    reports = api.evaluate(run, data, split=split, protocol=protocol, as_submitted=as_submitted, options=o)
+    opened = api.open(run)  # once: the evaluation and the scorings table share it
+    reports = api.evaluate(opened, data, split=split, protocol=protocol, as_submitted=as_submitted, options=o)
     if json:
         _print_json({**summary_json(reports), "split": reports[0].split})
     else:
@@ -56,7 +57,6 @@ def evaluate(
             print("identical caption texts merged: each is one query relevant to all of its images")
         print(format_reports(reports))
         if not as_submitted and not o.merge_duplicate_texts:  # own scoring, plain cosine and as graded, side by side
-            opened = api.open(run)
             print(format_scorings(api.scorings(opened, data, split, protocol, own=reports[0], options=o), opened.model))
         if reports[0].train_overlap:
             print(

@@ -53,11 +53,9 @@ class TrainSettings:
         from stitch.recipes import recipe_overrides
 
         config = None if self.config is None else str(resolve(self.config, "config"))
-        pools = [f"semi.unpaired_{side}={path}" for side, path in self.pools() if path]
+        given = {"captions": self.unpaired_captions, "images": self.unpaired_images}
+        pools = [f"semi.unpaired_{side}={path}" for side, path in given.items() if path]
         return config, [*(recipe_overrides(self.recipe) if self.recipe else []), *pools, *self.overrides]
-
-    def pools(self) -> list[tuple[str, str | None]]:
-        return [("captions", self.unpaired_captions), ("images", self.unpaired_images)]
 
 
 @dataclass(frozen=True)
