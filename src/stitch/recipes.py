@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from stitch.errors import UsageError
-from stitch.registries import MODELS
+from stitch.registries import MODELS, model_has
 
 FOLDER = "configs/recipes"  # inside the stitch package
 ABOUT = ("name", "reference", "notes")  # a recipe file's keys that are not settings
@@ -137,8 +137,7 @@ def _fits(override: str, kind: str) -> bool:
     """Whether ``kind`` has the setting ``override`` gives: every non-model setting does, and every model
     setting of a kind that declares none (registry tag ``config_keys``)."""
     key = override.split("=", 1)[0]
-    has = MODELS.tag(kind, "config_keys", None)
-    return not key.startswith("model.") or has is None or key[len("model.") :] in (*has, "name")
+    return not key.startswith("model.") or model_has(kind, key[len("model.") :])
 
 
 def recipe_overrides(name: str, shared: Iterable[str] = ()) -> list[str]:

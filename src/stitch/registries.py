@@ -70,7 +70,7 @@ _T = "stitch.translators"
 _MLP_KEYS = ("hidden", "depth", "dropout", "activation", "standardize_target")
 _START_KEYS = ("init", "ridge_alpha")
 # config_keys: the model.* settings a kind reads (as sentence-transformers modules declare theirs); any other
-# model.* setting changed from its default is reported as ignored
+# model.* setting given to it (other than its default) is an error naming the kind (see model_has)
 MODELS = Registry(
     "model",
     {
@@ -132,6 +132,13 @@ MODELS = Registry(
         ),
     },
 )  # fmt: skip
+
+def model_has(kind: str, setting: str) -> bool:
+    """Whether model kind ``kind`` has the setting ``model.<setting>``: one its ``config_keys`` tag lists (or
+    ``name``); every setting, for a kind that declares none (a plugin kind is not checked)."""
+    has = MODELS.tag(kind, "config_keys", None)
+    return has is None or setting == "name" or setting in has
+
 
 TASKS = Registry(
     "task",

@@ -331,14 +331,12 @@ def check_kind_settings(model: ModelConfig) -> None:
     A value equal to the default passes, so a full config, which lists every model setting (``--print-config``,
     :meth:`TrainConfig.to_yaml`, a run's config.json given as ``--config``), loads as written. A kind that
     declares no settings (no ``config_keys`` tag) is not checked."""
-    from stitch.registries import MODELS
+    from stitch.registries import MODELS, model_has
 
-    has = MODELS.tag(model.name, "config_keys", None)
-    if has is None:
-        return
     given, defaults = asdict(model), asdict(ModelConfig())
-    foreign = [f"model.{k}" for k, v in given.items() if k != "name" and k not in has and v != defaults[k]]
+    foreign = [f"model.{k}" for k, v in given.items() if not model_has(model.name, k) and v != defaults[k]]
     if foreign:
+        has = MODELS.tag(model.name, "config_keys")
         verb = "is not a setting" if len(foreign) == 1 else "are not settings"
         raise ConfigError(f"{', '.join(foreign)} {verb} of model kind {model.name!r} (its settings: {', '.join(has)})")
 
